@@ -1,0 +1,29 @@
+"""The one user-facing error type.
+
+Everything a user can cause (bad spec, bad flag, corrupt file, failed build)
+raises `RunnerError`; the CLI's single handler prints `error: …` and exits
+with `exit_code`. Tests assert `reason`, not the wording.
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """An error meant for the user: one line, a reason code, an exit code."""
+
+    def __init__(self, message: str, *, reason: str = "error", exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(RunnerError):
+    """One or more problems in spec files, each already `FILE:LINE:COL: message`."""
+
+    def __init__(self, problems: list[str], *, reason: str = "spec") -> None:
+        super().__init__("\n".join(problems), reason=reason, exit_code=1)
+        self.problems = problems
