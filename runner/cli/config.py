@@ -1,0 +1,26 @@
+"""`runner config show|docs`: the effective settings and their documentation."""
+
+from __future__ import annotations
+
+import argparse
+
+from runner.settings import Settings, settings_markdown
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = sub.add_parser("config", help="show settings")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print effective settings and where each came from")
+    show.set_defaults(func=_show)
+    docs = config_sub.add_parser("docs", help="print the settings reference (docs/settings.md)")
+    docs.set_defaults(func=_docs)
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings.show())
+    return 0
+
+
+def _docs(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings_markdown(), end="")
+    return 0

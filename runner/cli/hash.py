@@ -1,0 +1,43 @@
+"""`runner hash path|file`: what `nix-hash` computes, in the same encodings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from runner.errors import RunnerError
+from runner.settings import Settings
+
+ALGOS = ("md5", "sha1", "sha256", "sha512")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = sub.add_parser("hash", help="hash files or file trees as Nix does")
+    actions = group.add_subparsers(dest="hash_command", metavar="MODE", required=True)
+    for mode, help_text in (
+        ("path", "hash the NAR serialisation of each path (nix-hash)"),
+        ("file", "hash the contents of each file (nix-hash --flat)"),
+    ):
+        p = actions.add_parser(mode, help=help_text)
+        p.add_argument("paths", nargs="+", metavar="PATH")
+        p.add_argument("--type", default="sha256", choices=ALGOS, help="hash algorithm")
+        enc = p.add_mutually_exclusive_group()
+        for flag in ("base16", "base32", "base64", "sri"):
+            enc.add_argument(f"--{flag}", dest="encoding", action="store_const", const=flag)
+        p.set_defaults(func=_run, mode=mode, encoding="base16")
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store import hashes, nar
+
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise RunnerError(f"path '{path}' does not exist", reason="not-found")
+        if args.mode == "file":
+            if not os.path.isfile(path):
+                raise RunnerError(f"'{path}' is not a regular file", reason="not-a-file")
+            h = hashes.hash_file(args.type, path)
+        else:
+            h = nar.hash_path(path, algo=args.type)[0]
+        print(h.to_string(args.encoding))
+    return 0
