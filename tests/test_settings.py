@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.errors import RunnerError
+from runner.settings import SETTINGS, Settings, config_file_path, settings_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def runner(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *argv], capture_output=True, text=True, check=False
+    )
+
+
+def test_defaults_come_from_the_declared_list() -> None:
+    s = Settings.load(environ={}, config_file=Path("/nonexistent"))
+    assert s.get("log-lines") == 25
+    assert s.get("sandbox") == "on"
+    assert s.origins["log-lines"] == "default"
+
+
+def test_precedence_config_env_option_flag(tmp_path: Path) -> None:
+    conf = tmp_path / "runner.conf"
+    conf.write_text("# comment\nlog-lines = 7\nmax-jobs = 3  # trailing\nstore-dir = /a/b\n")
+    s = Settings.load(environ={}, config_file=conf)
+    assert (s.get("log-lines"), s.get("max-jobs"), s.store_dir) == (7, 3, "/a/b")
+    assert s.origins["log-lines"] == f"{conf}:2"
+    s = Settings.load(environ={"RUNNER_STORE_DIR": "/c"}, config_file=conf)
+    assert s.store_dir == "/c" and s.origins["store-dir"] == "env RUNNER_STORE_DIR"
+    s = Settings.load(options={"log-lines": "9"}, environ={}, config_file=conf)
+    assert s.get("log-lines") == 9 and s.origins["log-lines"] == "--option"
+    s = Settings.load(options={"log-lines": "9"}, flags={"log-lines": 11}, environ={},
+                      config_file=conf)
+    assert s.get("log-lines") == 11 and s.origins["log-lines"] == "flag"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("log-lines", "many", "expected a whole number"),
+        ("log-lines", "-3", "must not be negative"),
+        ("sandbox", "maybe", "expected one of on, off, relaxed"),
+        ("require-sigs", "perhaps", "expected true or false"),
+        ("store-dir", "", "must not be empty"),
+    ],
+)
+def test_bad_values_are_clear_errors(name: str, value: str, words: str) -> None:
+    with pytest.raises(RunnerError, match=words) as e:
+        Settings.load(options={name: value}, environ={}, config_file=Path("/nonexistent"))
+    assert e.value.reason == "bad-setting"
+
+
+def test_unknown_setting_suggests_a_name() -> None:
+    with pytest.raises(RunnerError, match="did you mean 'max-jobs'"):
+        Settings.load(options={"max-job": "2"}, environ={}, config_file=Path("/nonexistent"))
+
+
+def test_bad_config_line_names_file_and_line(tmp_path: Path) -> None:
+    conf = tmp_path / "runner.conf"
+    conf.write_text("log-lines = 3\nthis is not a setting line\n")
+    with pytest.raises(RunnerError, match=rf"{conf}:2: expected 'name = value'"):
+        Settings.load(environ={}, config_file=conf)
+    conf.write_text("\n\nsandbox-pathz = /x\n")
+    with pytest.raises(RunnerError, match=rf"{conf}:3: unknown setting 'sandbox-pathz'"):
+        Settings.load(environ={}, config_file=conf)
+
+
+def test_config_show_prints_values_and_origins(tmp_path: Path) -> None:
+    conf = config_file_path()
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("cores = 3\n")
+    proc = runner("config", "show", "--option", "log-lines", "4", "--store-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert set(lines) == {s.name for s in SETTINGS}
+    assert lines["cores"].endswith(f"= 3  # {conf}:1")
+    assert lines["log-lines"].endswith("= 4  # --option")
+    assert lines["store-dir"].endswith(f"= {tmp_path}  # flag")
+
+
+def test_cli_bad_option_is_one_line_error() -> None:
+    proc = runner("config", "show", "--option", "nope", "1")
+    assert proc.returncode == 1
+    assert proc.stderr == "error: unknown setting 'nope'\n"
+    proc = runner("config", "show", "--option", "max-jobs", "x")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: setting 'max-jobs': expected a whole number")
+
+
+def test_cli_usage_errors_are_one_line() -> None:
+    proc = runner("no-such-command")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: runner: argument COMMAND: invalid choice")
+    assert "Traceback" not in proc.stderr
+
+
+def test_settings_doc_is_generated_from_the_list() -> None:
+    text = settings_markdown()
+    for s in SETTINGS:
+        assert f"| `{s.name}` |" in text
+    committed = (ROOT / "docs" / "settings.md").read_text()
+    assert committed == text, "run: python -m runner.settings > docs/settings.md"
