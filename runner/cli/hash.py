@@ -39,5 +39,5 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             h = hashes.hash_file(args.type, path)
         else:
             h = nar.hash_path(path, algo=args.type)[0]
-        print(h.to_string(args.encoding))
+        print(h.to_string(args.encoding, prefix=False))
     return 0
