@@ -1,0 +1,80 @@
+"""The loaded spec: every file of an import tree joined into one namespace."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.spec.yaml_loader import Node, Pos
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """A local file or directory to copy into the store as a `source` path."""
+
+    key: str
+    path: Path  # absolute, not resolved: a symlink input is stored as a symlink
+    name: str  # store name
+    exclude: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class SubstituterEntry:
+    """A binary cache URL or an external command that can supply outputs."""
+
+    url: str | None
+    command: tuple[str, ...] | None
+    trusted_public_keys: tuple[str, ...]
+    priority: int | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class FixedOutput:
+    """What `output-hash*` asks for: algo is e.g. `sha256`, digest hex."""
+
+    algo: str
+    digest_hex: str
+    recursive: bool
+
+    @property
+    def hash_algo(self) -> str:
+        """The algorithm as a derivation output records it (`r:sha256` for recursive)."""
+        return f"r:{self.algo}" if self.recursive else self.algo
+
+
+@dataclass(frozen=True)
+class DerivationEntry:
+    """One derivation after `defaults` were merged under it.
+
+    `attrs` maps Nix attribute names (as the `derivation` builtin would see
+    them, `args` excluded) to the YAML nodes holding their values.
+    """
+
+    key: str
+    pos: Pos
+    name: str
+    outputs: tuple[str, ...]
+    attrs: dict[str, Node]
+    args: tuple[Node, ...]
+    fixed: FixedOutput | None
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    files: tuple[Path, ...]
+    inputs: dict[str, InputEntry]
+    derivations: dict[str, DerivationEntry]
+    substituters: tuple[SubstituterEntry, ...]
+
+
+def host_system() -> str:
+    """The host's Nix system string, e.g. `x86_64-linux` or `aarch64-darwin`."""
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686"}.get(machine, machine)
+    kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
+    return f"{machine}-{kernel}"
