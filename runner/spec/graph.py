@@ -124,3 +124,17 @@ def order(keys: Iterable[str], derivations: dict[str, DerivationEntry]) -> list[
         {k: dependencies(derivations[k], derivations) & wanted for k in sorted(wanted)}
     )
     return list(sorter.static_order())
+
+
+def edges(
+    derivations: dict[str, DerivationEntry], inputs: dict[str, InputEntry]
+) -> list[tuple[str, str, str | None]]:
+    """`(dependency, dependent, output)` for every distinct reference, in spec order."""
+    found: dict[tuple[str, str, str | None], None] = {}
+    for key, entry in derivations.items():
+        for node in template_nodes(entry):
+            for ref in _refs(node):
+                if ref.name in derivations or ref.name in inputs:
+                    output = ref.output or ("out" if ref.name in derivations else None)
+                    found[(ref.name, key, output)] = None
+    return list(found)

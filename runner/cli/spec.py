@@ -1,0 +1,160 @@
+"""`runner validate | instantiate | show | graph`: commands on spec files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from runner.errors import RunnerError, SpecError
+from runner.settings import Settings
+from runner.spec.graph import edges
+from runner.spec.load import load_spec
+from runner.spec.model import Spec
+from runner.spec.translate import instantiate, source_paths, translate
+from runner.store.derivation import Derivation, parse
+
+Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def register(sub: Sub) -> None:
+    p = sub.add_parser("validate", help="check spec files; writes nothing")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("instantiate", help="write a spec's .drv files and inputs to the store")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("names", nargs="*", metavar="NAME", help="derivations (default: all)")
+    p.add_argument("--json", action="store_true", help="print drvPath and outputs per key")
+    p.set_defaults(func=_instantiate)
+
+    p = sub.add_parser("show", help="print derivations as `nix show-derivation` does")
+    p.add_argument("targets", nargs="+", metavar="SPEC [NAME…] | DRVPATH…")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("graph", help="print a spec's dependency graph")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--format", choices=("dot", "mermaid", "json"), default="dot")
+    p.set_defaults(func=_graph)
+
+
+def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    problems: list[str] = []
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+            # Translating catches what only the store formats know; inputs are hashed, not copied.
+            translate(spec, settings.store_dir, source_paths(spec, settings.store_dir))
+        except SpecError as e:
+            problems.extend(e.problems)
+            continue
+        print(f"{path}: ok ({_count(len(spec.derivations), 'derivation')}, "
+              f"{_count(len(spec.inputs), 'input')})")
+    if problems:
+        raise SpecError(problems)
+    return 0
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _instantiate(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.local_store import open_store
+
+    spec = load_spec(args.spec)
+    with open_store(settings) as store:
+        result = instantiate(spec, store, args.names or None)
+    if args.json:
+        print(json.dumps(
+            {k: {"drvPath": r.drv_path, "outputs": r.outputs} for k, r in result.items()},
+            indent=2,
+        ))
+    else:
+        for r in result.values():
+            print(r.drv_path)
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    targets: list[str] = args.targets
+    shown: dict[str, object] = {}
+    if all(t.endswith(".drv") for t in targets):
+        for path in targets:
+            shown[path] = derivation_json(_read_drv(path))
+    else:
+        spec = load_spec(targets[0])
+        names = targets[1:] or None
+        result = translate(spec, settings.store_dir, _sources(spec, settings), names)
+        for key in names or spec.derivations:
+            shown[result[key].drv_path] = derivation_json(result[key].drv)
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _sources(spec: Spec, settings: Settings) -> dict[str, str]:
+    return source_paths(spec, settings.store_dir)
+
+
+def _read_drv(path: str) -> Derivation:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise RunnerError(f"cannot read '{path}': {e.strerror}", reason="not-found") from None
+    return parse(data, os.path.basename(path))
+
+
+def derivation_json(drv: Derivation) -> dict[str, object]:
+    """One derivation in the shape `nix show-derivation` prints."""
+    outputs: dict[str, dict[str, str]] = {}
+    for name, out in drv.outputs.items():
+        entry = {"path": out.path}
+        if out.hash:
+            entry |= {"hashAlgo": out.hash_algo, "hash": out.hash}
+        outputs[name] = entry
+    return {
+        "outputs": outputs,
+        "inputSrcs": list(drv.input_srcs),
+        "inputDrvs": {path: list(outs) for path, outs in drv.input_drvs.items()},
+        "system": drv.system,
+        "builder": drv.builder,
+        "args": list(drv.args),
+        "env": dict(drv.env),
+    }
+
+
+def _graph(args: argparse.Namespace, settings: Settings) -> int:
+    spec = load_spec(args.spec)
+    links = edges(spec.derivations, spec.inputs)
+    if args.format == "json":
+        nodes = [{"id": k, "kind": "input"} for k in spec.inputs]
+        nodes += [{"id": k, "kind": "derivation"} for k in spec.derivations]
+        print(json.dumps({
+            "nodes": nodes,
+            "edges": [{"from": a, "to": b, "output": o} for a, b, o in links],
+        }, indent=2))
+    elif args.format == "mermaid":
+        print("graph LR")
+        for k in spec.inputs:
+            print(f"  {_mermaid_id(k)}[/{k}/]")
+        for k in spec.derivations:
+            print(f"  {_mermaid_id(k)}[{k}]")
+        for a, b, o in links:
+            label = f"|{o}|" if o not in (None, "out") else ""
+            print(f"  {_mermaid_id(a)} -->{label} {_mermaid_id(b)}")
+    else:
+        print("digraph spec {")
+        for k in spec.inputs:
+            print(f"  {json.dumps(k)} [shape=note];")
+        for k in spec.derivations:
+            print(f"  {json.dumps(k)} [shape=box];")
+        for a, b, o in links:
+            label = f" [label={json.dumps(o)}]" if o not in (None, "out") else ""
+            print(f"  {json.dumps(a)} -> {json.dumps(b)}{label};")
+        print("}")
+    return 0
+
+
+def _mermaid_id(key: str) -> str:
+    return "n_" + "".join(c if c.isalnum() or c == "_" else f"_{ord(c):x}_" for c in key)
