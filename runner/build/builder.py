@@ -1,0 +1,104 @@
+"""Runs one derivation's builder: build dir, environment, spawn (sandboxed or not), limits.
+
+Scheduling lives in the goals; this module only executes. The sandbox plugs
+in at `_spawn`: with a sandbox the builder sees its build dir as `/build`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from runner.build.environment import build_env
+from runner.build.process import Ending, Limits, supervise
+from runner.build.sandboxing import SandboxMode
+from runner.settings import Settings
+from runner.store.canonicalise import remove_tree
+from runner.store.derivation import Derivation
+
+SANDBOX_BUILD_TOP = "/build"
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    drv_path: str
+    drv: Derivation
+    closure: Collection[str]  # input closure, for the sandbox's mounts
+    settings: Settings
+    sandbox: SandboxMode
+    on_output: Callable[[bytes], None]
+    inherit_fds: tuple[int, ...] = ()  # output locks: held until every builder process ends
+
+
+@dataclass(frozen=True)
+class BuilderOutcome:
+    ending: Ending | None  # None: the builder could not be started
+    returncode: int
+    message: str
+    build_dir: str
+
+
+def make_build_dir(settings: Settings, name: str) -> str:
+    parent = str(settings.get("build-dir")) or None
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"runner-build-{name}-", dir=parent)
+
+
+def remove_build_dir(path: str) -> None:
+    remove_tree(path)
+
+
+async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
+    """Run the builder in `build_dir` to its end; never raises for builder problems."""
+    settings = job.settings
+    limits = Limits(
+        timeout=int(settings.get("timeout")),
+        max_silent_time=int(settings.get("max-silent-time")),
+        max_log_size=int(settings.get("max-log-size")),
+    )
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = _spawn(job, build_dir, write_fd)
+    except OSError as e:
+        os.close(read_fd)
+        what = e.strerror or str(e)
+        return BuilderOutcome(None, -1, f"executing '{job.drv.builder}': {what}", build_dir)
+    finally:
+        os.close(write_fd)
+    end = await supervise(proc, read_fd, limits, job.on_output)
+    return BuilderOutcome(end.ending, end.returncode, _describe(job, end.ending, end.returncode,
+                                                                limits), build_dir)
+
+
+def _spawn(job: BuildJob, build_dir: str, write_fd: int) -> subprocess.Popen[bytes]:
+    argv = [job.drv.builder, *job.drv.args]
+    if job.sandbox.enabled:
+        env = build_env(job.drv, SANDBOX_BUILD_TOP, job.settings)
+        return job.sandbox.spawn(
+            argv=argv, env=env, build_dir=build_dir, closure=job.closure,
+            outputs=[o.path for o in job.drv.outputs.values()],
+            fixed_output=job.drv.is_fixed_output, settings=job.settings,
+            stdout=write_fd, stderr=write_fd,
+        )
+    env = build_env(job.drv, build_dir, job.settings)
+    return subprocess.Popen(
+        argv, cwd=build_dir, env=env, stdin=subprocess.DEVNULL, stdout=write_fd,
+        stderr=write_fd, start_new_session=True, close_fds=True, pass_fds=job.inherit_fds,
+    )
+
+
+def _describe(job: BuildJob, ending: Ending, returncode: int, limits: Limits) -> str:
+    who = f"builder for '{job.drv_path}'"
+    if ending is Ending.TIMED_OUT:
+        return f"{who} timed out after {limits.timeout:g} seconds"
+    if ending is Ending.SILENT:
+        return (f"{who} timed out after {limits.max_silent_time:g} seconds of silence")
+    if ending is Ending.LOG_LIMIT:
+        return f"{who} killed after writing more than {limits.max_log_size} bytes of log"
+    if returncode < 0:
+        return f"{who} failed due to signal {-returncode}"
+    return f"{who} failed with exit code {returncode}"

@@ -1,0 +1,204 @@
+"""Realising one derivation: valid already? failed before? substitutable? else inputs
+first, then a build slot and the output locks, then build, check and register.
+
+Each step is a small method; the first that settles the outcome returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING
+
+from runner.build import failure_cache
+from runner.build.builder import BuildJob, make_build_dir, remove_build_dir, run_builder
+from runner.build.goal import Goal
+from runner.build.logs import LogSink, log_path
+from runner.build.outputs import OutputRejected, collect_outputs
+from runner.build.process import Ending
+from runner.build.result import PERMANENT, BuildResult, Status
+from runner.build.substitution_goal import Substitution
+from runner.store.canonicalise import remove_tree
+from runner.store.derivation import Derivation
+from runner.store.roots import add_temp_root
+
+if TYPE_CHECKING:
+    from runner.build.worker import Worker
+
+_ENDINGS = {
+    Ending.TIMED_OUT: Status.TIMED_OUT,
+    Ending.SILENT: Status.TIMED_OUT,
+    Ending.LOG_LIMIT: Status.LOG_LIMIT,
+}
+
+
+class DerivationGoal(Goal[BuildResult]):
+    def __init__(self, worker: Worker, drv_path: str) -> None:
+        super().__init__(worker, drv_path)
+        self.drv_path = drv_path
+        self.store = worker.store
+        self.settings = worker.settings
+        self.drv: Derivation | None = None
+        self.outputs: dict[str, str] = {}
+        self.input_paths: set[str] = set()
+
+    async def run(self) -> BuildResult:
+        start = time.time()
+        result = await self._realise()
+        result.outputs = dict(self.outputs)
+        result.start_time = start
+        result.stop_time = time.time()
+        self.worker.goal_finished(result)
+        return result
+
+    def _result(self, status: Status, message: str = "", **extra: object) -> BuildResult:
+        return BuildResult(self.drv_path, status, message=message, **extra)  # type: ignore[arg-type]
+
+    async def _realise(self) -> BuildResult:
+        self.drv = self.store.read_derivation(self.drv_path)
+        self.outputs = {name: out.path for name, out in self.drv.outputs.items()}
+        for path in self.outputs.values():  # before checking validity, so GC keeps them
+            add_temp_root(self.settings.state_dir, path)
+        if self._outputs_valid():
+            return self._result(Status.ALREADY_VALID)
+        if self.worker.rebuild_failed:
+            self.store.clear_failures(list(self.outputs.values()))
+        elif cached := self._cached_failure():
+            return cached
+        if await self._substitute():
+            return self._result(Status.SUBSTITUTED)
+        if failed := await self._realise_inputs():
+            return failed
+        async with self.worker.build_slot():
+            locks = await self.worker.lock_paths(self.outputs.values())
+            try:
+                return await self._build_locked()
+            finally:
+                self.worker.unlock(locks)
+
+    def _outputs_valid(self) -> bool:
+        return all(self.store.is_valid(path) for path in self.outputs.values())
+
+    def _cached_failure(self) -> BuildResult | None:
+        if not self.settings.get("cache-failures"):
+            return None
+        record = failure_cache.find_failure(self.store, self.outputs.values())
+        if record is None:
+            return None
+        has_log = os.path.exists(log_path(self.settings.state_dir, self.drv_path))
+        return self._result(
+            Status.CACHED_FAILURE, failure_cache.cached_message(self.drv_path, record),
+            log_tail=record.log_tail.splitlines(), exit_status=record.exit_status,
+            log_path=log_path(self.settings.state_dir, self.drv_path) if has_log else None)
+
+    async def _substitute(self) -> bool:
+        if not self.settings.get("substitute"):
+            return False
+        missing = [p for p in self.outputs.values() if not self.store.is_valid(p)]
+        goals = [self.worker.substitution_goal(p) for p in missing]
+        outcomes = await self.wait_for(goals)
+        return all(o in (Substitution.VALID, Substitution.SUBSTITUTED) for o in outcomes)
+
+    async def _realise_inputs(self) -> BuildResult | None:
+        assert self.drv is not None
+        deps = {p: self.worker.derivation_goal(p) for p in self.drv.input_drvs}
+        results = await self.wait_for(deps.values())
+        for result in results:
+            if not result.status.ok:
+                return self._result(
+                    Status.DEPENDENCY_FAILED,
+                    f"cannot build '{self.drv_path}': its dependency '{result.drv_path}' failed",
+                    failed_dependency=result.drv_path)
+        for result in results:
+            wanted = self.drv.input_drvs[result.drv_path]
+            self.input_paths.update(result.outputs[name] for name in wanted
+                                    if name in result.outputs)
+        for src in self.drv.input_srcs:
+            if not self.store.is_valid(src):
+                return self._result(
+                    Status.SETUP_FAILED,
+                    f"cannot build '{self.drv_path}': its input '{src}' is not in the store")
+            self.input_paths.add(src)
+        return None
+
+    async def _build_locked(self) -> BuildResult:
+        if self._outputs_valid():  # another process built it while we waited
+            return self._result(Status.ALREADY_VALID)
+        if not self.worker.rebuild_failed and (cached := self._cached_failure()):
+            return cached
+        self._delete_leftovers()
+        assert self.drv is not None
+        closure = self.store.compute_closure(self.input_paths)
+        name = self.drv.name
+        sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
+                       int(self.settings.get("log-lines")))
+        progress = self.worker.progress
+
+        def on_output(data: bytes) -> None:
+            progress.build_log(name, sink.write(data))
+
+        build_dir = make_build_dir(self.settings, name)
+        job = BuildJob(self.drv_path, self.drv, closure, self.settings, self.worker.sandbox,
+                       on_output)
+        progress.started(self.drv_path, name)
+        try:
+            outcome = await run_builder(job, build_dir)
+        except asyncio.CancelledError:
+            sink.discard()
+            remove_build_dir(build_dir)
+            self._delete_leftovers()
+            raise
+        if partial := sink.flush_partial():
+            progress.build_log(name, [partial])
+        sink.close()
+        result = self._finish(outcome.ending, outcome.returncode, outcome.message, closure)
+        result.log_path = sink.path
+        if not result.status.ok:
+            result.log_tail = sink.tail()
+            self._after_failure(result, build_dir)
+        else:
+            remove_build_dir(build_dir)
+        return result
+
+    def _finish(self, ending: Ending | None, returncode: int, message: str,
+                closure: set[str]) -> BuildResult:
+        assert self.drv is not None
+        if ending is None:
+            return self._result(Status.SETUP_FAILED, message)
+        if ending in _ENDINGS:
+            return self._result(_ENDINGS[ending], message)
+        if returncode != 0:
+            return self._result(Status.FAILED, message, exit_status=returncode)
+        try:
+            infos = collect_outputs(self.drv_path, self.drv, closure,
+                                    self.store.compute_closure)
+            self.store.register_valid_paths(infos)
+        except OutputRejected as e:
+            return self._result(e.status, e.message, exit_status=0)
+        except OSError as e:  # disk full, permissions: not the derivation's fault
+            return self._result(Status.SETUP_FAILED,
+                                f"cannot register outputs of '{self.drv_path}': {e}")
+        self.store.clear_failures(list(self.outputs.values()))
+        return self._result(Status.BUILT)
+
+    def _after_failure(self, result: BuildResult, build_dir: str) -> None:
+        assert self.drv is not None
+        if self.settings.get("keep-failed"):
+            self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
+        else:
+            remove_build_dir(build_dir)
+            self._delete_leftovers()
+        if (result.status in PERMANENT and self.settings.get("cache-failures")
+                and not self.drv.is_fixed_output):
+            for path in self.outputs.values():
+                self.store.register_failure(path, exit_status=result.exit_status,
+                                            drv_path=self.drv_path,
+                                            log_tail="\n".join(result.log_tail))
+
+    def _delete_leftovers(self) -> None:
+        """Remove whatever sits at an output path without being valid (a crashed or
+        failed build's remains)."""
+        for path in self.outputs.values():
+            if os.path.lexists(path) and not self.store.is_valid(path):
+                remove_tree(path)

@@ -1,0 +1,78 @@
+"""`--dry-run`: what a build would do, found by walking the graph without building."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.build import failure_cache
+from runner.store.path_info import FailureRecord
+
+
+@dataclass
+class Plan:
+    build: list[str] = field(default_factory=list)  # drv paths, dependencies first
+    fetch: list[str] = field(default_factory=list)  # output paths a substituter has
+    cached_failures: dict[str, FailureRecord] = field(default_factory=dict)
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_json(self) -> list[dict[str, object]]:
+        entries: list[dict[str, object]] = []
+        for drv_path, outs in self.outputs.items():
+            if drv_path in self.cached_failures:
+                record = self.cached_failures[drv_path]
+                entries.append({"drvPath": drv_path, "status": "cached-failure",
+                                "outputs": outs, "failedAt": record.time,
+                                "exitStatus": record.exit_status})
+            elif drv_path in self.build:
+                entries.append({"drvPath": drv_path, "status": "will-build", "outputs": outs})
+            else:
+                entries.append({"drvPath": drv_path, "status": "valid", "outputs": outs})
+        return entries
+
+
+def plan(store: Any, drv_paths: list[str], *, use_failure_cache: bool) -> Plan:
+    result = Plan()
+    seen: set[str] = set()
+
+    def visit(drv_path: str) -> None:
+        if drv_path in seen:
+            return
+        seen.add(drv_path)
+        drv = store.read_derivation(drv_path)
+        outs = {name: out.path for name, out in drv.outputs.items()}
+        result.outputs[drv_path] = outs
+        if all(store.is_valid(p) for p in outs.values()):
+            return
+        if use_failure_cache:
+            record = failure_cache.find_failure(store, outs.values())
+            if record is not None:
+                result.cached_failures[drv_path] = record
+                return
+        for dep in drv.input_drvs:
+            visit(dep)
+        result.build.append(drv_path)
+
+    for path in drv_paths:
+        visit(path)
+    return result
+
+
+def describe(p: Plan) -> str:
+    lines: list[str] = []
+    if p.build:
+        lines.append(f"these {len(p.build)} derivations will be built:")
+        lines.extend(f"  {path}" for path in p.build)
+    if p.fetch:
+        lines.append(f"these {len(p.fetch)} paths will be fetched:")
+        lines.extend(f"  {path}" for path in p.fetch)
+    if p.cached_failures:
+        lines.append(f"these {len(p.cached_failures)} derivations failed previously "
+                     "(pass --rebuild-failed to retry):")
+        for path, record in p.cached_failures.items():
+            age = failure_cache.describe_age(time.time() - record.time)
+            lines.append(f"  {path} (cached {age})")
+    if not lines:
+        lines.append("nothing to build: every output is valid")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""The environment a builder sees: the derivation's env plus a few variables, as in Nix."""
+
+from __future__ import annotations
+
+import os
+
+from runner.settings import Settings
+from runner.store.derivation import Derivation
+
+# Nix sets PATH=/path-not-set; specs use host tools, so we give a real default.
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+HOMELESS = "/homeless-shelter"
+
+
+def _cores(settings: Settings) -> int:
+    cores = int(settings.get("cores"))
+    if cores:
+        return cores
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def build_env(drv: Derivation, build_top: str, settings: Settings) -> dict[str, str]:
+    """Defaults first, then the derivation's env (which may override them), then the
+    build-dir variables, which a derivation cannot override."""
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": HOMELESS,
+        "NIX_STORE": settings.store_dir,
+        "NIX_BUILD_CORES": str(_cores(settings)),
+    }
+    env.update(drv.env)
+    if drv.is_fixed_output:
+        # Fixed-output builds may see named host variables (proxies, say): their
+        # result is checked against a hash, so impurity cannot leak into it.
+        for name in drv.env.get("impureEnvVars", "").split():
+            if name in os.environ:
+                env[name] = os.environ[name]
+    for name in ("NIX_BUILD_TOP", "TMPDIR", "TEMPDIR", "TMP", "TEMP", "PWD"):
+        env[name] = build_top
+    env["NIX_LOG_FD"] = "2"
+    env["TERM"] = "xterm-256color"
+    return env

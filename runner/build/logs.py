@@ -1,0 +1,82 @@
+"""Build logs: streamed into `<state>/log/drvs/XX/rest.bz2` as Nix stores them.
+
+A sink is written while the builder runs; it keeps the last lines in memory
+so a failure can be reported without reading the file back.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import contextlib
+import os
+
+from runner.errors import RunnerError
+
+LOG_SUFFIX = ".bz2"
+
+
+def log_path(state_dir: str, drv_path: str) -> str:
+    base = os.path.basename(drv_path)
+    return os.path.join(state_dir, "log", "drvs", base[:2], base[2:] + LOG_SUFFIX)
+
+
+def read_log(state_dir: str, drv_path: str) -> bytes | None:
+    """The stored log of `drv_path`, or None when there is none."""
+    path = log_path(state_dir, drv_path)
+    try:
+        with bz2.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError) as e:
+        raise RunnerError(f"cannot read build log '{path}': {e}", reason="bad-log") from None
+
+
+class LogSink:
+    """Compresses a build's output to its log file and remembers the tail."""
+
+    def __init__(self, path: str, tail_lines: int) -> None:
+        self.path = path
+        self.size = 0
+        self._tail: collections.deque[bytes] = collections.deque(maxlen=max(tail_lines, 1))
+        self._partial = b""
+        self._compressor = bz2.BZ2Compressor(9)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Written under a temporary name: a crash never leaves a truncated log
+        # in place of a complete one from an earlier build.
+        self._tmp = f"{path}.tmp-{os.getpid()}"
+        self._file = open(self._tmp, "wb")  # noqa: SIM115  (closed in close())
+
+    def write(self, data: bytes) -> list[bytes]:
+        """Record `data`; returns the complete lines it finished (for -L printing)."""
+        self.size += len(data)
+        self._file.write(self._compressor.compress(data))
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        self._tail.extend(lines)
+        return lines
+
+    def tail(self) -> list[str]:
+        lines = list(self._tail)
+        if self._partial:
+            lines = [*lines, self._partial][-len(lines) - 1 :]
+            lines = lines[-(self._tail.maxlen or 1) :]
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def flush_partial(self) -> bytes:
+        """The unterminated last line, if any (printed when the build ends)."""
+        return self._partial
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.write(self._compressor.flush())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)

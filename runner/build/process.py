@@ -1,0 +1,162 @@
+"""Supervising one builder process from the event loop: its log pipe, its exit, its limits.
+
+No threads and no polling: the pipe and a pidfd are registered with the
+loop, and each limit is one timer. The builder leads its own process group
+(or PID namespace); whatever ends the build, the whole group is killed
+before the builder is reaped, so no child outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+READ_SIZE = 65536
+
+
+class Ending(enum.Enum):
+    EXITED = "exited"
+    TIMED_OUT = "timed-out"
+    SILENT = "silent"
+    LOG_LIMIT = "log-limit"
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float = 0  # seconds; 0 = none
+    max_silent_time: float = 0
+    max_log_size: int = 0  # bytes
+
+
+@dataclass(frozen=True)
+class ProcessEnd:
+    ending: Ending
+    returncode: int  # negative: killed by that signal
+
+
+def kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class _Supervisor:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
+        on_output: Callable[[bytes], None],
+    ) -> None:
+        self.proc = proc
+        self.read_fd = read_fd
+        self.limits = limits
+        self.on_output = on_output
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.ending = Ending.EXITED
+        self.killed = False
+        self.size = 0
+        self.last_output = self.loop.time()
+        self.timers: list[asyncio.TimerHandle] = []
+        self.pidfd: int | None = None
+
+    async def run(self) -> ProcessEnd:
+        os.set_blocking(self.read_fd, False)
+        self.loop.add_reader(self.read_fd, self._on_readable)
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):  # no pidfd (old kernel): a thread waits instead
+            waiter = self.loop.run_in_executor(None, self._wait_blocking)
+            waiter.add_done_callback(lambda _: self._on_exit())
+        else:
+            self.loop.add_reader(self.pidfd, self._on_exit)
+        if self.limits.timeout:
+            self.timers.append(self.loop.call_later(self.limits.timeout, self._kill,
+                                                    Ending.TIMED_OUT))
+        if self.limits.max_silent_time:
+            self.timers.append(self.loop.call_later(self.limits.max_silent_time,
+                                                    self._check_silence))
+        try:
+            await self.done
+        finally:
+            self._cleanup()
+        returncode = self.proc.returncode
+        return ProcessEnd(self.ending, -signal.SIGKILL if returncode is None else returncode)
+
+    def _wait_blocking(self) -> None:
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.read_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.read_fd)
+            return
+        self.last_output = self.loop.time()
+        self.size += len(data)
+        self.on_output(data)
+        if self.limits.max_log_size and self.size > self.limits.max_log_size:
+            self._kill(Ending.LOG_LIMIT)
+
+    def _check_silence(self) -> None:
+        quiet = self.loop.time() - self.last_output
+        if quiet >= self.limits.max_silent_time:
+            self._kill(Ending.SILENT)
+        else:
+            self.timers.append(self.loop.call_later(self.limits.max_silent_time - quiet,
+                                                    self._check_silence))
+
+    def _kill(self, ending: Ending) -> None:
+        if not self.killed:
+            self.killed = True
+            self.ending = ending
+            kill_group(self.proc.pid)
+
+    def _on_exit(self) -> None:
+        if self.done.done():
+            return
+        # The builder is a zombie now: kill what it left behind in its group, then
+        # take the output that is already in the pipe and reap it.
+        kill_group(self.proc.pid)
+        self._drain()
+        self.proc.wait()
+        self.done.set_result(None)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = os.read(self.read_fd, READ_SIZE)
+            except OSError:
+                return
+            if not data:
+                return
+            self.size += len(data)
+            self.on_output(data)
+
+    def _cleanup(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        if self.proc.returncode is None:  # cancelled (interrupt or another build failed)
+            kill_group(self.proc.pid)
+            self.proc.wait()
+        self.loop.remove_reader(self.read_fd)
+        if self.pidfd is not None:
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+        os.close(self.read_fd)
+
+
+async def supervise(
+    proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
+    on_output: Callable[[bytes], None],
+) -> ProcessEnd:
+    """Wait for `proc` to end (or be killed by a limit); `read_fd` is its output pipe,
+    owned and closed here."""
+    return await _Supervisor(proc, read_fd, limits, on_output).run()

@@ -1,0 +1,165 @@
+"""The worker: one asyncio loop owning the goal table, build slots, lock retries and
+every running builder; it stops everything on the first failure unless --keep-going,
+and on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from runner.build.derivation_goal import DerivationGoal
+from runner.build.progress import Progress
+from runner.build.result import BuildResult
+from runner.build.sandboxing import SandboxMode
+from runner.build.substitution_goal import SubstitutionGoal
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.store.locks import PathLocks
+
+# Retrying a lock held by another process: first after 5 ms, backing off to 1 s.
+LOCK_RETRY_FIRST = 0.005
+LOCK_RETRY_MAX = 1.0
+
+
+class Worker:
+    def __init__(
+        self, store: Any, settings: Settings, progress: Progress, sandbox: SandboxMode, *,
+        rebuild_failed: bool = False,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.progress = progress
+        self.sandbox = sandbox
+        self.rebuild_failed = rebuild_failed
+        self.keep_going = bool(settings.get("keep-going"))
+        self.max_jobs = int(settings.get("max-jobs"))
+        self.derivation_goals: dict[str, DerivationGoal] = {}
+        self.substitution_goals: dict[str, SubstitutionGoal] = {}
+        self.results: dict[str, BuildResult] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._lock_released: asyncio.Event | None = None
+        self._stopping = False
+        self.interrupted: int | None = None
+
+    # -- the goal table
+
+    def derivation_goal(self, drv_path: str) -> DerivationGoal:
+        goal = self.derivation_goals.get(drv_path)
+        if goal is None:
+            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path)
+            self.progress.expect(drv_path)
+        return goal
+
+    def substitution_goal(self, path: str) -> SubstitutionGoal:
+        goal = self.substitution_goals.get(path)
+        if goal is None:
+            goal = self.substitution_goals[path] = SubstitutionGoal(self, path)
+        return goal
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if self._stopping:
+            task.cancel()
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        # A goal that raised (bad input, store error) ends the run like a failure.
+        if not task.cancelled() and task.exception() is not None:
+            self.stop()
+
+    def goal_finished(self, result: BuildResult) -> None:
+        self.results[result.drv_path] = result
+        self.progress.finished(result)
+        if not result.status.ok and not self.keep_going:
+            self.stop()
+
+    def stop(self) -> None:
+        """Cancel every goal: running builders are killed, nothing more is registered."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+
+    # -- shared resources
+
+    @asynccontextmanager
+    async def build_slot(self) -> AsyncIterator[None]:
+        assert self._slots is not None
+        async with self._slots:
+            yield
+
+    async def lock_paths(self, paths: Iterable[str]) -> PathLocks:
+        """Lock `paths` without blocking the loop: retry when a lock of ours is released,
+        or after a growing delay (the holder may be another process)."""
+        assert self._lock_released is not None
+        paths = sorted(paths)
+        delay = LOCK_RETRY_FIRST
+        locks = PathLocks()
+        while not locks.try_lock(paths):
+            released = self._lock_released
+            try:
+                await asyncio.wait_for(released.wait(), delay)
+            except asyncio.TimeoutError:
+                delay = min(delay * 2, LOCK_RETRY_MAX)
+        return locks
+
+    def unlock(self, locks: PathLocks) -> None:
+        locks.unlock()
+        assert self._lock_released is not None
+        self._lock_released.set()
+        self._lock_released = asyncio.Event()
+
+    # -- running
+
+    def run(self, drv_paths: list[str]) -> list[BuildResult]:
+        """Realise `drv_paths`; one result per path, in order (every goal's result is in
+        `self.results`). Raises RunnerError when interrupted."""
+        if self.max_jobs == 0:
+            need = [p for p in drv_paths if not self._all_valid(p)]
+            if need:
+                raise RunnerError(
+                    f"unable to start any build; either increase '--max-jobs' or enable "
+                    f"remote builds ({len(need)} derivations to build)", reason="no-build-slots",
+                    exit_code=1)
+        try:
+            return asyncio.run(self._main(drv_paths))
+        finally:
+            self.progress.close()
+
+    def _all_valid(self, drv_path: str) -> bool:
+        drv = self.store.read_derivation(drv_path)
+        return all(self.store.is_valid(o.path) for o in drv.outputs.values())
+
+    async def _main(self, drv_paths: list[str]) -> list[BuildResult]:
+        loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(max(self.max_jobs, 1))
+        self._lock_released = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        goals = [self.derivation_goal(p) for p in drv_paths]
+        try:
+            tasks = [goal.start() for goal in goals]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Drain everything (cancelled goals end in their cleanup code first).
+            while pending := [t for t in self._tasks if not t.done()]:
+                await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if self.interrupted is not None:
+            name = signal.Signals(self.interrupted).name
+            raise RunnerError(f"interrupted by {name}", reason="interrupted",
+                              exit_code=128 + self.interrupted)
+        for task in self._tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
+        return [self.results[p] for p in drv_paths if p in self.results]
+
+    def _on_signal(self, sig: int) -> None:
+        if self.interrupted is None:
+            self.interrupted = sig
+            self.stop()

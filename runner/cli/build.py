@@ -1,0 +1,184 @@
+"""`runner build`, `runner log` and `runner failed list|clear`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from runner.build import dry_run
+from runner.build.failure_cache import describe_age
+from runner.build.logs import read_log
+from runner.build.out_links import create_out_links
+from runner.build.progress import make_progress
+from runner.build.result import BuildResult, exit_code
+from runner.build.sandboxing import choose_sandbox
+from runner.build.worker import Worker
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.spec.load import load_spec
+from runner.spec.translate import instantiate, source_paths, translate
+from runner.store.local_store import LocalStore, open_store
+
+S = "setting:"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("build", help="build derivations of a spec",
+                       description="Instantiate SPEC and realise the named derivations "
+                                   "(all when none are named).")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("-o", "--out-link", default="result", metavar="PATH",
+                   help="base name of the result symlinks (default: result)")
+    p.add_argument("--no-out-link", action="store_true", help="create no result symlinks")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be built, fetched or fail from the cache")
+    p.add_argument("--json", action="store_true", help="print per-derivation results as JSON")
+    p.add_argument("--rebuild-failed", action="store_true",
+                   help="ignore and clear cached failures of the requested builds")
+    p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
+    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=_jobs, metavar="N")
+    p.add_argument("--cores", dest=S + "cores", type=_count, metavar="N")
+    p.add_argument("-k", "--keep-going", dest=S + "keep-going", action="store_const", const=True)
+    p.add_argument("-K", "--keep-failed", dest=S + "keep-failed", action="store_const",
+                   const=True)
+    p.add_argument("--timeout", dest=S + "timeout", type=_count, metavar="SECONDS")
+    p.add_argument("--max-silent-time", dest=S + "max-silent-time", type=_count,
+                   metavar="SECONDS")
+    p.add_argument("--max-log-size", dest=S + "max-log-size", type=_count, metavar="BYTES")
+    p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
+                   action="store_const", const=True)
+    p.set_defaults(func=_build)
+
+    log = sub.add_parser("log", help="print the build log of a derivation",
+                         description="TARGET is a .drv path, an output path, or a spec "
+                                     "followed by a derivation name.")
+    log.add_argument("target", metavar="DRV|OUTPUT|SPEC")
+    log.add_argument("name", nargs="?", metavar="NAME")
+    log.set_defaults(func=_log)
+
+    failed = sub.add_parser("failed", help="list or clear cached build failures")
+    failed_sub = failed.add_subparsers(dest="failed_command", metavar="ACTION", required=True)
+    listing = failed_sub.add_parser("list", help="list cached failures")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_failed_list)
+    clear = failed_sub.add_parser("clear", help="forget cached failures (all, or of PATHs)")
+    clear.add_argument("paths", nargs="*", metavar="PATH")
+    clear.set_defaults(func=_failed_clear)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _jobs(text: str) -> int:
+    return os.cpu_count() or 1 if text == "auto" else _count(text)
+
+
+def _build(args: argparse.Namespace, settings: Settings) -> int:
+    spec = load_spec(args.spec)
+    with open_store(settings) as store:
+        targets = instantiate(spec, store, args.names or None)
+        drv_paths = [inst.drv_path for inst in targets.values()]
+        if args.dry_run:
+            return _dry_run(store, drv_paths, args, settings)
+        progress = make_progress(log_lines=int(settings.get("log-lines")),
+                                 print_build_logs=bool(settings.get("print-build-logs")))
+        sandbox = choose_sandbox(settings, progress.warn)
+        worker = Worker(store, settings, progress, sandbox, rebuild_failed=args.rebuild_failed)
+        results = worker.run(drv_paths)
+        everything = list(worker.results.values())
+        ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
+        if args.json:
+            print(json.dumps([r.to_json() for r in everything], indent=2))
+        elif ok:
+            for result in results:
+                for _, path in sorted(result.outputs.items()):
+                    print(path)
+        if ok and not args.no_out_link:
+            create_out_links(settings.store_dir, settings.state_dir, args.out_link,
+                             [r.outputs for r in results])
+        if not ok:
+            raise _failure(results, everything)
+    return 0
+
+
+def _failure(results: list[BuildResult], everything: list[BuildResult]) -> RunnerError:
+    failed = [r.drv_path for r in results if not r.status.ok]
+    names = ", ".join(f"'{p}'" for p in failed) or "the requested derivations"
+    return RunnerError(f"build of {names} failed", reason="build-failed",
+                       exit_code=exit_code(r.status for r in everything) or 100)
+
+
+def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
+             settings: Settings) -> int:
+    use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
+    p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache)
+    if args.json:
+        print(json.dumps(p.to_json(), indent=2))
+    else:
+        print(dry_run.describe(p), file=sys.stderr)
+    return 0
+
+
+def _log(args: argparse.Namespace, settings: Settings) -> int:
+    with open_store(settings) as store:
+        drv_path = _log_target(store, args.target, args.name)
+    data = read_log(settings.state_dir, drv_path)
+    if data is None:
+        raise RunnerError(f"no build log available for '{drv_path}'", reason="no-log")
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+def _log_target(store: LocalStore, target: str, name: str | None) -> str:
+    in_store = os.path.abspath(target).startswith(store.store_dir + "/")
+    if name is not None or not in_store:
+        if name is None:
+            raise RunnerError(f"'{target}' is not a store path; to see a log of a spec's "
+                              "derivation, name it: runner log SPEC NAME", reason="usage")
+        spec = load_spec(target)
+        sources = source_paths(spec, store.store_dir, [name])
+        return translate(spec, store.store_dir, sources, [name])[name].drv_path
+    path = os.path.abspath(target)
+    if path.endswith(".drv"):
+        return path
+    deriver = store.query_deriver(path)
+    derivers = store.query_valid_derivers(path)
+    if deriver is None and derivers:
+        deriver = sorted(derivers)[0]
+    if deriver is None:
+        raise RunnerError(f"'{path}' is not a known output of any derivation", reason="no-log")
+    return deriver
+
+
+def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
+    with open_store(settings) as store:
+        records = store.list_failures()
+    if args.json:
+        print(json.dumps([{"path": r.path, "time": r.time, "exitStatus": r.exit_status,
+                           "drvPath": r.drv_path} for r in records], indent=2))
+        return 0
+    now = time.time()
+    for r in records:
+        status = "" if r.exit_status is None else f", exit status {r.exit_status}"
+        print(f"{r.path}  (failed {describe_age(now - r.time)}{status}; {r.drv_path})")
+    return 0
+
+
+def _failed_clear(args: argparse.Namespace, settings: Settings) -> int:
+    with open_store(settings) as store:
+        paths = [os.path.abspath(p) for p in args.paths] if args.paths else None
+        count = store.clear_failures(paths)
+    print(f"cleared {count} cached failure{'s' if count != 1 else ''}", file=sys.stderr)
+    return 0
