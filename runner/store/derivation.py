@@ -1,0 +1,367 @@
+"""Store derivations: Nix's ATerm text, its hash modulo fixed outputs, and output paths.
+
+`parse` is strict: it accepts exactly what `unparse` prints (sorted, no
+duplicates, canonical escapes), so parse and unparse round-trip byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+from runner.errors import RunnerError
+from runner.store.hashes import SIZES, Hash
+from runner.store.paths import make_fixed_output_path, make_output_path, make_text_path
+
+
+@dataclass(frozen=True)
+class DerivationOutput:
+    path: str
+    hash_algo: str = ""  # "" or "<algo>" (flat) or "r:<algo>" (recursive, NAR)
+    hash: str = ""  # base-16 digest for fixed outputs
+
+    @property
+    def is_fixed(self) -> bool:
+        return bool(self.hash)
+
+    def fixed_hash(self) -> tuple[Hash, bool]:
+        """The expected content hash and whether it is over the NAR (recursive)."""
+        recursive = self.hash_algo.startswith("r:")
+        algo = self.hash_algo[2:] if recursive else self.hash_algo
+        return Hash.parse(self.hash, algo), recursive
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """A store derivation; collections are normalised to Nix's sorted order."""
+
+    outputs: Mapping[str, DerivationOutput]
+    input_drvs: Mapping[str, Collection[str]]
+    input_srcs: Collection[str]
+    system: str
+    builder: str
+    args: Sequence[str]
+    env: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # normalising a frozen instance once, at construction
+        set_(self, "outputs", dict(sorted(self.outputs.items())))
+        set_(
+            self,
+            "input_drvs",
+            {k: tuple(sorted(set(v))) for k, v in sorted(self.input_drvs.items())},
+        )
+        set_(self, "input_srcs", tuple(sorted(set(self.input_srcs))))
+        set_(self, "args", tuple(self.args))
+        set_(self, "env", dict(sorted(self.env.items())))
+
+    @property
+    def name(self) -> str:
+        name = self.env.get("name")
+        if not name:
+            raise RunnerError("derivation has no 'name' in its environment", reason="bad-drv")
+        return name
+
+    @property
+    def is_fixed_output(self) -> bool:
+        return list(self.outputs) == ["out"] and self.outputs["out"].is_fixed
+
+
+# ---------------------------------------------------------------- printing
+
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _str(s: str) -> str:
+    return '"' + s.translate(_ESCAPES) + '"'
+
+
+def _list(items: Collection[str]) -> str:
+    return "[" + ",".join(_str(i) for i in items) + "]"
+
+
+def unparse(
+    drv: Derivation,
+    *,
+    mask_outputs: bool = False,
+    input_drvs_hashes: Mapping[str, Collection[str]] | None = None,
+) -> str:
+    """The ATerm text. `mask_outputs` blanks output paths and their env vars;
+    `input_drvs_hashes` replaces the input derivations (used for hashing modulo)."""
+    outputs = ",".join(
+        "("
+        + ",".join(
+            [_str(name), _str("" if mask_outputs else o.path), _str(o.hash_algo), _str(o.hash)]
+        )
+        + ")"
+        for name, o in drv.outputs.items()
+    )
+    inputs = drv.input_drvs if input_drvs_hashes is None else input_drvs_hashes
+    input_drvs = ",".join(
+        f"({_str(path)},{_list(sorted(outs))})" for path, outs in sorted(inputs.items())
+    )
+    env = ",".join(
+        f"({_str(k)},{_str('' if mask_outputs and k in drv.outputs else v)})"
+        for k, v in drv.env.items()
+    )
+    return (
+        f"Derive([{outputs}],[{input_drvs}],{_list(drv.input_srcs)},"
+        f"{_str(drv.system)},{_str(drv.builder)},{_list(drv.args)},[{env}])"
+    )
+
+
+# ---------------------------------------------------------------- parsing
+
+_STRING = re.compile(r'"((?:[^"\\\n\r\t]+|\\[\\"nrt])*)"')
+_UNESCAPE = re.compile(r"\\(.)")
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+class _Parser:
+    def __init__(self, text: str, origin: str) -> None:
+        self.text = text
+        self.origin = origin
+        self.pos = 0
+
+    def fail(self, what: str, pos: int | None = None) -> RunnerError:
+        pos = self.pos if pos is None else pos
+        line = self.text.count("\n", 0, pos) + 1
+        col = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
+        return RunnerError(
+            f"{self.origin}:{line}:{col}: corrupt derivation: {what}", reason="bad-drv"
+        )
+
+    def expect(self, literal: str) -> None:
+        if not self.text.startswith(literal, self.pos):
+            raise self.fail(f"expected '{literal}'")
+        self.pos += len(literal)
+
+    def peek(self, literal: str) -> bool:
+        if self.text.startswith(literal, self.pos):
+            self.pos += len(literal)
+            return True
+        return False
+
+    def string(self) -> str:
+        m = _STRING.match(self.text, self.pos)
+        if m is None:
+            if not self.text.startswith('"', self.pos):
+                raise self.fail("expected a string")
+            bad = re.compile(r'(?:[^"\\\n\r\t]+|\\[\\"nrt])*').match(self.text, self.pos + 1)
+            end = bad.end() if bad else self.pos + 1
+            raise self.fail("unterminated string or bad escape", end)
+        self.pos = m.end()
+        body = m.group(1)
+        if "\\" not in body:
+            return body
+        return _UNESCAPE.sub(lambda e: _UNESCAPES.get(e.group(1), e.group(1)), body)
+
+    def path(self, *, empty_ok: bool = False) -> str:
+        start = self.pos
+        s = self.string()
+        if not (s.startswith("/") or (empty_ok and not s)):
+            raise self.fail(f"'{s}' is not an absolute path", start)
+        return s
+
+    def items(self, item: Callable[[], str]) -> list[str]:
+        """A `[a,b,…]` list, strictly ascending (Nix prints sets and maps sorted)."""
+        self.expect("[")
+        out: list[str] = []
+        while not self.peek("]"):
+            if out:
+                self.expect(",")
+            start = self.pos
+            value = item()
+            if out and value <= out[-1]:
+                raise self.fail("list is not sorted or has duplicates", start)
+            out.append(value)
+        return out
+
+    def plain_list(self) -> list[str]:
+        self.expect("[")
+        out: list[str] = []
+        while not self.peek("]"):
+            if out:
+                self.expect(",")
+            out.append(self.string())
+        return out
+
+
+def _check_output(p: _Parser, name: str, algo: str, digest: str, at: int) -> None:
+    if not algo and not digest:
+        return
+    base = algo[2:] if algo.startswith("r:") else algo
+    if base not in SIZES:
+        raise p.fail(f"output '{name}' has unknown hash algorithm '{algo}'", at)
+    if not digest:
+        raise p.fail(f"output '{name}' is content-addressed without a hash (unsupported)", at)
+    if len(digest) != 2 * SIZES[base] or not _HEX.fullmatch(digest):
+        raise p.fail(f"output '{name}' has a malformed {base} hash '{digest}'", at)
+
+
+def parse(text: str | bytes, origin: str = "<derivation>") -> Derivation:
+    """Parse ATerm text; anything `unparse` would not print is an error."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RunnerError(
+                f"{origin}: corrupt derivation: not UTF-8 at byte {e.start}", reason="bad-drv"
+            ) from None
+    p = _Parser(text, origin)
+    p.expect("Derive(")
+
+    outputs: dict[str, DerivationOutput] = {}
+
+    def output() -> str:
+        at = p.pos
+        p.expect("(")
+        name = p.string()
+        p.expect(",")
+        path = p.path(empty_ok=True)
+        p.expect(",")
+        algo = p.string()
+        p.expect(",")
+        digest = p.string()
+        p.expect(")")
+        _check_output(p, name, algo, digest, at)
+        outputs[name] = DerivationOutput(path, algo, digest)
+        return name
+
+    p.items(output)
+    p.expect(",")
+
+    input_drvs: dict[str, list[str]] = {}
+
+    def input_drv() -> str:
+        p.expect("(")
+        path = p.path()
+        p.expect(",")
+        input_drvs[path] = p.items(p.string)
+        p.expect(")")
+        return path
+
+    p.items(input_drv)
+    p.expect(",")
+    input_srcs = p.items(p.path)
+    p.expect(",")
+    system = p.string()
+    p.expect(",")
+    builder = p.string()
+    p.expect(",")
+    args = p.plain_list()
+    p.expect(",")
+
+    env: dict[str, str] = {}
+
+    def env_entry() -> str:
+        p.expect("(")
+        key = p.string()
+        p.expect(",")
+        env[key] = p.string()
+        p.expect(")")
+        return key
+
+    p.items(env_entry)
+    p.expect(")")
+    if p.pos != len(text):
+        raise p.fail("trailing data after the derivation")
+    if not outputs:
+        raise p.fail("derivation has no outputs", 0)
+    return Derivation(outputs, input_drvs, input_srcs, system, builder, args, env)
+
+
+# ---------------------------------------------------------------- hashing and paths
+
+Loader = Callable[[str], Derivation]
+
+
+def _modulo(drv: Derivation, cache: Mapping[str, bytes]) -> bytes:
+    if drv.is_fixed_output:
+        out = drv.outputs["out"]
+        text = f"fixed:out:{out.hash_algo}:{out.hash}:{out.path}"
+        return hashlib.sha256(text.encode()).digest()
+    inputs: dict[str, set[str]] = {}
+    for path, outs in drv.input_drvs.items():
+        inputs.setdefault(cache[path].hex(), set()).update(outs)
+    return hashlib.sha256(unparse(drv, input_drvs_hashes=inputs).encode()).digest()
+
+
+def hash_derivation_modulo(drv: Derivation, load: Loader, cache: dict[str, bytes]) -> bytes:
+    """SHA-256 that identifies `drv` with fixed-output inputs reduced to their content hash.
+
+    Input derivations are loaded with `load` and memoised by path in `cache`;
+    the walk is iterative so long chains do not hit the recursion limit.
+    """
+    if drv.is_fixed_output:
+        return _modulo(drv, cache)
+    stack = [p for p in drv.input_drvs if p not in cache]
+    pending: dict[str, Derivation] = {}
+    while stack:
+        path = stack[-1]
+        if path in cache:
+            stack.pop()
+            continue
+        first_visit = path not in pending
+        current = pending[path] if not first_visit else load(path)
+        missing = (
+            [] if current.is_fixed_output else [q for q in current.input_drvs if q not in cache]
+        )
+        if missing:
+            if not first_visit:
+                raise RunnerError(f"derivation '{path}' depends on itself", reason="bad-drv")
+            pending[path] = current
+            stack.extend(missing)
+            continue
+        cache[path] = _modulo(current, cache)
+        pending.pop(path, None)
+        stack.pop()
+    return _modulo(drv, cache)
+
+
+def fill_output_paths(
+    drv: Derivation, store_dir: str, load: Loader, cache: dict[str, bytes]
+) -> Derivation:
+    """Compute output paths as Nix's `derivation` builtin does and set them in
+    both `outputs` and `env`; existing output paths are ignored."""
+    name = drv.name
+    if drv.is_fixed_output:
+        out = drv.outputs["out"]
+        try:
+            digest, recursive = out.fixed_hash()
+        except RunnerError as e:
+            raise RunnerError(f"derivation '{name}': {e}", reason="bad-drv") from None
+        path = make_fixed_output_path(name, digest, recursive, store_dir)
+        return dataclasses.replace(
+            drv, outputs={"out": dataclasses.replace(out, path=path)}, env={**drv.env, "out": path}
+        )
+    for output_name, output in drv.outputs.items():
+        if output.hash_algo or output.hash:
+            raise RunnerError(
+                f"derivation '{name}': output '{output_name}' has a hash but the derivation "
+                "is not fixed-output (a fixed output must be the only output, named 'out')",
+                reason="bad-drv",
+            )
+    blank = dataclasses.replace(
+        drv,
+        outputs={k: DerivationOutput("") for k in drv.outputs},
+        env={**drv.env, **{k: "" for k in drv.outputs}},
+    )
+    drv_hash = hash_derivation_modulo(blank, load, cache)
+    paths = {k: make_output_path(k, drv_hash, name, store_dir) for k in drv.outputs}
+    return dataclasses.replace(
+        blank,
+        outputs={k: DerivationOutput(p) for k, p in paths.items()},
+        env={**drv.env, **paths},
+    )
+
+
+def derivation_path(drv: Derivation, store_dir: str) -> str:
+    """The `.drv` store path: a text path referencing the sources and input derivations."""
+    text_hash = hashlib.sha256(unparse(drv).encode()).digest()
+    references = [*drv.input_srcs, *drv.input_drvs]
+    return make_text_path(drv.name + ".drv", text_hash, references, store_dir)
