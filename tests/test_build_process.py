@@ -1,0 +1,108 @@
+"""Builder process supervision with real processes: exit, limits, and no survivors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from runner.build.process import Ending, Limits, ProcessEnd, supervise
+
+
+def _run(script: str, limits: Limits) -> tuple[ProcessEnd, bytes]:
+    async def main() -> tuple[ProcessEnd, bytes]:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
+                                stdout=write_fd, stderr=write_fd, start_new_session=True)
+        os.close(write_fd)
+        out: list[bytes] = []
+        end = await supervise(proc, read_fd, limits, out.append)
+        return end, b"".join(out)
+
+    return asyncio.run(main())
+
+
+def _gone(pid: int) -> bool:
+    """SIGKILL is delivered asynchronously: give the kernel a moment to finish the job."""
+    deadline = time.monotonic() + 5
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie not yet reaped by init counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_exit_status_and_output_are_captured() -> None:
+    end, out = _run("echo hello; echo oops >&2; exit 3", Limits())
+    assert end == ProcessEnd(Ending.EXITED, 3)
+    assert out == b"hello\noops\n"
+
+
+def test_timeout_kills_builder_and_its_children(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    end, _ = _run(f"sleep 60 & echo $! > {pidfile}; wait", Limits(timeout=1))
+    assert end.ending is Ending.TIMED_OUT
+    assert end.returncode < 0
+    assert _gone(int(pidfile.read_text()))
+
+
+def test_silence_limit_resets_on_output(tmp_path: Path) -> None:
+    # Prints for a while (keeping it alive past the limit), then falls silent.
+    pidfile = tmp_path / "child.pid"
+    script = (f"sleep 60 & echo $! > {pidfile}; "
+              "for i in 1 2 3 4 5 6; do echo tick; sleep 0.3; done; wait")
+    end, out = _run(script, Limits(max_silent_time=1))
+    assert end.ending is Ending.SILENT
+    assert out.count(b"tick") == 6
+    assert _gone(int(pidfile.read_text()))
+
+
+def test_log_size_limit() -> None:
+    end, out = _run("while :; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done", Limits(
+        max_log_size=10_000))
+    assert end.ending is Ending.LOG_LIMIT
+    assert len(out) > 10_000
+
+
+def test_leftover_background_children_are_killed_when_builder_exits(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    end, _ = _run(f"sleep 60 & echo $! > {pidfile}; exit 0", Limits())
+    assert end == ProcessEnd(Ending.EXITED, 0)
+    assert _gone(int(pidfile.read_text()))
+
+
+def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+
+    async def main() -> None:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        proc = subprocess.Popen(["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+                                stdout=write_fd, stderr=write_fd, start_new_session=True)
+        os.close(write_fd)
+        task = asyncio.ensure_future(supervise(proc, read_fd, Limits(), lambda _: None))
+        await asyncio.sleep(0)  # let supervision start: it owns the process from then on
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        assert proc.returncode is not None
+
+    asyncio.run(main())
+    assert _gone(int(pidfile.read_text()))
