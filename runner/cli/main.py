@@ -17,7 +17,6 @@ from runner.settings import Settings
 COMMAND_MODULES = (
     "runner.cli.config",
     "runner.cli.hash",
-    "runner.cli.build",
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
