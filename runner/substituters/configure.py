@@ -1,0 +1,133 @@
+"""Turn declared substituters (user settings, then specs) into ready substituters.
+
+Store URLs take Nix-style parameters: `?trusted=1` (signatures not required;
+honoured only in the user's own settings), `?timeout=SECONDS`,
+`?retries=N` (HTTP), `?compression=xz|zstd|none` (when writing).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+from collections.abc import Sequence
+
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.substituters.base import Substituter, SubstituterDecl, Warn
+from runner.substituters.binary_cache import BinaryCache
+from runner.substituters.command import CommandSubstituter
+from runner.substituters.http_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient
+from runner.substituters.negative_cache import NegativeCache
+from runner.substituters.signing import PublicKey
+from runner.substituters.transport import FileTransport, HttpTransport, Transport
+
+KNOWN_PARAMS = ("trusted", "timeout", "retries", "compression", "priority")
+
+
+def print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split `URL?key=value&…` into the bare URL and its parameters."""
+    base, _, query = url.partition("?")
+    try:
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        raise RunnerError(f"store URL '{url}' has malformed parameters", reason="bad-url") from None
+    unknown = sorted(set(params) - set(KNOWN_PARAMS))
+    if unknown:
+        raise RunnerError(f"store URL '{url}': unknown parameter '{unknown[0]}' "
+                          f"(known: {', '.join(KNOWN_PARAMS)})", reason="bad-url")
+    return base, params
+
+
+def _number(url: str, params: dict[str, str], key: str, default: float) -> float:
+    try:
+        value = float(params.get(key, default))
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise RunnerError(f"store URL '{url}': '{key}' must be a non-negative number",
+                          reason="bad-url")
+    return value
+
+
+def open_transport(url: str, client: HttpClient | None = None) -> Transport:
+    """The transport for a `file://` or `http(s)://` URL (parameters already removed)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise RunnerError(f"'{url}': file URLs must name a local path (file:///…)",
+                              reason="bad-url")
+        root = urllib.parse.unquote(parts.path)
+        if not root.startswith("/"):
+            raise RunnerError(f"'{url}': file URLs need an absolute path", reason="bad-url")
+        return FileTransport(url, root.rstrip("/") or "/")
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return HttpTransport(url, client or HttpClient())
+    raise RunnerError(f"unsupported substituter URL '{url}' (expected file://, http:// or "
+                      "https://)", reason="bad-url")
+
+
+def trusted_keys_for(decl: SubstituterDecl, user_keys: Sequence[str], warn: Warn) -> frozenset[str]:
+    """The user's trusted keys, plus the declaration's keys that the user trusts too.
+
+    A spec may say which key signs its cache, but cannot make the user trust
+    a key: keys it names that the user does not trust are ignored, loudly.
+    """
+    user = {k.name: k for k in (PublicKey.parse(t) for t in user_keys)}
+    for text in decl.trusted_public_keys:
+        try:
+            key = PublicKey.parse(text)
+        except RunnerError as e:
+            raise RunnerError(f"{decl.origin}: substituter '{decl.label}': {e.message}",
+                              reason="bad-key") from None
+        if user.get(key.name) != key:
+            warn(f"{decl.origin}: substituter '{decl.label}': ignoring key '{key.name}', "
+                 "which is not in your trusted-public-keys setting")
+    return frozenset(k.to_string() for k in user.values())
+
+
+def open_substituters(settings: Settings, declared: Sequence[SubstituterDecl] = (), *,
+                      warn: Warn = print_warning) -> list[Substituter]:
+    """The user's `substituters` setting, then `declared` (e.g. from specs), without repeats.
+
+    Nothing is contacted here; each substituter connects on first use.
+    Returns an empty list when the `substitute` setting is off.
+    """
+    if not settings.get("substitute"):
+        return []
+    decls = [SubstituterDecl(url=u) for u in settings.get("substituters")]
+    decls.extend(declared)
+    negative = NegativeCache(settings.state_dir, int(settings.get("narinfo-cache-negative-ttl")))
+    clients: dict[tuple[float, int], HttpClient] = {}
+    user_keys = list(settings.get("trusted-public-keys"))
+    result: list[Substituter] = []
+    seen: set[str] = set()
+    for decl in decls:
+        if decl.label in seen:
+            continue
+        seen.add(decl.label)
+        keys = trusted_keys_for(decl, user_keys, warn)
+        if decl.command is not None:
+            result.append(CommandSubstituter(
+                decl.command, settings.store_dir, os.path.join(settings.state_dir, "tmp"),
+                trusted_keys=keys))
+            continue
+        url, params = parse_url(decl.url or "")
+        trusted = params.get("trusted") in ("1", "true")
+        if trusted and decl.from_spec:
+            warn(f"{decl.origin}: substituter '{url}': a spec cannot mark a cache trusted; "
+                 "signatures are still required")
+            trusted = False
+        timeout = _number(url, params, "timeout", DEFAULT_TIMEOUT)
+        retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
+        client = clients.setdefault((timeout, retries), HttpClient(timeout, retries))
+        transport = open_transport(url, client)
+        # A file cache is cheap to ask and often freshly written: no negative caching.
+        neg = negative if isinstance(transport, HttpTransport) else None
+        result.append(BinaryCache(transport, settings.store_dir, trusted=trusted,
+                                  trusted_keys=keys, negative=neg))
+    return result

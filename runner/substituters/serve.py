@@ -1,0 +1,215 @@
+"""`runner cache serve`: a binary cache over HTTP, like nix-serve.
+
+Serving a store, narinfos are computed on the fly from the store's
+database (signed with `--sign-key` when given) and NARs are streamed
+uncompressed from the store tree, so nothing is stored twice. Serving a
+directory (a cache written by `runner copy --to file://…`) is plain static
+file serving, plus `PUT` when writable so that `runner copy --to http://…`
+can fill it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from runner.errors import RunnerError
+from runner.store import nar
+from runner.store.local_store import LocalStore
+from runner.store.path_info import PathInfo
+from runner.substituters.cache_info import CacheInfo
+from runner.substituters.narinfo import NarInfo
+from runner.substituters.signing import SecretKey
+
+_NARINFO = re.compile(r"/([0-9a-df-np-sv-z]{32})\.narinfo")
+_STORE_NAR = re.compile(r"/nar/([0-9a-df-np-sv-z]{32})-([0-9a-df-np-sv-z]{52})\.nar")
+_SAFE_FILE = re.compile(r"/(nix-cache-info|[0-9a-z]{32}\.narinfo|nar/[0-9a-z]{52}\.nar"
+                        r"(\.xz|\.zst|\.bz2)?|log/[0-9a-z]{32}-[^/]+)")
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StoreSource:
+    """Serve the paths of a local store; one DB connection per request (SQLite is per thread)."""
+
+    store_dir: str
+    state_dir: str
+    sign_key: SecretKey | None = None
+    priority: int = 30
+
+    def cache_info(self) -> bytes:
+        return CacheInfo(self.store_dir, True, self.priority).to_text().encode()
+
+    def lookup(self, part: str) -> PathInfo | None:
+        try:
+            names = [n for n in os.listdir(self.store_dir)
+                     if n.startswith(part + "-") and not n.endswith(".lock")]
+        except OSError:
+            return None
+        with LocalStore(self.store_dir, self.state_dir) as store:
+            for name in names:
+                info = store.query_path_info(f"{self.store_dir}/{name}")
+                if info is not None:
+                    return info
+        return None
+
+    def narinfo(self, info: PathInfo) -> bytes:
+        result = NarInfo(
+            path=info.path, url=f"nar/{_hash_part(info)}-{info.nar_hash.base32()}.nar",
+            nar_hash=info.nar_hash, nar_size=info.nar_size, compression="none",
+            references=info.references, deriver=info.deriver, ca=info.ca)
+        if self.sign_key is not None:
+            result = result.signed(self.sign_key)
+        return result.to_text().encode()
+
+
+def _hash_part(info: PathInfo) -> str:
+    return info.path.rsplit("/", 1)[1][:32]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def do_HEAD(self) -> None:
+        self._get(head=True)
+
+    def do_GET(self) -> None:
+        self._get(head=False)
+
+    def _get(self, *, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if isinstance(self.server.source, StoreSource):
+                self._get_store(self.server.source, path, head)
+            else:
+                self._get_file(self.server.source, path, head)
+        except RunnerError as e:
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, e.message.encode() + b"\n", head=head)
+
+    def _get_store(self, source: StoreSource, path: str, head: bool) -> None:
+        if path == "/nix-cache-info":
+            self._send(HTTPStatus.OK, source.cache_info(), head=head)
+            return
+        if m := _NARINFO.fullmatch(path):
+            info = source.lookup(m.group(1))
+            if info is None:
+                self._not_found(head)
+            else:
+                self._send(HTTPStatus.OK, source.narinfo(info), head=head,
+                           content_type="text/x-nix-narinfo")
+            return
+        if m := _STORE_NAR.fullmatch(path):
+            info = source.lookup(m.group(1))
+            if info is None or info.nar_hash.base32() != m.group(2):
+                self._not_found(head)
+                return
+            self._stream(nar.dump(info.path), info.nar_size, head)
+            return
+        self._not_found(head)
+
+    def _get_file(self, root: str, path: str, head: bool) -> None:
+        if not _SAFE_FILE.fullmatch(path):
+            self._not_found(head)
+            return
+        full = os.path.join(root, path[1:])
+        if not os.path.isfile(full):
+            self._not_found(head)
+            return
+        with open(full, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            self._stream(iter(lambda: f.read(_CHUNK), b""), size, head)
+
+    def do_PUT(self) -> None:
+        root = self.server.source
+        path = self.path.split("?", 1)[0]
+        if not self.server.writable or not isinstance(root, str):
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"read-only cache\n")
+            return
+        length = self.headers.get("Content-Length")
+        if not _SAFE_FILE.fullmatch(path) or length is None or not length.isdigit():
+            self._send(HTTPStatus.BAD_REQUEST, b"bad upload\n")
+            return
+        dest = os.path.join(root, path[1:])
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                remaining = int(length)
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, _CHUNK))
+                    if not chunk:
+                        raise ConnectionError("upload cut short")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._send(HTTPStatus.CREATED, b"")
+
+    def _not_found(self, head: bool) -> None:
+        self._send(HTTPStatus.NOT_FOUND, b"not found\n", head=head)
+
+    def _send(self, status: HTTPStatus, body: bytes, *, head: bool = False,
+              content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _stream(self, chunks: Iterator[bytes], size: int, head: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/x-nix-nar")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if head:
+            return
+        sent = 0
+        for chunk in chunks:
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        if sent != size:  # the file changed under us: do not let the client trust the rest
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], source: StoreSource | str, *,
+                 writable: bool, verbose: bool) -> None:
+        super().__init__(address, _Handler)
+        self.source = source
+        self.writable = writable
+        self.verbose = verbose
+
+
+def make_server(source: StoreSource | str, *, host: str = "127.0.0.1", port: int = 0,
+                writable: bool = False, verbose: bool = False) -> ThreadingHTTPServer:
+    """A server for a store (`StoreSource`) or a cache directory; port 0 picks a free one."""
+    try:
+        return _Server((host, port), source, writable=writable, verbose=verbose)
+    except OSError as e:
+        raise RunnerError(f"cannot listen on {host}:{port}: {e.strerror}", reason="io") from None
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["StoreSource", "make_server", "serve_in_thread"]
