@@ -1,0 +1,435 @@
+"""The local store: files under `store_dir`, their metadata in `<state_dir>/db/db.sqlite`.
+
+Adding is atomic: content is copied into a private temp dir inside the store,
+canonicalised and hashed there, then renamed into place under the path's
+lock and registered in one transaction. A crash at any moment leaves at most
+an unregistered leftover (replaced by the next add, or swept by
+`remove_stale_temp`), never a valid path with wrong contents.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import graphlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+from runner.errors import RunnerError
+from runner.store import derivation, nar
+from runner.store.canonicalise import canonicalise, check_file_type, remove_tree
+from runner.store.db import Database
+from runner.store.derivation import Derivation
+from runner.store.hashes import Hash
+from runner.store.locks import PathLocks
+from runner.store.path_info import FailureRecord, PathInfo
+from runner.store.paths import (
+    make_source_path,
+    make_text_path,
+    parse_store_path,
+    validate_name,
+)
+
+Exclude = Callable[[str], bool]
+T = TypeVar("T")
+
+
+class StoreSettings(Protocol):
+    @property
+    def store_dir(self) -> str: ...
+
+    @property
+    def state_dir(self) -> str: ...
+
+
+def open_store(settings: StoreSettings) -> LocalStore:
+    return LocalStore(settings.store_dir, settings.state_dir)
+
+
+class LocalStore:
+    def __init__(self, store_dir: str, state_dir: str) -> None:
+        self.store_dir = os.path.abspath(store_dir)
+        self.state_dir = os.path.abspath(state_dir)
+        try:
+            os.makedirs(self.store_dir, exist_ok=True)
+        except OSError as e:
+            raise RunnerError(f"cannot create the store '{self.store_dir}': {e.strerror}",
+                              reason="store") from None
+        self.db = Database.open(self.state_dir)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ adding
+
+    def add_path(self, src: str, name: str | None = None, exclude: Exclude | None = None) -> str:
+        """Copy a file or tree into the store as a `source` path (as `nix-store --add`).
+
+        `exclude(relpath)` drops entries below `src`; relpaths use `/` and
+        directories end in `/`, so gitignore-style patterns apply.
+        """
+        src = os.path.abspath(src)
+        name = os.path.basename(src) if name is None else name
+        validate_name(name)
+        try:
+            os.lstat(src)
+        except OSError as e:
+            raise RunnerError(f"cannot add '{src}' to the store: {e.strerror}",
+                              reason="not-found") from None
+        with TempDir(self.store_dir) as tmp:
+            staged = os.path.join(tmp.path, "x")
+            nar_hash, nar_size = _io(f"cannot add '{src}' to the store", _stage, src, staged,
+                                     exclude)
+            path = make_source_path(name, nar_hash.digest, self.store_dir)
+            self._install(staged, PathInfo(path, nar_hash, nar_size, ca=f"fixed:r:{nar_hash}"))
+        return path
+
+    def add_text(self, name: str, text: str, references: Iterable[str] = ()) -> str:
+        """Store `text` as a text path (how `.drv` files are stored)."""
+        references = frozenset(references)
+        data = text.encode("utf-8")
+        digest = hashlib.sha256(data).digest()
+        path = make_text_path(name, digest, references, self.store_dir)
+        if self.is_valid(path):
+            return path
+        missing = sorted(r for r in references if r != path and not self.is_valid(r))
+        if missing:
+            raise RunnerError(f"cannot add '{path}': its reference '{missing[0]}' is not valid",
+                              reason="closure")
+        with TempDir(self.store_dir) as tmp:
+            staged = os.path.join(tmp.path, "x")
+            with open(staged, "wb") as f:
+                f.write(data)
+            canonicalise(staged)
+            nar_hash, nar_size = nar.hash_path(staged)
+            ca = f"text:{Hash('sha256', digest)}"
+            self._install(staged, PathInfo(path, nar_hash, nar_size, references, ca=ca))
+        return path
+
+    def write_derivation(self, drv: Derivation) -> str:
+        references = [*drv.input_srcs, *drv.input_drvs]
+        return self.add_text(drv.name + ".drv", derivation.unparse(drv), references)
+
+    def read_derivation(self, path: str) -> Derivation:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise RunnerError(f"cannot read derivation '{path}': {e.strerror}",
+                              reason="bad-drv") from None
+        return derivation.parse(data, path)
+
+    def _install(self, staged: str, info: PathInfo) -> None:
+        """Move a canonicalised, hashed tree to `info.path` and register it."""
+        if self.is_valid(info.path):
+            return
+        with PathLocks([info.path]):
+            if self.is_valid(info.path):  # someone else finished it meanwhile
+                return
+            # Whatever is there is an unregistered leftover of an interrupted add.
+            remove_tree(info.path)
+            _io(f"cannot move '{info.path}' into place", os.rename, staged, info.path)
+            self.register_valid_paths([info])
+
+    # ------------------------------------------------------------ registering
+
+    def register_valid_paths(self, infos: list[PathInfo]) -> None:
+        """Make paths valid in one transaction.
+
+        Every reference must already be valid or be in `infos` (the closure
+        invariant); references among `infos` must not form a cycle. A
+        registered path supersedes its cached failure.
+        """
+        now = int(time.time())
+        batch = {info.path for info in infos}
+        with self.db.transaction() as conn:
+            for info in infos:
+                parse_store_path(info.path, self.store_dir)
+                conn.execute(
+                    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ca)"
+                    " values (?, ?, ?, ?, ?, ?) on conflict (path) do update set"
+                    " hash = excluded.hash, narSize = excluded.narSize,"
+                    " deriver = coalesce(excluded.deriver, deriver), ca = excluded.ca",
+                    (info.path, f"sha256:{info.nar_hash.hex()}", info.registration_time or now,
+                     info.deriver, info.nar_size, info.ca),
+                )
+            for info in infos:
+                referrer = self._id(info.path)
+                for ref in info.references:
+                    reference = self._id(ref)
+                    if reference is None:
+                        raise RunnerError(
+                            f"cannot register '{info.path}': its reference '{ref}' is not valid",
+                            reason="closure",
+                        )
+                    conn.execute("insert or ignore into Refs (referrer, reference) values (?, ?)",
+                                 (referrer, reference))
+                if _is_derivation(info):
+                    for output, out in self.read_derivation(info.path).outputs.items():
+                        conn.execute(
+                            "insert or replace into DerivationOutputs (drv, id, path)"
+                            " values (?, ?, ?)", (referrer, output, out.path))
+                conn.execute("delete from FailedPaths where path = ?", (info.path,))
+            _check_acyclic(infos, batch)
+
+    def _id(self, path: str) -> int | None:
+        row = self.db.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
+        return None if row is None else int(row[0])
+
+    # ------------------------------------------------------------ queries
+
+    def is_valid(self, path: str) -> bool:
+        return self._id(path) is not None
+
+    def query_path_info(self, path: str) -> PathInfo | None:
+        row = self.db.execute(
+            "select id, hash, registrationTime, deriver, narSize, ca from ValidPaths"
+            " where path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        id_, nar_hash, reg_time, deriver, nar_size, ca = row
+        return PathInfo(path, Hash.parse(nar_hash), nar_size or 0, self._references(id_),
+                        deriver, reg_time, ca)
+
+    def _references(self, id_: int) -> frozenset[str]:
+        rows = self.db.execute(
+            "select v.path from Refs r join ValidPaths v on v.id = r.reference"
+            " where r.referrer = ?", (id_,))
+        return frozenset(row[0] for row in rows)
+
+    def query_references(self, path: str) -> set[str]:
+        id_ = self._valid_id(path)
+        return set(self._references(id_))
+
+    def query_referrers(self, path: str) -> set[str]:
+        id_ = self._valid_id(path)
+        rows = self.db.execute(
+            "select v.path from Refs r join ValidPaths v on v.id = r.referrer"
+            " where r.reference = ?", (id_,))
+        return {row[0] for row in rows}
+
+    def query_deriver(self, path: str) -> str | None:
+        row = self.db.execute("select deriver from ValidPaths where path = ?", (path,)).fetchone()
+        return None if row is None else row[0]
+
+    def query_valid_derivers(self, path: str) -> set[str]:
+        """The valid `.drv` paths that list `path` as an output."""
+        rows = self.db.execute(
+            "select v.path from DerivationOutputs d join ValidPaths v on v.id = d.drv"
+            " where d.path = ?", (path,))
+        return {row[0] for row in rows}
+
+    def query_derivation_outputs(self, drv_path: str) -> dict[str, str]:
+        """Output name → path of a valid derivation, from the DB."""
+        id_ = self._valid_id(drv_path)
+        rows = self.db.execute("select id, path from DerivationOutputs where drv = ?", (id_,))
+        return {row[0]: row[1] for row in rows}
+
+    def compute_closure(self, paths: Iterable[str]) -> set[str]:
+        """`paths` and everything they reference, transitively (one recursive query)."""
+        paths = list(dict.fromkeys(paths))
+        for path in paths:
+            self._valid_id(path)
+        rows = self.db.execute(
+            "with recursive closure(id) as ("
+            " select v.id from ValidPaths v join json_each(?) j on v.path = j.value"
+            " union select r.reference from Refs r join closure c on r.referrer = c.id)"
+            " select v.path from ValidPaths v join closure c on v.id = c.id",
+            (json.dumps(paths),))
+        return {row[0] for row in rows}
+
+    def _valid_id(self, path: str) -> int:
+        id_ = self._id(path)
+        if id_ is None:
+            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+        return id_
+
+    # ------------------------------------------------------------ failures
+
+    def register_failure(self, path: str, drv_path: str | None, exit_status: int | None,
+                         log_tail: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "insert or replace into FailedPaths (path, time, exitStatus, drvPath, logTail)"
+                " values (?, ?, ?, ?, ?)",
+                (path, int(time.time()), exit_status, drv_path, log_tail))
+
+    def query_failure(self, path: str) -> FailureRecord | None:
+        row = self.db.execute(
+            "select path, time, exitStatus, drvPath, logTail from FailedPaths where path = ?",
+            (path,)).fetchone()
+        return None if row is None else _failure(row)
+
+    def list_failures(self) -> list[FailureRecord]:
+        rows = self.db.execute(
+            "select path, time, exitStatus, drvPath, logTail from FailedPaths order by path")
+        return [_failure(row) for row in rows]
+
+    def clear_failures(self, paths: Iterable[str] | None = None) -> int:
+        """Forget cached failures (all, or of `paths`); returns how many were removed."""
+        with self.db.transaction() as conn:
+            if paths is None:
+                return conn.execute("delete from FailedPaths").rowcount
+            return sum(conn.execute("delete from FailedPaths where path = ?", (p,)).rowcount
+                       for p in set(paths))
+
+    # ------------------------------------------------------------ deleting
+
+    def delete_path(self, path: str) -> None:
+        """Invalidate and remove `path`; refused while other valid paths refer to it."""
+        parse_store_path(path, self.store_dir)
+        with PathLocks([path]):
+            if self.is_valid(path):
+                users = self.query_referrers(path) - {path}
+                if users:
+                    raise RunnerError(
+                        f"cannot delete '{path}': it is still referenced by '{min(users)}'",
+                        reason="in-use")
+                with self.db.transaction() as conn:
+                    conn.execute("delete from ValidPaths where path = ?", (path,))
+            # Invalid first, then gone: a crash in between leaves an invalid leftover.
+            _io(f"deleting '{path}'", remove_tree, path)
+
+    def remove_stale_temp(self) -> int:
+        """Delete temp dirs of adds whose process died; returns how many."""
+        removed = 0
+        with os.scandir(self.store_dir) as entries:
+            stale = [e.path for e in entries if e.name.startswith(TempDir.PREFIX)]
+        for path in stale:
+            if TempDir.is_abandoned(path):
+                remove_tree(path)
+                removed += 1
+        return removed
+
+
+def _is_derivation(info: PathInfo) -> bool:
+    # A source input that happens to be called `x.drv` is content-addressed
+    # "fixed:…" and is not parsed as a derivation.
+    return info.path.endswith(".drv") and not (info.ca or "").startswith("fixed:")
+
+
+def _check_acyclic(infos: list[PathInfo], batch: set[str]) -> None:
+    graph = {i.path: {r for r in i.references if r in batch and r != i.path} for i in infos}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as e:
+        cycle = " -> ".join(e.args[1])
+        raise RunnerError(f"cannot register paths that refer to each other: {cycle}",
+                          reason="cycle") from None
+
+
+def _failure(row: tuple[str, int, int | None, str | None, str | None]) -> FailureRecord:
+    path, when, exit_status, drv_path, log_tail = row
+    return FailureRecord(path, when, exit_status, drv_path, log_tail or "")
+
+
+def _io(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a file operation; an OSError becomes a one-line RunnerError."""
+    try:
+        return func(*args, **kwargs)
+    except OSError as e:
+        raise RunnerError(f"{what}: {e.strerror or e} ('{e.filename}')", reason="io") from None
+
+
+# ---------------------------------------------------------------- staging
+
+
+class TempDir:
+    """A private dir in the store (same filesystem, so the final rename is atomic).
+
+    Its name carries the owner's pid and the owner holds an flock on it, so
+    a sweeper can tell an abandoned one (lock free and owner gone) from one
+    in use, without guessing from times.
+    """
+
+    PREFIX = ".tmp-"
+
+    def __init__(self, store_dir: str) -> None:
+        self.path = _io(f"creating a temp dir in '{store_dir}'", tempfile.mkdtemp,
+                              prefix=f"{self.PREFIX}{os.getpid()}-", dir=store_dir)
+        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __enter__(self) -> TempDir:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            remove_tree(self.path)
+        finally:
+            os.close(self._fd)
+
+    @classmethod
+    def is_abandoned(cls, path: str) -> bool:
+        try:
+            pid = int(os.path.basename(path)[len(cls.PREFIX):].split("-", 1)[0])
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (ValueError, OSError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        # The pid lives: it may be between creating the dir and locking it.
+        return False
+
+
+def _stage(src: str, staged: str, exclude: Exclude | None) -> tuple[Hash, int]:
+    copy_tree(src, staged, exclude)
+    canonicalise(staged)
+    return nar.hash_path(staged)
+
+
+def copy_tree(src: str, dest: str, exclude: Exclude | None) -> None:
+    """Copy files, dirs and symlinks (contents and the owner's exec bit only)."""
+    stack = [(src, dest, "")]
+    while stack:
+        from_path, to_path, rel = stack.pop()
+        st = os.lstat(from_path)
+        check_file_type(from_path, st)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(from_path), to_path)
+        elif stat.S_ISREG(st.st_mode):
+            shutil.copyfile(from_path, to_path, follow_symlinks=False)
+            os.chmod(to_path, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
+        else:
+            os.mkdir(to_path, 0o755)
+            with os.scandir(from_path) as entries:
+                for entry in entries:
+                    child = rel + entry.name
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                    if exclude is not None and exclude(child + "/" if is_dir else child):
+                        continue
+                    stack.append((entry.path, os.path.join(to_path, entry.name),
+                                  child + "/" if is_dir else child))
