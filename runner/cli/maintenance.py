@@ -1,0 +1,172 @@
+"""Store maintenance: `runner gc | delete | add-root | optimise | verify | why-depends |
+closure-size` (see docs/maintenance.md)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.store.local_store import LocalStore, open_store
+from runner.store.paths import is_in_store, to_store_path
+
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gc", help="delete store paths that no GC root keeps alive")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    p.add_argument("--max-freed", type=_bytes, metavar="BYTES",
+                   help="stop after freeing this much (suffixes K, M, G, T)")
+    p.add_argument("--keep-outputs", action="store_true",
+                   help="keep the outputs of live derivations")
+    p.add_argument("--keep-derivations", action="store_true",
+                   help="keep the derivations of live outputs")
+    p.add_argument("--drop-failures", action="store_true",
+                   help="also forget every cached build failure")
+    p.set_defaults(func=_gc)
+
+    p = sub.add_parser("delete", help="delete specific store paths (refused if still in use)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=_delete)
+
+    p = sub.add_parser("add-root", help="create a symlink LINK -> PATH that is a GC root")
+    p.add_argument("link", metavar="LINK")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=_add_root)
+
+    p = sub.add_parser("optimise", help="hard-link identical files in the store")
+    p.set_defaults(func=_optimise)
+
+    p = sub.add_parser("verify", help="check the store database against the files")
+    p.add_argument("--check-contents", action="store_true",
+                   help="also recompute every path's NAR hash (slow)")
+    p.add_argument("--repair", action="store_true",
+                   help="remove dangling rows and broken paths that nothing refers to")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("dependency", metavar="DEPENDENCY")
+    p.set_defaults(func=_why_depends)
+
+    p = sub.add_parser("closure-size", help="print the total NAR size of each path's closure")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=_closure_size)
+
+
+def _bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M, got '{text}'")
+    return int(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+
+
+def _store_path(store: LocalStore, arg: str) -> str:
+    """The store path `arg` names, following symlinks such as `result` into the store."""
+    path = os.path.abspath(arg)
+    if not is_in_store(path, store.store_dir):
+        path = os.path.realpath(path)
+    if not is_in_store(path, store.store_dir):
+        raise RunnerError(f"path '{arg}' is not in the store '{store.store_dir}'",
+                          reason="bad-path")
+    return to_store_path(path, store.store_dir)
+
+
+def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.gc import GCOptions, collect_garbage
+
+    options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
+                        keep_outputs=args.keep_outputs, keep_derivations=args.keep_derivations,
+                        drop_failures=args.drop_failures)
+    with open_store(settings) as store:
+        result = collect_garbage(store, options)
+    for path in result.deleted:
+        print(path)
+    print(result.summary(dry_run=args.dry_run))
+    if result.failures_dropped:
+        print(f"{result.failures_dropped} cached build failures dropped")
+    return 0
+
+
+def _delete(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.gc import delete_paths
+
+    with open_store(settings) as store:
+        # Not `_store_path`: deleting through a `result` link would be a surprise.
+        paths = [os.path.abspath(p) for p in args.paths]
+        result = delete_paths(store, paths)
+    for path in [*result.deleted, *result.leftovers]:
+        print(path)
+    print(result.summary())
+    return 0
+
+
+def _add_root(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.roots import add_perm_root
+
+    with open_store(settings) as store:
+        path = _store_path(store, args.path)
+        if not store.is_valid(path):
+            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+        print(add_perm_root(store.store_dir, store.state_dir, path, args.link))
+    return 0
+
+
+def _optimise(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.optimise import optimise_store
+
+    with open_store(settings) as store:
+        print(optimise_store(store).summary())
+    return 0
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.verify import verify_store
+
+    with open_store(settings) as store:
+        report = verify_store(store, check_contents=args.check_contents, repair=args.repair)
+    for line in report.problems:
+        print(f"problem: {line}")
+    for line in report.fixed:
+        print(f"fixed: {line}")
+    if report.ok:
+        print("store is consistent" if not report.problems else "all problems fixed")
+        return 0
+    if args.repair:
+        for line in report.unfixed:
+            print(f"not fixed: {line}")
+    raise RunnerError(f"store verification found {len(report.unfixed)} problem(s)"
+                      + ("" if args.repair else "; run with --repair to fix what can be fixed"),
+                      reason="verify-failed")
+
+
+def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.closure_info import find_mentions, shortest_chain
+
+    with open_store(settings) as store:
+        start = _store_path(store, args.path)
+        goal = _store_path(store, args.dependency)
+        chain = shortest_chain(store, start, goal)
+        if chain is None:
+            raise RunnerError(f"'{start}' does not depend on '{goal}'", reason="no-dependency")
+        print(chain[0])
+        for depth, (path, dep) in enumerate(itertools.pairwise(chain)):
+            indent = "    " * depth
+            for mention in find_mentions(path, dep):
+                print(f"{indent}  {mention.file or '.'}: {mention.excerpt}")
+            print(f"{indent}└── {dep}")
+    return 0
+
+
+def _closure_size(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.closure_info import closure_size
+
+    with open_store(settings) as store:
+        for arg in args.paths:
+            path = _store_path(store, arg)
+            print(f"{path}\t{closure_size(store, path)}")
+    return 0

@@ -1,0 +1,285 @@
+"""Garbage collection: delete store paths no root can reach, and specific paths on request.
+
+With `gc.lock` held exclusively (see `roots.py`), the collector reads every
+root, computes the live set (the closure of the roots, plus derivers or
+outputs with `keep_derivations` / `keep_outputs`) and deletes the rest,
+referrers before their references. Each deletion is one small transaction
+that drops the path's row (its reference rows go with it), followed by the
+removal of its files. A crash between the two leaves an invalid leftover on
+disk, which the next collection removes; the closure invariant holds after
+every commit, because nothing still valid refers to a deleted path.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import stat
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from runner.errors import RunnerError
+from runner.store.canonicalise import remove_tree
+from runner.store.local_store import LocalStore
+from runner.store.locks import PathLocks
+from runner.store.paths import parse_store_path
+from runner.store.roots import Roots, all_roots, gc_lock
+
+LINKS_DIR = ".links"
+TEMP_LINK_PREFIX = ".tmp-link-"
+
+
+@dataclass(frozen=True)
+class GCOptions:
+    dry_run: bool = False
+    max_freed: int | None = None  # stop once this many bytes are freed
+    keep_outputs: bool = False  # a live derivation keeps its outputs
+    keep_derivations: bool = False  # a live output keeps its derivation
+    drop_failures: bool = False  # also forget cached build failures
+
+
+@dataclass
+class GCResult:
+    deleted: list[str] = field(default_factory=list)  # valid paths, in deletion order
+    leftovers: list[str] = field(default_factory=list)  # invalid store entries removed
+    skipped: list[str] = field(default_factory=list)  # dead but busy (locked) or still referred
+    bytes_freed: int = 0
+    failures_dropped: int = 0
+
+    def summary(self, dry_run: bool = False) -> str:
+        if dry_run:
+            return f"{len(self.deleted)} store paths would be deleted"
+        mib = self.bytes_freed / (1024 * 1024)
+        return f"{len(self.deleted)} store paths deleted, {mib:.2f} MiB freed"
+
+
+# ------------------------------------------------------------------ liveness
+
+
+@dataclass
+class _Graph:
+    """The reference graph of all valid paths, loaded in a few queries."""
+
+    references: dict[str, set[str]]
+    referrers: dict[str, set[str]]
+    outputs: dict[str, set[str]]  # derivation -> its valid outputs
+    derivers: dict[str, set[str]]  # output -> valid derivations listing it as their deriver
+
+    @classmethod
+    def load(cls, store: LocalStore) -> _Graph:
+        db = store.db
+        paths = {id_: path for id_, path in db.execute("select id, path from ValidPaths")}
+        references: dict[str, set[str]] = {p: set() for p in paths.values()}
+        referrers: dict[str, set[str]] = {p: set() for p in paths.values()}
+        for referrer, reference in db.execute("select referrer, reference from Refs"):
+            if referrer in paths and reference in paths:
+                references[paths[referrer]].add(paths[reference])
+                referrers[paths[reference]].add(paths[referrer])
+        outputs: dict[str, set[str]] = {}
+        derivers: dict[str, set[str]] = {}
+        deriver_of = dict(db.execute("select path, deriver from ValidPaths"))
+        for drv_id, out in db.execute("select drv, path from DerivationOutputs"):
+            drv = paths.get(drv_id)
+            if drv is None or out not in references:
+                continue
+            outputs.setdefault(drv, set()).add(out)
+            if deriver_of.get(out) == drv:
+                derivers.setdefault(out, set()).add(drv)
+        return cls(references, referrers, outputs, derivers)
+
+    def live(self, roots: Iterable[str], keep_outputs: bool, keep_derivations: bool) -> set[str]:
+        alive: set[str] = set()
+        stack = [r for r in roots if r in self.references]
+        while stack:
+            path = stack.pop()
+            if path in alive:
+                continue
+            alive.add(path)
+            stack.extend(self.references[path])
+            if keep_outputs:
+                stack.extend(self.outputs.get(path, ()))
+            if keep_derivations:
+                stack.extend(self.derivers.get(path, ()))
+        return alive
+
+    def referrers_first(self, paths: set[str]) -> list[str]:
+        """`paths` ordered so that every path comes after the paths referring to it."""
+        graph = {p: {r for r in self.referrers[p] if r in paths and r != p} for p in paths}
+        return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+# ------------------------------------------------------------------ collecting
+
+
+def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCResult:
+    """Delete every store path that no root keeps alive (or, with `dry_run`, list them)."""
+    result = GCResult()
+    with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
+        roots = all_roots(store.store_dir, store.state_dir)
+        graph = _Graph.load(store)
+        alive = graph.live(roots, options.keep_outputs, options.keep_derivations)
+        dead = graph.referrers_first(set(graph.references) - alive)
+        if options.dry_run:
+            result.deleted = dead
+            return result
+        # Invalid leftovers first: unlike dead valid paths, nothing can revive them.
+        _remove_leftovers(store, roots, result)
+        for path in dead:
+            if _limit_reached(result, options):
+                break
+            _delete_valid(store, path, result)
+        result.bytes_freed += _remove_unused_links(store.store_dir)
+        if options.drop_failures:
+            result.failures_dropped = store.clear_failures()
+    return result
+
+
+def _limit_reached(result: GCResult, options: GCOptions) -> bool:
+    return options.max_freed is not None and result.bytes_freed >= options.max_freed
+
+
+def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
+    """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+    locks = PathLocks()
+    if not locks.try_lock([path]):
+        result.skipped.append(path)  # someone is adding or building it right now
+        return False
+    try:
+        with store.db.transaction() as conn:
+            row = conn.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
+            if row is None:
+                return False
+            users = conn.execute("select 1 from Refs where reference = ? and referrer != ?"
+                                 " limit 1", (row[0], row[0])).fetchone()
+            if users is not None:
+                # A referrer was kept (busy): keep this one too, or the closure breaks.
+                result.skipped.append(path)
+                return False
+            conn.execute("delete from ValidPaths where id = ?", (row[0],))
+        result.bytes_freed += _remove(path)
+        result.deleted.append(path)
+        return True
+    finally:
+        locks.unlock()
+
+
+def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None:
+    """Remove store entries that are not valid: interrupted adds, builds, stale lock files."""
+    store.remove_stale_temp()
+    store_dir = store.store_dir
+    for name in sorted(os.listdir(store_dir)):
+        path = os.path.join(store_dir, name)
+        if name.startswith(TEMP_LINK_PREFIX):
+            # Optimising holds the GC lock shared, so no link is in flight now.
+            result.bytes_freed += _remove(path)
+            continue
+        if name.startswith("."):
+            continue  # the links dir and temp dirs of adds in progress
+        if name.endswith(".lock"):
+            owner = path[: -len(".lock")]
+            locks = PathLocks()
+            if owner not in roots and locks.try_lock([owner]):
+                locks.unlock()  # an unheld lock file: unlocking deletes it
+            continue
+        if path in roots or store.is_valid(path):
+            continue
+        locks = PathLocks()
+        if not locks.try_lock([path]):
+            continue  # being built or added right now
+        try:
+            if not store.is_valid(path):
+                result.bytes_freed += _remove(path)
+                result.leftovers.append(path)
+        finally:
+            locks.unlock()
+
+
+def _remove_unused_links(store_dir: str) -> int:
+    """Drop files in the links dir that no store path shares any more; returns bytes freed."""
+    links = os.path.join(store_dir, LINKS_DIR)
+    freed = 0
+    try:
+        entries = list(os.scandir(links))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        if st.st_nlink == 1:
+            freed += st.st_blocks * 512
+            os.unlink(entry.path)
+    return freed
+
+
+def _remove(path: str) -> int:
+    """Delete a tree; returns the disk space freed (files still linked elsewhere free nothing)."""
+    size = _disk_usage(path)
+    try:
+        remove_tree(path)
+    except OSError as e:
+        raise RunnerError(f"cannot delete '{path}': {e.strerror}", reason="io") from None
+    return size
+
+
+def _disk_usage(path: str) -> int:
+    total = 0
+    stack = [path]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            total += st.st_blocks * 512
+            with os.scandir(current) as entries:
+                stack.extend(e.path for e in entries)
+        elif st.st_nlink == 1:
+            total += st.st_blocks * 512
+    return total
+
+
+# ------------------------------------------------------------------ deleting on request
+
+
+def delete_paths(store: LocalStore, paths: Iterable[str]) -> GCResult:
+    """Delete exactly `paths`; refuses (deleting nothing) any that is rooted or still referenced."""
+    wanted = list(dict.fromkeys(os.path.abspath(p) for p in paths))
+    for path in wanted:
+        parse_store_path(path, store.store_dir)
+    result = GCResult()
+    with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
+        roots = all_roots(store.store_dir, store.state_dir)
+        graph = _Graph.load(store)
+        valid = {p for p in wanted if p in graph.references}
+        for path in wanted:
+            _check_deletable(path, valid, roots, graph)
+        for path in graph.referrers_first(valid):
+            if not _delete_valid(store, path, result):
+                raise RunnerError(f"cannot delete '{path}': it is locked by another process",
+                                  reason="busy")
+        for path in wanted:
+            if path not in valid and os.path.lexists(path):
+                result.bytes_freed += _remove(path)
+                result.leftovers.append(path)
+    return result
+
+
+def _check_deletable(path: str, valid: set[str], roots: Roots, graph: _Graph) -> None:
+    if path in roots:
+        via = sorted(roots[path])[0]
+        raise RunnerError(f"cannot delete '{path}': it is a GC root ({_describe(via)})",
+                          reason="rooted")
+    if path not in valid:
+        if not os.path.lexists(path):
+            raise RunnerError(f"cannot delete '{path}': it is not in the store",
+                              reason="not-found")
+        return
+    users = sorted(graph.referrers[path] - valid - {path})
+    if users:
+        raise RunnerError(f"cannot delete '{path}': it is still referenced by '{users[0]}'",
+                          reason="in-use")
+
+
+def _describe(source: str) -> str:
+    return source if source.startswith("temporary root") else f"via '{source}'"

@@ -1,0 +1,145 @@
+"""Store verification: the database agrees with itself and with the files on disk.
+
+Checked with `gc.lock` held exclusively (nothing is added or collected
+meanwhile): no reference or output row points at a missing path, every
+valid path is a well-formed store path and exists. With `check_contents`,
+each path's NAR hash is recomputed and compared (after the lock is
+released, as that is slow; paths collected meanwhile are skipped).
+
+With `repair`, dangling rows are deleted, and a broken path that no healthy
+valid path refers to is invalidated and its files removed. A broken path
+that is still referred to is reported: it has to be rebuilt or substituted
+in place, which is the worker's job (`runner build --repair`).
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+from runner.errors import RunnerError
+from runner.store import nar
+from runner.store.canonicalise import remove_tree
+from runner.store.local_store import LocalStore
+from runner.store.paths import parse_store_path
+from runner.store.roots import gc_lock
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str] = field(default_factory=list)  # found, in the order found
+    fixed: list[str] = field(default_factory=list)  # what --repair did
+    unfixed: list[str] = field(default_factory=list)  # what is still wrong afterwards
+    broken: set[str] = field(default_factory=set)  # valid paths whose files or closure are bad
+
+    @property
+    def ok(self) -> bool:
+        return not self.unfixed
+
+
+def verify_store(store: LocalStore, *, check_contents: bool = False,
+                 repair: bool = False) -> VerifyReport:
+    report = VerifyReport()
+    with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
+        _check_rows(store, report, repair)
+        _check_paths(store, report)
+    if check_contents:
+        _check_contents(store, report)
+    if repair:
+        with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
+            _repair_broken(store, report)
+    elif report.problems:
+        report.unfixed = list(report.problems)
+    return report
+
+
+def _check_rows(store: LocalStore, report: VerifyReport, repair: bool) -> None:
+    """Rows pointing at missing ValidPaths rows (possible only if foreign keys were off)."""
+    db = store.db
+    dangling_referrer = db.execute(
+        "select rowid, referrer from Refs where referrer not in (select id from ValidPaths)"
+    ).fetchall()
+    for rowid, referrer in dangling_referrer:
+        report.problems.append(f"reference row {rowid} belongs to a missing path (id {referrer})")
+    for referrer, reference in db.execute(
+            "select v.path, r.reference from Refs r join ValidPaths v on v.id = r.referrer"
+            " where r.reference not in (select id from ValidPaths)"):
+        report.problems.append(f"'{referrer}' refers to a missing path (id {reference})")
+        report.broken.add(referrer)
+    dangling_outputs = db.execute(
+        "select rowid, drv from DerivationOutputs where drv not in (select id from ValidPaths)"
+    ).fetchall()
+    for rowid, drv in dangling_outputs:
+        report.problems.append(f"output row {rowid} belongs to a missing derivation (id {drv})")
+    if repair and (dangling_referrer or dangling_outputs):
+        with db.transaction() as conn:
+            conn.executemany("delete from Refs where rowid = ?",
+                             [(rowid,) for rowid, _ in dangling_referrer])
+            conn.executemany("delete from DerivationOutputs where rowid = ?",
+                             [(rowid,) for rowid, _ in dangling_outputs])
+        report.fixed.append(f"deleted {len(dangling_referrer) + len(dangling_outputs)} "
+                            "dangling rows")
+
+
+def _check_paths(store: LocalStore, report: VerifyReport) -> None:
+    for (path,) in store.db.execute("select path from ValidPaths order by path").fetchall():
+        try:
+            parse_store_path(path, store.store_dir)
+        except RunnerError as e:
+            report.problems.append(f"invalid entry in the database: {e}")
+            report.broken.add(path)
+            continue
+        if not os.path.lexists(path):
+            report.problems.append(f"'{path}' is valid but missing on disk")
+            report.broken.add(path)
+
+
+def _check_contents(store: LocalStore, report: VerifyReport) -> None:
+    rows = store.db.execute("select path from ValidPaths order by path").fetchall()
+    for (path,) in rows:
+        if path in report.broken:
+            continue
+        info = store.query_path_info(path)
+        if info is None:
+            continue  # collected meanwhile
+        try:
+            actual, size = nar.hash_path(path)
+        except (OSError, RunnerError) as e:
+            if store.is_valid(path):
+                report.problems.append(f"cannot hash '{path}': {e}")
+                report.broken.add(path)
+            continue
+        if actual != info.nar_hash:
+            report.problems.append(f"'{path}' was modified: expected hash "
+                                   f"'{info.nar_hash}', got '{actual}'")
+            report.broken.add(path)
+        elif info.nar_size and size != info.nar_size:
+            report.problems.append(f"'{path}' has NAR size {size}, the database says "
+                                   f"{info.nar_size}")
+            report.broken.add(path)
+
+
+def _repair_broken(store: LocalStore, report: VerifyReport) -> None:
+    """Remove broken paths nothing healthy refers to, referrers first; report the rest."""
+    broken = {p for p in report.broken if store.is_valid(p)}
+    referrers = {p: store.query_referrers(p) - {p} for p in broken}
+    graph = {p: referrers[p] & broken for p in broken}
+    removed: set[str] = set()
+    for path in graphlib.TopologicalSorter(graph).static_order():
+        users = sorted(referrers[path] - removed)
+        if users:
+            report.unfixed.append(f"'{path}' is broken but still referenced by '{users[0]}'; "
+                                  "rebuild or substitute it (runner build --repair)")
+            continue
+        with store.db.transaction() as conn:
+            conn.execute("delete from ValidPaths where path = ?", (path,))
+        # A malformed row may name anything; only ever delete inside the store dir.
+        if os.path.normpath(path) == path and os.path.dirname(path) == store.store_dir:
+            try:
+                remove_tree(path)
+            except OSError as e:
+                report.unfixed.append(f"invalidated '{path}' but cannot delete it: {e.strerror}")
+        removed.add(path)
+        report.fixed.append(f"removed broken path '{path}'")
