@@ -17,6 +17,7 @@ from runner.settings import Settings
 COMMAND_MODULES = (
     "runner.cli.config",
     "runner.cli.hash",
+    "runner.cli.cache",
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.

@@ -101,33 +101,45 @@ def open_substituters(settings: Settings, declared: Sequence[SubstituterDecl] = 
         return []
     decls = [SubstituterDecl(url=u) for u in settings.get("substituters")]
     decls.extend(declared)
-    negative = NegativeCache(settings.state_dir, int(settings.get("narinfo-cache-negative-ttl")))
-    clients: dict[tuple[float, int], HttpClient] = {}
-    user_keys = list(settings.get("trusted-public-keys"))
+    shared = _Shared(settings)
     result: list[Substituter] = []
     seen: set[str] = set()
     for decl in decls:
-        if decl.label in seen:
-            continue
-        seen.add(decl.label)
-        keys = trusted_keys_for(decl, user_keys, warn)
-        if decl.command is not None:
-            result.append(CommandSubstituter(
-                decl.command, settings.store_dir, os.path.join(settings.state_dir, "tmp"),
-                trusted_keys=keys))
-            continue
-        url, params = parse_url(decl.url or "")
-        trusted = params.get("trusted") in ("1", "true")
-        if trusted and decl.from_spec:
-            warn(f"{decl.origin}: substituter '{url}': a spec cannot mark a cache trusted; "
-                 "signatures are still required")
-            trusted = False
-        timeout = _number(url, params, "timeout", DEFAULT_TIMEOUT)
-        retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
-        client = clients.setdefault((timeout, retries), HttpClient(timeout, retries))
-        transport = open_transport(url, client)
-        # A file cache is cheap to ask and often freshly written: no negative caching.
-        neg = negative if isinstance(transport, HttpTransport) else None
-        result.append(BinaryCache(transport, settings.store_dir, trusted=trusted,
-                                  trusted_keys=keys, negative=neg))
+        if decl.label not in seen:
+            seen.add(decl.label)
+            result.append(open_substituter(decl, settings, warn=warn, shared=shared))
     return result
+
+
+class _Shared:
+    """What substituters opened together share: HTTP connection pools, the negative cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.negative = NegativeCache(settings.state_dir,
+                                      int(settings.get("narinfo-cache-negative-ttl")))
+        self.clients: dict[tuple[float, int], HttpClient] = {}
+
+    def client(self, timeout: float, retries: int) -> HttpClient:
+        return self.clients.setdefault((timeout, retries), HttpClient(timeout, retries))
+
+
+def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = print_warning,
+                     shared: _Shared | None = None) -> Substituter:
+    shared = shared or _Shared(settings)
+    keys = trusted_keys_for(decl, list(settings.get("trusted-public-keys")), warn)
+    if decl.command is not None:
+        return CommandSubstituter(decl.command, settings.store_dir,
+                                  os.path.join(settings.state_dir, "tmp"), trusted_keys=keys)
+    url, params = parse_url(decl.url or "")
+    trusted = params.get("trusted") in ("1", "true")
+    if trusted and decl.from_spec:
+        warn(f"{decl.origin}: substituter '{url}': a spec cannot mark a cache trusted; "
+             "signatures are still required")
+        trusted = False
+    timeout = _number(url, params, "timeout", DEFAULT_TIMEOUT)
+    retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
+    transport = open_transport(url, shared.client(timeout, retries))
+    # A file cache is cheap to ask and often freshly written: no negative caching.
+    negative = shared.negative if isinstance(transport, HttpTransport) else None
+    return BinaryCache(transport, settings.store_dir, trusted=trusted, trusted_keys=keys,
+                       negative=negative)

@@ -30,6 +30,7 @@ class Transport(Protocol):
     def open(self, rel: str) -> Stream | None: ...
     def exists(self, rel: str) -> bool: ...
     def write(self, rel: str, chunks: Iterable[bytes]) -> None: ...
+    def create(self) -> None: ...
 
 
 class FileTransport:
@@ -66,6 +67,13 @@ class FileTransport:
 
     def exists(self, rel: str) -> bool:
         return os.path.exists(self._path(rel))
+
+    def create(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise RunnerError(f"cannot create cache directory '{self.root}': {e.strerror}",
+                              reason="io") from None
 
     def write(self, rel: str, chunks: Iterable[bytes]) -> None:
         dest = self._path(rel)
@@ -124,6 +132,9 @@ class HttpTransport:
         resp = self._client.request("HEAD", self._full(rel))
         resp.read_all()
         return resp.status == 200
+
+    def create(self) -> None:
+        pass  # the server owns its directory
 
     def write(self, rel: str, chunks: Iterable[bytes]) -> None:
         resp = self._client.request("PUT", self._full(rel), body=b"".join(chunks))

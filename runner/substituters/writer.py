@@ -37,6 +37,7 @@ class SourceStore(Protocol):
 
 def ensure_cache_info(transport: Transport, store_dir: str) -> None:
     """Create `nix-cache-info` in a new cache; refuse a cache made for another store dir."""
+    transport.create()
     text = transport.read("nix-cache-info")
     if text is None:
         transport.write("nix-cache-info", [cache_info.CacheInfo(store_dir).to_text().encode()])

@@ -1,0 +1,157 @@
+"""`runner copy`, `runner cache serve`, `runner key generate`: filling, serving and
+trusting binary caches."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from runner.errors import RunnerError
+from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from runner.store.local_store import LocalStore
+
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("copy", help="copy store paths (with their closure) to or from a cache")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="URL", help="binary cache to fill (file:// or http://)")
+    where.add_argument("--from", dest="from_", metavar="URL", help="binary cache to fetch from")
+    p.add_argument("--sign-key", metavar="FILE", help="secret key to sign what is copied --to")
+    p.add_argument("--compression", choices=("xz", "zstd", "none"),
+                   help="NAR compression when copying --to (default: xz, or the URL's "
+                        "?compression=)")
+    p.add_argument("--no-check-sigs", action="store_true",
+                   help="with --from: accept paths without a trusted signature")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=_copy)
+
+    cache = sub.add_parser("cache", help="binary cache tools")
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    s = actions.add_parser("serve", help="serve the store or a cache directory over HTTP")
+    what = s.add_mutually_exclusive_group()
+    what.add_argument("--store", action="store_true", help="serve the local store (default)")
+    what.add_argument("dir", nargs="?", metavar="DIR", help="serve this cache directory")
+    s.add_argument("--port", type=int, default=5000, help="port (0: any free port)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--sign-key", metavar="FILE", help="sign narinfos on the fly (store only)")
+    s.add_argument("--priority", type=int, default=30, help="Priority in nix-cache-info")
+    s.add_argument("--writable", action="store_true", help="accept PUT uploads (DIR only)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    s.set_defaults(func=_serve)
+
+    key = sub.add_parser("key", help="signing keys for binary caches")
+    key_actions = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    g = key_actions.add_parser("generate", help="make an ed25519 key pair (as "
+                               "nix-store --generate-binary-cache-key)")
+    g.add_argument("name", metavar="NAME", help="key name, e.g. cache.example.org-1")
+    g.add_argument("--secret", metavar="FILE", help="write the secret key here (else stdout)")
+    g.add_argument("--public", metavar="FILE", help="write the public key here (else stdout)")
+    g.set_defaults(func=_generate)
+
+
+def _store_paths(args_paths: list[str], store_dir: str) -> list[str]:
+    from runner.store.paths import to_store_path
+
+    return [to_store_path(os.path.abspath(p) if not p.startswith("/") else p, store_dir)
+            for p in args_paths]
+
+
+def _copy(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.local_store import open_store
+
+    with open_store(settings) as store:
+        paths = _store_paths(args.paths, store.store_dir)
+        if args.to:
+            return _copy_to(args, settings, store, paths)
+        return _copy_from(args, settings, store, paths)
+
+
+def _copy_to(args: argparse.Namespace, settings: Settings, store: LocalStore,
+             paths: list[str]) -> int:
+    from runner.substituters.configure import open_transport, parse_url
+    from runner.substituters.signing import SecretKey
+    from runner.substituters.writer import copy_to_cache
+
+    url, params = parse_url(args.to)
+    compression = args.compression or params.get("compression", "xz")
+    if compression not in ("xz", "zstd", "none"):
+        raise RunnerError(f"'{args.to}': compression must be xz, zstd or none", reason="usage")
+    key = SecretKey.load(args.sign_key) if args.sign_key else None
+    tmp_dir = os.path.join(settings.state_dir, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    written = copy_to_cache(store, paths, open_transport(url), compression=compression,
+                            sign_key=key, tmp_dir=tmp_dir)
+    for path in written:
+        print(f"copied '{path}'", file=sys.stderr)
+    return 0
+
+
+def _copy_from(args: argparse.Namespace, settings: Settings, store: LocalStore,
+               paths: list[str]) -> int:
+    from runner.substituters.base import SubstituterDecl
+    from runner.substituters.configure import open_substituter
+    from runner.substituters.substitute import substitute
+
+    settings = settings.with_overrides(substituter_errors="fail")
+    if args.no_check_sigs:
+        settings = settings.with_overrides(require_sigs=False)
+    sub = open_substituter(SubstituterDecl(url=args.from_), settings)
+    for path in paths:
+        result = substitute(store, path, [sub], settings)
+        if not result.ok:
+            raise result.error()
+        for done in result.substituted:
+            print(f"copied '{done}'", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.substituters.serve import StoreSource, make_server
+    from runner.substituters.signing import SecretKey
+
+    key = SecretKey.load(args.sign_key) if args.sign_key else None
+    if args.dir is not None:
+        if key is not None:
+            raise RunnerError("--sign-key applies to --store; sign a cache directory when "
+                              "filling it (runner copy --to … --sign-key)", reason="usage")
+        if not os.path.isdir(args.dir):
+            raise RunnerError(f"'{args.dir}' is not a directory", reason="not-found")
+        source: StoreSource | str = os.path.abspath(args.dir)
+    else:
+        if args.writable:
+            raise RunnerError("--writable applies to a cache directory, not the store",
+                              reason="usage")
+        source = StoreSource(settings.store_dir, settings.state_dir, key, args.priority)
+    server = make_server(source, host=args.host, port=args.port, writable=args.writable,
+                         verbose=args.verbose)
+    host, port = server.server_address[:2]
+    what = source if isinstance(source, str) else f"store {settings.store_dir}"
+    print(f"serving {what} on http://{host!s}:{port}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.server_close()
+    return 0
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.substituters.signing import SecretKey, write_key_file
+
+    secret = SecretKey.generate(args.name)
+    public = secret.public_key().to_string()
+    if args.secret:
+        write_key_file(args.secret, secret.to_string(), secret=True)
+    else:
+        print(secret.to_string())
+    if args.public:
+        write_key_file(args.public, public, secret=False)
+    else:
+        print(public)
+    return 0
