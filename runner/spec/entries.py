@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from runner.errors import RunnerError
+from runner.spec.hints import did_you_mean
 from runner.spec.model import DerivationEntry, FixedOutput, host_system
 from runner.spec.validate import nix_attributes
 from runner.spec.yaml_loader import Node, Pos
@@ -46,8 +47,10 @@ def build_entry(key: str, pos: Pos, node: Node, defaults: Node | None, report: R
 
     name = _string(keyed.get("name"), key)
     outputs = _outputs(keyed.get("outputs"))
-    _check_name(name, keyed.get("name"), pos, outputs, report)
-    if "builder" not in keyed:
+    _check_name(name, keyed.get("name"), pos, report)
+    _check_outputs(name, keyed.get("outputs"), outputs, report)
+    misspelt = any(did_you_mean(k, ["builder"]) for k in _mapping(node) if k not in nix)
+    if "builder" not in keyed and not misspelt:
         report(pos, f"derivation '{key}' has no 'builder' (set it here or in 'defaults')")
 
     attrs: dict[str, Node] = {
@@ -89,9 +92,7 @@ def _outputs(node: Node | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names)) or ("out",)
 
 
-def _check_name(
-    name: str, node: Node | None, pos: Pos, outputs: tuple[str, ...], report: Report
-) -> None:
+def _check_name(name: str, node: Node | None, pos: Pos, report: Report) -> None:
     at = node.pos if node is not None else pos
     if node is None and "." in name:
         return  # an invalid key, already reported by the schema
@@ -103,10 +104,22 @@ def _check_name(
         return
     if name.endswith(".drv"):
         report(at, f"derivation name '{name}' must not end in '.drv'")
+
+
+def _check_outputs(
+    name: str, node: Node | None, outputs: tuple[str, ...], report: Report
+) -> None:
+    if node is None:
+        return
+    at = node.pos
     for output in outputs:
         if output == "drv":
             report(at, "'drv' cannot be an output name (it would clash with the .drv file)")
             continue
+        try:
+            validate_name(output)
+        except RunnerError:
+            continue  # reported by the schema
         try:
             validate_name(output_path_name(name, output))
         except RunnerError as e:

@@ -195,6 +195,9 @@ def _explain_choice(
     for sub in error.context or []:
         if sub.validator == "type":
             options.append(_type_words(sub.validator_value))
+    scalar = _type_words(["string", "integer", "number", "boolean", "null"])
+    if options == [scalar, "a list"]:
+        options = [f"{scalar[:-len(' or null')]}, null or a list of them"]
     expected = " or ".join(options) if options else "something else"
     yield _node_pos(root, path), f"{where} must be {expected}, not {_kind(error.instance)}"
 
