@@ -356,6 +356,15 @@ def test_closure_of_a_chain(store: LocalStore) -> None:
     assert info.value.reason == "invalid-path"
 
 
+def test_query_path_from_hash_part(store: LocalStore) -> None:
+    infos = [_info(store, name) for name in ("a", "b", "c")]
+    store.register_valid_paths(infos)
+    for info in infos:
+        part = os.path.basename(info.path)[:32]
+        assert store.query_path_from_hash_part(part) == info.path
+    assert store.query_path_from_hash_part("0" * 32) is None
+
+
 def test_queries_on_invalid_paths(store: LocalStore) -> None:
     missing = _fake_path(store, "missing")
     assert not store.is_valid(missing)

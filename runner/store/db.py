@@ -49,9 +49,15 @@ class Database:
     @classmethod
     def open(cls, state_dir: str) -> Database:
         path = db_path(state_dir)
+        if os.path.exists(path):
+            # The common case: an up-to-date database needs no lock.
+            conn = _connect(path)
+            if _current_version(conn, path) == SCHEMA_VERSION:
+                return cls(conn, path)
+            conn.close()
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise RunnerError(f"cannot open the store database in '{state_dir}': {e.strerror}",
                               reason="db") from None
@@ -111,6 +117,14 @@ def _connect(path: str) -> sqlite3.Connection:
     except sqlite3.Error as e:
         raise RunnerError(f"cannot open the store database '{path}': {e}", reason="db") from None
     return conn
+
+
+def _current_version(conn: sqlite3.Connection, path: str) -> int:
+    try:
+        return schema_version(conn)
+    except sqlite3.Error as e:
+        conn.close()
+        raise RunnerError(f"cannot read the store database '{path}': {e}", reason="db") from None
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:

@@ -226,6 +226,13 @@ class LocalStore:
             " where r.reference = ?", (id_,))
         return {row[0] for row in rows}
 
+    def query_path_from_hash_part(self, hash_part: str) -> str | None:
+        """The valid path whose hash part is `hash_part` (a range scan on the path index)."""
+        prefix = f"{self.store_dir}/{hash_part}-"
+        row = self.db.execute("select path from ValidPaths where path >= ? order by path limit 1",
+                              (prefix,)).fetchone()
+        return row[0] if row is not None and row[0].startswith(prefix) else None
+
     def query_deriver(self, path: str) -> str | None:
         row = self.db.execute("select deriver from ValidPaths where path = ?", (path,)).fetchone()
         return None if row is None else row[0]
