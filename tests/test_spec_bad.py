@@ -37,7 +37,7 @@ def test_corpus_is_large_enough() -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 @pytest.mark.parametrize("command", ["validate", "instantiate"])
 def test_bad_spec(spec: Path, command: str, store_dir: str, state_dir: str) -> None:
-    code, out, err = run_cli(command, str(spec))
+    code, _out, err = run_cli(command, str(spec))
     assert code == 1
     assert "Traceback" not in err
     lines = err.splitlines()

@@ -14,6 +14,7 @@ from runner.spec.model import Spec
 from runner.spec.translate import instantiate, source_paths, translate
 from runner.store.derivation import Derivation, parse
 
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", help="check spec files; writes nothing")
     p.add_argument("specs", nargs="+", metavar="SPEC")
