@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "runner.cli.config",
     "runner.cli.hash",
     "runner.cli.cache",
+    "runner.cli.maintenance",
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
