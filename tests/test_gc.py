@@ -1,0 +1,307 @@
+"""GC roots, the temp-root protocol across real processes, collection and deletion."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.cli.main import run
+from runner.errors import RunnerError
+from runner.store.gc import GCOptions, collect_garbage, delete_paths
+from runner.store.local_store import LocalStore
+from runner.store.locks import PathLocks
+from runner.store.roots import (
+    TempRoots,
+    add_perm_root,
+    auto_roots_dir,
+    find_roots,
+    read_temp_roots,
+    roots_dir,
+)
+
+
+@pytest.fixture
+def store(store_dir: str, state_dir: str) -> Iterator[LocalStore]:
+    with LocalStore(store_dir, state_dir) as s:
+        yield s
+
+
+def _chain(store: LocalStore, prefix: str, length: int) -> list[str]:
+    """`length` text paths, each referring to the one before it."""
+    paths: list[str] = []
+    for i in range(length):
+        paths.append(store.add_text(f"{prefix}{i}", f"{prefix} {i} {paths[-1:]}", paths[-1:]))
+    return paths
+
+
+def _valid_and_present(store: LocalStore, paths: list[str]) -> bool:
+    return all(store.is_valid(p) and os.path.lexists(p) for p in paths)
+
+
+def _gone(store: LocalStore, paths: list[str]) -> bool:
+    return not any(store.is_valid(p) or os.path.lexists(p) for p in paths)
+
+
+# ------------------------------------------------------------------ roots
+
+
+def test_gc_frees_exactly_the_unreachable_paths(store: LocalStore, tmp_path: Path) -> None:
+    kept = _chain(store, "kept", 3)
+    garbage = _chain(store, "junk", 2)
+    result_link = tmp_path / "result"
+    add_perm_root(store.store_dir, store.state_dir, kept[-1], str(result_link))
+
+    first = collect_garbage(store)
+    assert first.deleted == garbage[::-1]  # referrers before references
+    assert _valid_and_present(store, kept) and _gone(store, garbage)
+
+    result_link.unlink()
+    second = collect_garbage(store)
+    assert second.deleted == kept[::-1]
+    assert second.bytes_freed > 0
+    assert _gone(store, kept)
+    assert os.listdir(auto_roots_dir(store.state_dir)) == []  # the dead indirect root went too
+
+
+def test_direct_root_and_root_inside_a_path(store: LocalStore) -> None:
+    paths = _chain(store, "p", 2)
+    direct = Path(roots_dir(store.state_dir)) / "profiles" / "mine"
+    direct.parent.mkdir(parents=True)
+    direct.symlink_to(paths[1])
+    assert find_roots(store.store_dir, store.state_dir) == {paths[1]: {str(direct)}}
+    assert collect_garbage(store).deleted == []
+    direct.unlink()
+    direct.symlink_to(paths[0] + "/whatever")  # a link into a path keeps the whole path
+    assert collect_garbage(store).deleted == [paths[1]]
+    assert _valid_and_present(store, paths[:1])
+
+
+def test_add_root_refuses_to_clobber_a_file(store: LocalStore, tmp_path: Path) -> None:
+    path = store.add_text("x", "x")
+    (tmp_path / "file").write_text("precious")
+    with pytest.raises(RunnerError) as e:
+        add_perm_root(store.store_dir, store.state_dir, path, str(tmp_path / "file"))
+    assert e.value.reason == "bad-root"
+    assert (tmp_path / "file").read_text() == "precious"
+    with pytest.raises(RunnerError) as e:
+        add_perm_root(store.store_dir, store.state_dir, path, path + "-link")
+    assert e.value.reason == "bad-root"
+
+
+def test_cli_add_root_follows_links_and_gc_reports(store: LocalStore, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    paths = _chain(store, "c", 2)
+    other = tmp_path / "other"
+    other.symlink_to(paths[1])
+    assert run(["add-root", str(tmp_path / "keep"), str(other)]) == 0
+    assert os.readlink(tmp_path / "keep") == paths[1]
+    store.add_text("loose", "loose")
+    capsys.readouterr()
+    assert run(["gc", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 store paths would be deleted" in out
+    assert run(["gc"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("1 store paths deleted, ") and out[-1].endswith(" MiB freed")
+    assert _valid_and_present(store, paths)
+
+
+def test_dry_run_deletes_nothing(store: LocalStore) -> None:
+    paths = _chain(store, "d", 3)
+    result = collect_garbage(store, GCOptions(dry_run=True))
+    assert result.deleted == paths[::-1]
+    assert _valid_and_present(store, paths)
+
+
+def test_max_freed_stops_early(store: LocalStore) -> None:
+    paths = [store.add_text(f"big{i}", str(i) * 100_000) for i in range(4)]
+    result = collect_garbage(store, GCOptions(max_freed=1))
+    assert len(result.deleted) == 1
+    assert sum(store.is_valid(p) for p in paths) == 3
+
+
+# ------------------------------------------------------------------ temporary roots
+
+
+HOLDER = textwrap.dedent("""
+    import hashlib, sys
+    from runner.store.local_store import LocalStore
+    from runner.store.paths import make_text_path
+    from runner.store.roots import add_temp_root
+
+    store_dir, state_dir, prefix, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    store = LocalStore(store_dir, state_dir)
+    previous = []
+    for i in range(count):
+        text = f"{prefix} {i} {previous}"
+        path = make_text_path(f"{prefix}{i}", hashlib.sha256(text.encode()).digest(),
+                              previous, store.store_dir)
+        add_temp_root(state_dir, path)  # before the path exists, as the protocol requires
+        assert store.add_text(f"{prefix}{i}", text, previous) == path
+        print(path, flush=True)
+        previous = [path]
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def _holder(store: LocalStore, prefix: str, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, store.store_dir, store.state_dir, prefix, str(count)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _read_paths(proc: subprocess.Popen[str]) -> list[str]:
+    assert proc.stdout is not None
+    paths = []
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            return paths
+        paths.append(line.strip())
+    raise AssertionError(f"holder died with {proc.wait()}")
+
+
+def test_temp_roots_of_a_live_process_survive_gc(store: LocalStore) -> None:
+    proc = _holder(store, "held", 3)
+    try:
+        paths = _read_paths(proc)
+        assert collect_garbage(store).deleted == []
+        assert _valid_and_present(store, paths)
+        assert set(read_temp_roots(store.state_dir)) == set(paths)
+    finally:
+        proc.communicate("")
+    assert proc.returncode == 0
+    # Once the process is gone its roots are too.
+    assert collect_garbage(store).deleted == paths[::-1]
+    assert os.listdir(os.path.join(store.state_dir, "temproots")) == []
+
+
+def test_temp_roots_of_a_killed_process_are_stale(store: LocalStore) -> None:
+    proc = _holder(store, "killed", 2)
+    paths = _read_paths(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_temp_roots(store.state_dir) == {}
+    assert collect_garbage(store).deleted == paths[::-1]
+
+
+GC_LOOP = textwrap.dedent("""
+    import os, sys
+    from runner.store.gc import collect_garbage
+    from runner.store.local_store import LocalStore
+
+    store = LocalStore(sys.argv[1], sys.argv[2])
+    count = 0
+    while not os.path.exists(sys.argv[3]) or count == 0:
+        collect_garbage(store)
+        count += 1
+    print(count)
+""")
+
+
+def test_gc_running_while_other_processes_add_deletes_nothing_they_need(
+        store: LocalStore, tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    gc_loop = subprocess.Popen(
+        [sys.executable, "-c", GC_LOOP, store.store_dir, store.state_dir, str(stop)],
+        stdout=subprocess.PIPE, text=True)
+    holders = [_holder(store, f"race{n}-", 30) for n in range(2)]
+    try:
+        held = [_read_paths(p) for p in holders]
+        stop.touch()
+        out, _ = gc_loop.communicate()
+        assert gc_loop.returncode == 0 and int(out) >= 1
+        collect_garbage(store)
+        for paths in held:
+            assert len(paths) == 30
+            assert _valid_and_present(store, paths)
+    finally:
+        stop.touch()
+        gc_loop.wait()
+        for p in holders:
+            p.communicate("")
+    assert all(p.returncode == 0 for p in holders)
+    assert len(collect_garbage(store).deleted) == 60
+
+
+def test_temp_roots_in_this_process(store: LocalStore) -> None:
+    path = store.add_text("mine", "mine")
+    roots = TempRoots(store.state_dir)
+    roots.add_temp_root(path)
+    # The collector's own open of the file conflicts with our lock: we look alive.
+    assert collect_garbage(store).deleted == []
+    roots.close()
+    assert collect_garbage(store).deleted == [path]
+
+
+# ------------------------------------------------------------------ leftovers
+
+
+def test_leftovers_and_stale_lock_files_are_removed(store: LocalStore) -> None:
+    leftover = os.path.join(store.store_dir, "0" * 32 + "-leftover")
+    os.mkdir(leftover)
+    Path(leftover, "f").write_text("partial")
+    busy = os.path.join(store.store_dir, "1" * 32 + "-busy")
+    os.mkdir(busy)
+    Path(store.store_dir, "2" * 32 + "-old.lock").write_text("")
+    with PathLocks([busy]):
+        result = collect_garbage(store)
+        assert result.leftovers == [leftover]
+        assert os.path.isdir(busy)  # its builder holds the lock
+        assert os.path.exists(busy + ".lock")
+    assert sorted(os.listdir(store.store_dir)) == [os.path.basename(busy)]
+
+
+def test_drop_failures_is_explicit(store: LocalStore) -> None:
+    store.register_failure(store.store_dir + "/" + "3" * 32 + "-out", None, 1, "boom")
+    collect_garbage(store)
+    assert len(store.list_failures()) == 1
+    assert collect_garbage(store, GCOptions(drop_failures=True)).failures_dropped == 1
+    assert store.list_failures() == []
+
+
+# ------------------------------------------------------------------ delete
+
+
+def test_delete_refuses_referenced_paths_saying_by_what(store: LocalStore) -> None:
+    a, b = _chain(store, "r", 2)
+    with pytest.raises(RunnerError) as e:
+        delete_paths(store, [a])
+    assert e.value.reason == "in-use" and b in str(e.value)
+    assert _valid_and_present(store, [a, b])
+    assert delete_paths(store, [a, b]).deleted == [b, a]  # together is fine, referrer first
+    assert _gone(store, [a, b])
+
+
+def test_delete_refuses_rooted_paths(store: LocalStore, tmp_path: Path) -> None:
+    path = store.add_text("rooted", "rooted")
+    add_perm_root(store.store_dir, store.state_dir, path, str(tmp_path / "result"))
+    with pytest.raises(RunnerError) as e:
+        delete_paths(store, [path])
+    assert e.value.reason == "rooted" and str(tmp_path / "result") in str(e.value)
+    roots = TempRoots(store.state_dir)
+    other = store.add_text("temp", "temp")
+    roots.add_temp_root(other)
+    with pytest.raises(RunnerError) as e:
+        delete_paths(store, [other])
+    assert e.value.reason == "rooted" and "temporary root" in str(e.value)
+    roots.close()
+    assert delete_paths(store, [other]).deleted == [other]
+
+
+def test_cli_delete_errors_are_one_line(store: LocalStore,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = _chain(store, "e", 2)
+    assert run(["delete", a]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot delete") and "still referenced" in err
+    assert run(["delete", "/not/in/store"]) == 1
+    assert run(["delete", store.store_dir + "/" + "4" * 32 + "-absent"]) == 1
+    assert "not in the store" in capsys.readouterr().err
