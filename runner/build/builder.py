@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from runner.build.environment import build_env
+from runner.build.environment import build_env, write_attr_files
 from runner.build.process import Ending, Limits, supervise
 from runner.build.sandboxing import SandboxMode
 from runner.settings import Settings
@@ -55,13 +55,15 @@ def remove_build_dir(path: str) -> None:
 async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     """Run the builder in `build_dir` to its end; never raises for builder problems."""
     settings = job.settings
+    env = job.drv.env
     limits = Limits(
-        timeout=int(settings.get("timeout")),
-        max_silent_time=int(settings.get("max-silent-time")),
+        timeout=_tighter(int(settings.get("timeout")), env.get("timeout")),
+        max_silent_time=_tighter(int(settings.get("max-silent-time")), env.get("maxSilent")),
         max_log_size=int(settings.get("max-log-size")),
     )
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
+        write_attr_files(job.drv, build_dir)
         proc = _spawn(job, build_dir, write_fd)
     except OSError as e:
         os.close(read_fd)
@@ -72,6 +74,16 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     end = await supervise(proc, read_fd, limits, job.on_output)
     return BuilderOutcome(end.ending, end.returncode, _describe(job, end.ending, end.returncode,
                                                                 limits), build_dir)
+
+
+def _tighter(setting: int, attr: str | None) -> int:
+    """A derivation's own `timeout`/`maxSilent` can only tighten the setting (0 = none)."""
+    try:
+        own = int(attr) if attr else 0
+    except ValueError:
+        own = 0
+    limits = [n for n in (setting, own) if n > 0]
+    return min(limits) if limits else 0
 
 
 def _spawn(job: BuildJob, build_dir: str, write_fd: int) -> subprocess.Popen[bytes]:

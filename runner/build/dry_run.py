@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from runner.build import failure_cache
+from runner.store.local_store import LocalStore
 from runner.store.path_info import FailureRecord
 
 
@@ -32,7 +32,7 @@ class Plan:
         return entries
 
 
-def plan(store: Any, drv_paths: list[str], *, use_failure_cache: bool) -> Plan:
+def plan(store: LocalStore, drv_paths: list[str], *, use_failure_cache: bool) -> Plan:
     result = Plan()
     seen: set[str] = set()
 

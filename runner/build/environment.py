@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from runner.settings import Settings
+from runner.store import base32
 from runner.store.derivation import Derivation
 
 # Nix sets PATH=/path-not-set; specs use host tools, so we give a real default.
@@ -22,6 +24,18 @@ def _cores(settings: Settings) -> int:
         return os.cpu_count() or 1
 
 
+def attr_file_name(attr: str) -> str:
+    """Where a `passAsFile` attribute is written in the build dir (as Nix names it)."""
+    return ".attr-" + base32.encode(hashlib.sha256(attr.encode()).digest())
+
+
+def write_attr_files(drv: Derivation, build_dir: str) -> None:
+    """Write the `passAsFile` attributes whose `<name>Path` variables `build_env` set."""
+    for name in set(drv.env.get("passAsFile", "").split()) & drv.env.keys():
+        with open(os.path.join(build_dir, attr_file_name(name)), "w", encoding="utf-8") as f:
+            f.write(drv.env[name])
+
+
 def build_env(drv: Derivation, build_top: str, settings: Settings) -> dict[str, str]:
     """Defaults first, then the derivation's env (which may override them), then the
     build-dir variables, which a derivation cannot override."""
@@ -31,7 +45,10 @@ def build_env(drv: Derivation, build_top: str, settings: Settings) -> dict[str, 
         "NIX_STORE": settings.store_dir,
         "NIX_BUILD_CORES": str(_cores(settings)),
     }
-    env.update(drv.env)
+    as_files = set(drv.env.get("passAsFile", "").split())
+    env.update((k, v) for k, v in drv.env.items() if k not in as_files)
+    for name in as_files & drv.env.keys():
+        env[name + "Path"] = f"{build_top}/{attr_file_name(name)}"
     if drv.is_fixed_output:
         # Fixed-output builds may see named host variables (proxies, say): their
         # result is checked against a hash, so impurity cannot leak into it.

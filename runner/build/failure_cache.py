@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
+from runner.store.local_store import LocalStore
 from runner.store.path_info import FailureRecord
 
 
-def find_failure(store: Any, paths: Iterable[str]) -> FailureRecord | None:
+def find_failure(store: LocalStore, paths: Iterable[str]) -> FailureRecord | None:
     for path in paths:
         record: FailureRecord | None = store.query_failure(path)
         if record is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from runner.build.sandboxing import SandboxMode
 from runner.build.substitution_goal import SubstitutionGoal
 from runner.errors import RunnerError
 from runner.settings import Settings
+from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
 
 # Retrying a lock held by another process: first after 5 ms, backing off to 1 s.
@@ -27,13 +28,15 @@ LOCK_RETRY_MAX = 1.0
 
 class Worker:
     def __init__(
-        self, store: Any, settings: Settings, progress: Progress, sandbox: SandboxMode, *,
+        self, store: LocalStore, settings: Settings, progress: Progress,
+        choose_sandbox: Callable[[], SandboxMode], *,
         rebuild_failed: bool = False,
     ) -> None:
         self.store = store
         self.settings = settings
         self.progress = progress
-        self.sandbox = sandbox
+        self._choose_sandbox = choose_sandbox
+        self._sandbox: SandboxMode | None = None
         self.rebuild_failed = rebuild_failed
         self.keep_going = bool(settings.get("keep-going"))
         self.max_jobs = int(settings.get("max-jobs"))
@@ -85,6 +88,13 @@ class Worker:
             task.cancel()
 
     # -- shared resources
+
+    @property
+    def sandbox(self) -> SandboxMode:
+        """Decided when the first build starts, so a no-op run prints no sandbox warning."""
+        if self._sandbox is None:
+            self._sandbox = self._choose_sandbox()
+        return self._sandbox
 
     @asynccontextmanager
     async def build_slot(self) -> AsyncIterator[None]:

@@ -93,8 +93,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
             return _dry_run(store, drv_paths, args, settings)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
                                  print_build_logs=bool(settings.get("print-build-logs")))
-        sandbox = choose_sandbox(settings, progress.warn)
-        worker = Worker(store, settings, progress, sandbox, rebuild_failed=args.rebuild_failed)
+        worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
+                        rebuild_failed=args.rebuild_failed)
         results = worker.run(drv_paths)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
@@ -114,6 +114,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
 
 def _failure(results: list[BuildResult], everything: list[BuildResult]) -> RunnerError:
     failed = [r.drv_path for r in results if not r.status.ok]
+    if not failed:  # stopped early: name the builds that failed instead
+        failed = [r.drv_path for r in everything if not r.status.ok and not r.failed_dependency]
     names = ", ".join(f"'{p}'" for p in failed) or "the requested derivations"
     return RunnerError(f"build of {names} failed", reason="build-failed",
                        exit_code=exit_code(r.status for r in everything) or 100)
