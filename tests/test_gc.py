@@ -108,8 +108,8 @@ def test_cli_add_root_follows_links_and_gc_reports(store: LocalStore, tmp_path: 
     out = capsys.readouterr().out
     assert "1 store paths would be deleted" in out
     assert run(["gc"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("1 store paths deleted, ") and out[-1].endswith(" MiB freed")
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("1 store paths deleted, ") and last.endswith(" MiB freed")
     assert _valid_and_present(store, paths)
 
 
@@ -160,7 +160,7 @@ def _holder(store: LocalStore, prefix: str, count: int) -> subprocess.Popen[str]
 
 def _read_paths(proc: subprocess.Popen[str]) -> list[str]:
     assert proc.stdout is not None
-    paths = []
+    paths: list[str] = []
     for line in proc.stdout:
         if line.strip() == "ready":
             return paths
