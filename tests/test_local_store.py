@@ -16,6 +16,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.store import nar
+from runner.store.canonicalise import canonicalise, remove_tree
 from runner.store.derivation import Derivation, DerivationOutput, derivation_path
 from runner.store.hashes import hash_bytes
 from runner.store.local_store import LocalStore, TempDir, open_store
@@ -434,3 +435,38 @@ def test_delete_self_referencing_path(store: LocalStore) -> None:
     store.register_valid_paths([info])
     store.delete_path(info.path)
     assert not store.is_valid(info.path)
+
+
+# ------------------------------------------------------------------ canonicalisation
+
+
+def test_canonicalise_modes_and_times(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "t")
+    (root / "suid").write_text("x")
+    (root / "suid").chmod(0o4755)
+    (root / "private").write_text("x")
+    (root / "private").chmod(0o600)
+    canonicalise(str(root))
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in root.iterdir()}
+    assert modes["suid"] == 0o555 and modes["private"] == 0o444
+    assert modes["sub"] == 0o555 and modes["run.sh"] == 0o555 and modes["a.txt"] == 0o444
+    assert all(p.lstat().st_mtime == 1 for p in [root, *root.rglob("*")])
+    remove_tree(str(root))
+    assert not root.exists()
+
+
+def test_canonicalise_ownership_check(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "mine").write_text("x")
+    os.link(root / "mine", root / "hardlink")  # links inside the output are fine
+    canonicalise(str(root), from_uid=os.geteuid())
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    (root / "sub").mkdir()
+    foreign = root / "sub" / "foreign"
+    foreign.write_text("x")
+    os.chown(foreign, 12345, -1)  # as if hard-linked in from elsewhere
+    with pytest.raises(RunnerError) as info:
+        canonicalise(str(root), from_uid=os.geteuid())
+    assert info.value.reason == "bad-ownership"
