@@ -1,0 +1,124 @@
+"""Store verification: corrupted files, missing paths, dangling rows, and what --repair does."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.cli.main import run
+from runner.store.canonicalise import remove_tree
+from runner.store.db import db_path
+from runner.store.local_store import LocalStore
+from runner.store.verify import verify_store
+
+
+@pytest.fixture
+def store(store_dir: str, state_dir: str) -> Iterator[LocalStore]:
+    with LocalStore(store_dir, state_dir) as s:
+        yield s
+
+
+def _pair(store: LocalStore) -> tuple[str, str]:
+    """A text path and another one referring to it."""
+    dep = store.add_text("dep", "dependency")
+    user = store.add_text("user", f"uses {dep}", [dep])
+    return dep, user
+
+
+def _corrupt(path: str) -> None:
+    os.chmod(path, 0o644)
+    Path(path).write_text("tampered")
+    os.chmod(path, 0o444)
+
+
+def _raw_sql(state_dir: str, sql: str) -> None:
+    """Write behind the store's back, foreign keys off, as a buggy tool would."""
+    conn = sqlite3.connect(db_path(state_dir), isolation_level=None)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+def test_healthy_store_verifies(store: LocalStore, tmp_path: Path) -> None:
+    _pair(store)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text("f")
+    store.add_path(str(tmp_path / "tree"))
+    report = verify_store(store, check_contents=True)
+    assert report.ok and report.problems == []
+
+
+def test_corrupted_file_is_found_only_when_checking_contents(store: LocalStore) -> None:
+    dep, _ = _pair(store)
+    _corrupt(dep)
+    assert verify_store(store).ok
+    report = verify_store(store, check_contents=True)
+    assert not report.ok
+    assert report.broken == {dep}
+    assert "was modified" in report.problems[0]
+
+
+def test_repair_removes_a_broken_path_nothing_refers_to(store: LocalStore) -> None:
+    _, user = _pair(store)
+    _corrupt(user)
+    report = verify_store(store, check_contents=True, repair=True)
+    assert report.ok and report.fixed == [f"removed broken path '{user}'"]
+    assert not store.is_valid(user) and not os.path.lexists(user)
+    assert verify_store(store, check_contents=True).problems == []
+
+
+def test_repair_reports_a_broken_path_that_is_still_referenced(store: LocalStore) -> None:
+    dep, user = _pair(store)
+    _corrupt(dep)
+    report = verify_store(store, check_contents=True, repair=True)
+    assert not report.ok
+    assert f"still referenced by '{user}'" in report.unfixed[0]
+    assert store.is_valid(dep) and store.is_valid(user)  # the closure stays complete
+
+
+def test_missing_path_is_found_and_repaired_referrers_first(store: LocalStore) -> None:
+    dep, user = _pair(store)
+    remove_tree(dep)
+    remove_tree(user)
+    report = verify_store(store)
+    assert report.broken == {dep, user} and not report.ok
+    assert store.is_valid(dep)  # without --repair nothing changes
+    report = verify_store(store, repair=True)
+    assert report.ok
+    assert report.fixed == [f"removed broken path '{user}'", f"removed broken path '{dep}'"]
+    assert not store.is_valid(dep) and not store.is_valid(user)
+
+
+def test_dangling_rows_are_found_and_dropped(store: LocalStore) -> None:
+    dep, user = _pair(store)
+    _raw_sql(store.state_dir, "insert into Refs (referrer, reference) values (9999, 1)")
+    _raw_sql(store.state_dir,
+             "insert into Refs (referrer, reference) select id, 8888 from ValidPaths"
+             f" where path = '{user}'")
+    report = verify_store(store)
+    assert any("reference row" in p and "missing path (id 9999)" in p for p in report.problems)
+    assert any(f"'{user}' refers to a missing path (id 8888)" in p for p in report.problems)
+    report = verify_store(store, repair=True)
+    assert report.ok
+    assert "deleted 1 dangling rows" in report.fixed
+    assert f"removed broken path '{user}'" in report.fixed
+    assert store.is_valid(dep) and not store.is_valid(user)
+    assert verify_store(store).problems == []
+
+
+def test_cli_verify_exit_codes(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    _, user = _pair(store)
+    assert run(["verify", "--check-contents"]) == 0
+    assert "store is consistent" in capsys.readouterr().out
+    _corrupt(user)
+    assert run(["verify", "--check-contents"]) == 1
+    captured = capsys.readouterr()
+    assert "was modified" in captured.out
+    assert captured.err.startswith("error: store verification found 1 problem(s)")
+    assert run(["verify", "--check-contents", "--repair"]) == 0
+    assert f"fixed: removed broken path '{user}'" in capsys.readouterr().out
