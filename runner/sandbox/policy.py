@@ -1,0 +1,43 @@
+"""Whether one build runs sandboxed: the `sandbox` setting, `__noChroot`, the fallback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+from runner.errors import RunnerError
+from runner.sandbox.plan import SettingsLike
+from runner.sandbox.probe import probe
+
+_warned: set[str] = set()
+
+
+def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike) -> bool:
+    """True to build in the sandbox; False to build as a plain child process.
+
+    Raises `RunnerError` when the derivation or the machine cannot have what
+    the settings demand.
+    """
+    mode = settings.get("sandbox")
+    if mode == "off":
+        return False
+    if drv_env.get("__noChroot") == "1":
+        if mode == "relaxed":
+            return False
+        raise RunnerError(
+            "derivation sets '__noChroot', which needs 'sandbox = relaxed'",
+            reason="sandbox-not-allowed",
+        )
+    why = probe()
+    if why is None:
+        return True
+    if not settings.get("sandbox-fallback"):
+        raise RunnerError(
+            f"the build sandbox is unavailable: {why} "
+            "(set 'sandbox-fallback = true' to build without it)",
+            reason="sandbox-unavailable",
+        )
+    if why not in _warned:
+        _warned.add(why)
+        print(f"warning: building without a sandbox: {why}", file=sys.stderr)
+    return False

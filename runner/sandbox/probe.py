@@ -1,0 +1,46 @@
+"""Can this process build in a sandbox? Asked once, by building `/bin/true` in one."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from runner.errors import RunnerError
+from runner.sandbox.executor import spawn
+from runner.sandbox.plan import make_plan
+from runner.settings import DEFAULT_SANDBOX_PATHS
+
+
+class _Defaults:
+    """The plan only reads these two settings; the probe ignores the user's config."""
+
+    def get(self, name: str) -> Any:
+        return {"sandbox-paths": DEFAULT_SANDBOX_PATHS, "allowed-spec-sandbox-paths": []}[name]
+
+
+@functools.cache
+def probe() -> str | None:
+    """None when sandboxed builds work here, else the reason they do not (cached)."""
+    if sys.platform != "linux":
+        return f"namespaces are Linux-only (this is {sys.platform})"
+    with tempfile.TemporaryDirectory(prefix="runner-sandbox-probe-") as tmp:
+        store, build = os.path.join(tmp, "store"), os.path.join(tmp, "build")
+        os.mkdir(store)
+        os.mkdir(build)
+        plan = make_plan(argv=["/bin/true"], env={}, build_dir=build, store_dir=store,
+                         closure=[], outputs=[], fixed_output=False, settings=_Defaults())
+        try:
+            proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except RunnerError as e:
+            return e.message
+        except OSError as e:
+            return f"cannot run /bin/true in the sandbox: {e}"
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace").strip()
+            return f"a test build in the sandbox exited with {proc.returncode}: {detail}"
+    return None

@@ -1,0 +1,65 @@
+"""The host side of the sandboxed store dir: prepare it, then hand the outputs over.
+
+Inside the sandbox the store dir is a writable bind of a per-build staging dir
+`<store>/.sandbox-<first output>` (same filesystem as the store, so outputs
+move by rename). Closure paths are bound read-only on top of it. When the
+build has ended, whatever it created at its output paths is renamed to the
+real output paths and the staging dir is removed. A staging dir left behind
+by a killed build is cleared when the same derivation is built again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from runner.sandbox.plan import SandboxPlan
+
+
+def prepare(plan: SandboxPlan) -> None:
+    """Fresh staging dir; as root, let the build user write it and the build dir."""
+    remove_tree(plan.staging_dir)
+    os.mkdir(plan.staging_dir, 0o755)
+    os.chmod(plan.staging_dir, 0o755)
+    if not plan.user_namespace:
+        os.chown(plan.staging_dir, plan.build_uid, plan.build_gid)
+        chown_tree(plan.build_dir, plan.build_uid, plan.build_gid)
+
+
+def collect(plan: SandboxPlan) -> None:
+    """Move created outputs to their real paths, owned by the invoking user."""
+    for out in plan.outputs:
+        made = os.path.join(plan.staging_dir, os.path.basename(out))
+        if not os.path.lexists(made):
+            continue
+        if os.path.lexists(out):
+            remove_tree(out)
+        os.rename(made, out)
+        if not plan.user_namespace:
+            chown_tree(out, plan.owner_uid, plan.owner_gid)
+    remove_tree(plan.staging_dir)
+
+
+def chown_tree(path: str, uid: int, gid: int) -> None:
+    os.lchown(path, uid, gid)
+    if os.path.islink(path) or not os.path.isdir(path):
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a file or tree, even one whose builder left directories read-only."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    for dirpath, dirnames, _ in os.walk(path):
+        for name in dirnames:
+            sub = os.path.join(dirpath, name)
+            if not os.path.islink(sub):
+                os.chmod(sub, 0o700)
+    shutil.rmtree(path)
