@@ -100,7 +100,7 @@ def compress(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:
         comp: lzma.LZMACompressor | zstandard.ZstdCompressionObj = lzma.LZMACompressor(
             lzma.FORMAT_XZ, check=lzma.CHECK_CRC64)
     elif compression == "zstd":
-        comp = zstandard.ZstdCompressor(level=3).compressobj()
+        comp = zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
     else:
         raise RunnerError(f"cannot write compression '{compression}' (use xz, zstd or none)",
                           reason="usage")
