@@ -177,16 +177,22 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2, 0.4])
-def test_sigkill_during_add_leaves_nothing_half_done(
-    store: LocalStore, tmp_path: Path, delay: float
-) -> None:
-    src = tmp_path / "big"
-    for i in range(40):
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("crash") / "big"
+    for i in range(20):
         d = src / f"d{i}"
         d.mkdir(parents=True)
-        for j in range(25):
-            (d / f"f{j}").write_bytes(os.urandom(2000))
+        for j in range(15):
+            (d / f"f{j}").write_bytes(os.urandom(4000))
+    return src
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.1, 0.25])
+def test_sigkill_during_add_leaves_nothing_half_done(
+    store: LocalStore, big_tree: Path, delay: float
+) -> None:
+    src = big_tree
     expected = make_source_path("big", nar.hash_path(str(src))[0].digest, store.store_dir)
     proc = subprocess.Popen(
         [sys.executable, "-c", ADDER, store.store_dir, store.state_dir, str(src)],
