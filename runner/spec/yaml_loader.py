@@ -19,9 +19,9 @@ import yaml
 
 from runner.errors import SpecError
 
-# Each alias use costs one unit; far more than any real spec needs, far less
-# than what an "alias bomb" would expand to.
-ALIAS_BUDGET = 200
+# Nodes reached again through aliases: far more than any real spec needs, far
+# less than what an "alias bomb" would expand to (we stop counting there).
+ALIAS_BUDGET = 10_000
 
 Scalar = str | int | float | bool | None
 Value = Union[Scalar, "dict[str, Node]", "list[Node]"]
@@ -139,7 +139,7 @@ class _Walker:
     def walk(self, node: yaml.Node) -> Node:
         pos = _pos(self.file, node)
         if id(node) in self.seen:
-            # Seen before: this is an alias use.
+            # Seen before: reached through an alias.
             self.aliases += 1
             if self.aliases > ALIAS_BUDGET:
                 raise _TooManyAliases(pos)
@@ -255,7 +255,8 @@ def parse_yaml(text: str, file: str) -> Node:
         root = walker.walk(composed)
     except _TooManyAliases as err:
         raise SpecError(
-            [f"{err.pos}: too many YAML alias uses (more than {ALIAS_BUDGET}); refusing to expand"]
+            [f"{err.pos}: YAML aliases here expand to too many values (more than "
+             f"{ALIAS_BUDGET}); refusing to expand them"]
         ) from None
     if walker.problems:
         raise SpecError(walker.problems)
