@@ -116,10 +116,7 @@ class LocalStore:
                               reason="closure")
         with TempDir(self.store_dir) as tmp:
             staged = os.path.join(tmp.path, "x")
-            with open(staged, "wb") as f:
-                f.write(data)
-            canonicalise(staged)
-            nar_hash, nar_size = nar.hash_path(staged)
+            nar_hash, nar_size = _io(f"cannot write '{path}'", _stage_bytes, data, staged)
             ca = f"text:{Hash('sha256', digest)}"
             self._install(staged, PathInfo(path, nar_hash, nar_size, references, ca=ca))
         return path
@@ -145,7 +142,7 @@ class LocalStore:
             if self.is_valid(info.path):  # someone else finished it meanwhile
                 return
             # Whatever is there is an unregistered leftover of an interrupted add.
-            remove_tree(info.path)
+            _io(f"cannot remove the leftover '{info.path}'", remove_tree, info.path)
             _io(f"cannot move '{info.path}' into place", os.rename, staged, info.path)
             self.register_valid_paths([info])
 
@@ -313,7 +310,7 @@ class LocalStore:
                 with self.db.transaction() as conn:
                     conn.execute("delete from ValidPaths where path = ?", (path,))
             # Invalid first, then gone: a crash in between leaves an invalid leftover.
-            _io(f"deleting '{path}'", remove_tree, path)
+            _io(f"cannot delete '{path}'", remove_tree, path)
 
     def remove_stale_temp(self) -> int:
         """Delete temp dirs of adds whose process died; returns how many."""
@@ -370,7 +367,7 @@ class TempDir:
     PREFIX = ".tmp-"
 
     def __init__(self, store_dir: str) -> None:
-        self.path = _io(f"creating a temp dir in '{store_dir}'", tempfile.mkdtemp,
+        self.path = _io(f"cannot create a temp dir in '{store_dir}'", tempfile.mkdtemp,
                               prefix=f"{self.PREFIX}{os.getpid()}-", dir=store_dir)
         self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -414,6 +411,13 @@ class TempDir:
 
 def _stage(src: str, staged: str, exclude: Exclude | None) -> tuple[Hash, int]:
     copy_tree(src, staged, exclude)
+    canonicalise(staged)
+    return nar.hash_path(staged)
+
+
+def _stage_bytes(data: bytes, staged: str) -> tuple[Hash, int]:
+    with open(staged, "wb") as f:
+        f.write(data)
     canonicalise(staged)
     return nar.hash_path(staged)
 
