@@ -131,7 +131,7 @@ def test_log_command_prints_the_full_log(tmp_path: Path,
     assert run(["log", spec, "bad"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines() == [f"line {i}" for i in range(1, 41)]
-    code, results = build_json(capsys, spec, "good")
+    _code, results = build_json(capsys, spec, "good")
     assert run(["log", results[0]["outputs"]["out"]]) == 0
     assert capsys.readouterr().out == ""  # `good` prints nothing; its log exists but is empty
     assert run(["log", str(tmp_path / "nope")]) == 1

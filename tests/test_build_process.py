@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -98,10 +99,8 @@ def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
         while not pidfile.exists() or not pidfile.read_text().strip():
             await asyncio.sleep(0.01)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         assert proc.returncode is not None
 
     asyncio.run(main())

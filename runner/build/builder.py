@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from runner.build.environment import build_env, write_attr_files
 from runner.build.process import Ending, Limits, supervise
 from runner.build.sandboxing import SandboxMode
+from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
@@ -69,6 +70,9 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
         os.close(read_fd)
         what = e.strerror or str(e)
         return BuilderOutcome(None, -1, f"executing '{job.drv.builder}': {what}", build_dir)
+    except RunnerError as e:  # sandbox set-up: not the derivation's fault, not cached
+        os.close(read_fd)
+        return BuilderOutcome(None, -1, f"building '{job.drv_path}': {e.message}", build_dir)
     finally:
         os.close(write_fd)
     end = await supervise(proc, read_fd, limits, job.on_output)
