@@ -14,9 +14,12 @@ import pytest
 
 from runner.cli.main import run
 from runner.errors import RunnerError
+from runner.store import nar
+from runner.store.derivation import Derivation, DerivationOutput
 from runner.store.gc import GCOptions, collect_garbage, delete_paths
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
+from runner.store.path_info import PathInfo
 from runner.store.roots import (
     TempRoots,
     add_perm_root,
@@ -125,6 +128,35 @@ def test_max_freed_stops_early(store: LocalStore) -> None:
     result = collect_garbage(store, GCOptions(max_freed=1))
     assert len(result.deleted) == 1
     assert sum(store.is_valid(p) for p in paths) == 3
+
+
+def _built(store: LocalStore) -> tuple[str, str, str]:
+    """(source, .drv, output): a derivation and its registered output."""
+    src = store.add_text("src", "source")
+    out = os.path.join(store.store_dir, "1" * 32 + "-hello")
+    drv = store.write_derivation(Derivation(
+        outputs={"out": DerivationOutput(out)}, input_drvs={}, input_srcs=[src],
+        system="x86_64-linux", builder="/bin/sh", args=["-c", "echo hi > $out"],
+        env={"name": "hello", "out": out, "builder": "/bin/sh", "system": "x86_64-linux"}))
+    Path(out).write_text("hi\n")
+    nar_hash, nar_size = nar.hash_path(out)
+    store.register_valid_paths([PathInfo(out, nar_hash, nar_size, deriver=drv)])
+    return src, drv, out
+
+
+def test_keep_derivations_and_keep_outputs(store: LocalStore, tmp_path: Path) -> None:
+    src, drv, out = _built(store)
+    link = tmp_path / "result"
+    add_perm_root(store.store_dir, store.state_dir, out, str(link))
+    dry = GCOptions(dry_run=True)
+    assert collect_garbage(store, dry).deleted == [drv, src]
+    kept = GCOptions(dry_run=True, keep_derivations=True)
+    assert collect_garbage(store, kept).deleted == []
+    add_perm_root(store.store_dir, store.state_dir, drv, str(link))
+    assert collect_garbage(store, dry).deleted == [out]
+    assert collect_garbage(store, GCOptions(keep_outputs=True)).deleted == []
+    assert collect_garbage(store).deleted == [out]
+    assert _valid_and_present(store, [src, drv])
 
 
 # ------------------------------------------------------------------ temporary roots
