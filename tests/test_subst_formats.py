@@ -48,7 +48,7 @@ def _info(**changes: object) -> narinfo.NarInfo:
         file_hash=Hash("sha256", bytes(32)), file_size=10,
         nar_hash=Hash("sha256", bytes(range(32))), nar_size=1234,
         references=frozenset({P1, P2}), deriver=DRV, ca=None)
-    return narinfo.NarInfo(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return narinfo.NarInfo(**{**base.__dict__, **changes})
 
 
 def test_nix_narinfo_round_trips_byte_for_byte() -> None:

@@ -36,19 +36,27 @@ _CHUNK = 256 * 1024
 
 @dataclass(frozen=True)
 class StoreSource:
-    """Serve the paths of a local store; one DB connection per request (SQLite is per thread)."""
+    """Serve the paths of a local store; one DB connection per request (SQLite is per thread).
+
+    `real_dir` is where the store's files are when that is not `store_dir`
+    itself (a store copied or mounted elsewhere, as Nix's `?real=`).
+    """
 
     store_dir: str
     state_dir: str
     sign_key: SecretKey | None = None
     priority: int = 30
+    real_dir: str | None = None
+
+    def file(self, path: str) -> str:
+        return os.path.join(self.real_dir or self.store_dir, os.path.basename(path))
 
     def cache_info(self) -> bytes:
         return CacheInfo(self.store_dir, True, self.priority).to_text().encode()
 
     def lookup(self, part: str) -> PathInfo | None:
         try:
-            names = [n for n in os.listdir(self.store_dir)
+            names = [n for n in os.listdir(self.real_dir or self.store_dir)
                      if n.startswith(part + "-") and not n.endswith(".lock")]
         except OSError:
             return None
@@ -114,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
             if info is None or info.nar_hash.base32() != m.group(2):
                 self._not_found(head)
                 return
-            self._stream(nar.dump(info.path), info.nar_size, head)
+            self._stream(nar.dump(source.file(info.path)), info.nar_size, head)
             return
         self._not_found(head)
 

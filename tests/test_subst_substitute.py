@@ -1,0 +1,314 @@
+"""Substitution end to end: store A → cache (file and HTTP) → empty store B, and every way
+a cache can lie or fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.store.paths import hash_part
+from runner.substituters import narinfo
+from runner.substituters.base import Substituter, SubstituterDecl
+from runner.substituters.configure import open_substituters, open_transport
+from runner.substituters.serve import StoreSource
+from runner.substituters.signing import SecretKey
+from runner.substituters.substitute import (
+    FAILED,
+    NO_SUBSTITUTE,
+    SUBSTITUTED,
+    SubstituteResult,
+    substitute,
+)
+from runner.substituters.writer import copy_to_cache
+from tests.subst_util import (
+    TwoStores,
+    closed_port,
+    hung_server,
+    make_output,
+    nar_bytes,
+    served,
+    settings_for,
+)
+
+KEY = SecretKey.generate("team-cache-1")
+PUB = KEY.public_key().to_string()
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[TwoStores]:
+    two = TwoStores(tmp_path / "s")
+    yield two
+    two.close()
+
+
+def _closure(stores: TwoStores) -> tuple[str, str, str]:
+    """A CA source, an output referring to it, and an output referring to both."""
+    src_dir = stores.root / "src"
+    src_dir.mkdir()
+    (src_dir / "hello.txt").write_text("hello\n")
+    src = stores.a.add_path(str(src_dir))
+    lib = make_output(stores.a, "lib", "library", (src,))
+    app = make_output(stores.a, "app", "application", (lib, src))
+    return src, lib, app
+
+
+def _fill(stores: TwoStores, paths: list[str], compression: str = "xz",
+          key: SecretKey | None = KEY) -> str:
+    cache = stores.root / f"cache-{compression}"
+    copy_to_cache(stores.a, paths, open_transport(f"file://{cache}"), compression=compression,
+                  sign_key=key)
+    return f"file://{cache}"
+
+
+def _subs(stores: TwoStores, *urls: str, warnings: list[str] | None = None,
+          declared: tuple[SubstituterDecl, ...] = (), **options: str
+          ) -> tuple[list[Substituter], Settings]:
+    options.setdefault("trusted_public_keys", PUB)
+    settings = settings_for(stores.store_dir, stores.state_b, substituters=" ".join(urls),
+                            **options)
+    warn = (warnings if warnings is not None else []).append
+    return open_substituters(settings, declared, warn=warn), settings
+
+
+def _run(stores: TwoStores, path: str, *urls: str, warnings: list[str] | None = None,
+         declared: tuple[SubstituterDecl, ...] = (), **options: str) -> SubstituteResult:
+    b = stores.b or stores.fresh()
+    subs, settings = _subs(stores, *urls, warnings=warnings, declared=declared, **options)
+    warn = (warnings if warnings is not None else []).append
+    return substitute(b, path, subs, settings, warn=warn)
+
+
+def _no_leftovers(stores: TwoStores) -> None:
+    """Nothing but valid paths in the store dir: no temp dirs, no half-unpacked trees."""
+    assert stores.b is not None
+    for name in os.listdir(stores.store_dir):
+        assert name.endswith(".lock") or stores.b.is_valid(f"{stores.store_dir}/{name}"), name
+
+
+@pytest.mark.parametrize("compression", ["xz", "zstd", "none"])
+def test_file_cache_round_trip_is_identical(stores: TwoStores, compression: str) -> None:
+    src, lib, app = _closure(stores)
+    url = _fill(stores, [app], compression)
+    result = _run(stores, app, url)
+    assert result.status == SUBSTITUTED and result.substituter == url
+    assert result.substituted == (src, lib, app)  # references first
+    assert stores.b is not None
+    for path in (src, lib, app):
+        assert nar_bytes(path) == nar_bytes(stores.old(path))
+        info = stores.b.query_path_info(path)
+        assert info is not None and info.references == stores.b.query_references(path)
+    assert stores.b.query_references(app) == {lib, src}
+    assert os.stat(os.path.join(app, "data")).st_mtime == 1
+    assert _run(stores, app, url).status == "valid"
+
+
+def test_http_cache_served_from_a_directory(stores: TwoStores) -> None:
+    _, _, app = _closure(stores)
+    url = _fill(stores, [app])
+    with served(url[len("file://"):]) as http:
+        result = _run(stores, app, http)
+    assert result.status == SUBSTITUTED, result.describe()
+    assert nar_bytes(app) == nar_bytes(stores.old(app))
+
+
+def test_http_cache_served_from_a_store_signs_on_the_fly(stores: TwoStores) -> None:
+    src, lib, app = _closure(stores)
+    b = stores.fresh()
+    source = StoreSource(stores.store_dir, str(stores.root / "state-a"), KEY,
+                         real_dir=str(stores.root / "old-store"))
+    with served(source) as http:
+        text = open_transport(http).read(f"{hash_part(app)}.narinfo")
+        assert text is not None and b"Sig: team-cache-1:" in text and b"Compression: none" in text
+        assert open_transport(http).read(f"{'0' * 32}.narinfo") is None
+        result = _run(stores, app, http)
+    assert result.status == SUBSTITUTED, result.describe()
+    assert result.substituted == (src, lib, app)
+    for path in (src, lib, app):
+        assert b.is_valid(path) and nar_bytes(path) == nar_bytes(stores.old(path))
+
+
+def test_wrong_store_dir_is_skipped_with_a_warning(stores: TwoStores, tmp_path: Path) -> None:
+    _, _, app = _closure(stores)
+    url = _fill(stores, [app])
+    Path(url[7:], "nix-cache-info").write_text("StoreDir: /nix/store\n")
+    warnings: list[str] = []
+    result = _run(stores, app, url, warnings=warnings)
+    assert result.status == NO_SUBSTITUTE
+    assert len(warnings) == 1 and "/nix/store" in warnings[0] and url in warnings[0]
+
+
+def _narinfo_path(url: str, path: str) -> Path:
+    return Path(url[len("file://"):], f"{hash_part(path)}.narinfo")
+
+
+def _rewrite(url: str, path: str, sign: SecretKey | None, **changes: object) -> None:
+    p = _narinfo_path(url, path)
+    info = narinfo.parse(p.read_text(), os.path.dirname(path), "t")
+    info = narinfo.NarInfo(**{**info.__dict__, "sigs": (), **changes})
+    if sign is not None:
+        info = info.signed(sign)
+    p.write_text(info.to_text())
+
+
+def test_tampered_nar_is_rejected(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib], "none")
+    nar_file = Path(url[7:], narinfo.parse(_narinfo_path(url, lib).read_text(),
+                                           stores.store_dir, "t").url)
+    data = nar_file.read_bytes().replace(b"library", b"LIBRARY")
+    nar_file.chmod(0o644)
+    nar_file.write_bytes(data)
+    _rewrite(url, lib, KEY, file_hash=None, file_size=None)  # only the NAR hash can tell
+    result = _run(stores, lib, url)
+    assert result.status == FAILED
+    assert [r.reason for r in result.rejections] == ["hash-mismatch"]
+    assert url in result.describe() and lib in result.describe()
+    _no_leftovers(stores)
+
+
+def test_tampered_compressed_file_is_rejected(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib], "xz")
+    info = narinfo.parse(_narinfo_path(url, lib).read_text(), stores.store_dir, "t")
+    nar_file = Path(url[7:], info.url)
+    nar_file.chmod(0o644)
+    data = bytearray(nar_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    nar_file.write_bytes(bytes(data))
+    result = _run(stores, lib, url)
+    assert result.status == FAILED
+    assert result.rejections[0].reason in ("corrupt-nar", "hash-mismatch")
+    _no_leftovers(stores)
+
+
+def test_wrong_nar_hash_is_rejected_even_when_signed(stores: TwoStores) -> None:
+    src, lib, _ = _closure(stores)
+    url = _fill(stores, [lib])
+    other = stores.a.query_path_info(src)
+    assert other is not None
+    _rewrite(url, lib, KEY, nar_hash=other.nar_hash)
+    result = _run(stores, lib, url)
+    assert [r.reason for r in result.rejections] == ["hash-mismatch"]
+    assert "NAR hash mismatch" in result.describe()
+    assert stores.b is not None and not stores.b.is_valid(lib)
+
+
+def test_unsigned_path_is_rejected_before_download(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib], key=None)
+    for nar_file in Path(url[7:], "nar").iterdir():
+        nar_file.unlink()  # never fetched: trust is checked first
+    result = _run(stores, lib, url)
+    assert [r.reason for r in result.rejections] == ["unsigned"]
+    assert "not signed" in result.describe() and url in result.describe()
+
+
+def test_bad_signature_is_rejected(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib])
+    text = _narinfo_path(url, lib).read_text()
+    info = narinfo.parse(text, stores.store_dir, "t")
+    forged = narinfo.NarInfo(**{**info.__dict__, "nar_size": info.nar_size + 1}).signed(KEY)
+    _narinfo_path(url, lib).write_text(
+        narinfo.NarInfo(**{**info.__dict__, "sigs": forged.sigs}).to_text())
+    result = _run(stores, lib, url)
+    assert [r.reason for r in result.rejections] == ["bad-signature"]
+
+
+def test_untrusted_key_is_rejected(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib], key=SecretKey.generate("someone-else"))
+    result = _run(stores, lib, url)
+    assert [r.reason for r in result.rejections] == ["untrusted-key"]
+    assert "'someone-else'" in result.describe()
+    assert _run(stores, lib, url, require_sigs="false").status == SUBSTITUTED
+
+
+def test_trusted_url_parameter_skips_signatures(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    url = _fill(stores, [lib], key=None)
+    assert _run(stores, lib, url + "?trusted=1").status == SUBSTITUTED
+
+
+def test_spec_declared_keys_need_the_users_trust(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    other = SecretKey.generate("spec-cache-1")
+    url = _fill(stores, [lib], key=other)
+    warnings: list[str] = []
+    decl = SubstituterDecl(url=url, trusted_public_keys=(other.public_key().to_string(),),
+                           origin="spec.yaml:3:5")
+    result = _run(stores, lib, warnings=warnings, declared=(decl,))
+    assert [r.reason for r in result.rejections] == ["untrusted-key"]
+    assert any("spec.yaml:3:5" in w and "spec-cache-1" in w for w in warnings)
+    both = f"{PUB} {other.public_key().to_string()}"
+    assert _run(stores, lib, declared=(decl,), trusted_public_keys=both).status == SUBSTITUTED
+
+
+def test_content_addressed_paths_need_no_signature(stores: TwoStores) -> None:
+    src, lib, _ = _closure(stores)
+    url = _fill(stores, [src, lib], key=None)
+    assert _run(stores, src, url).status == SUBSTITUTED
+    # A CA field that does not compute the path vouches for nothing.
+    result = _run(stores, lib, url)
+    assert [r.reason for r in result.rejections] == ["unsigned"]
+    _rewrite(url, lib, None, ca=narinfo.parse(_narinfo_path(url, src).read_text(),
+                                              stores.store_dir, "t").ca)
+    assert [r.reason for r in _run(stores, lib, url).rejections] == ["unsigned"]
+
+
+def test_next_cache_is_tried_after_a_rejection(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    bad = _fill(stores, [lib], "zstd", key=SecretKey.generate("evil"))
+    good = _fill(stores, [lib], "xz")
+    result = _run(stores, lib, bad, good)
+    assert result.status == SUBSTITUTED and result.substituter == good
+    assert [r.reason for r in result.rejections] == ["untrusted-key"]
+
+
+def test_missing_reference_gives_incomplete_closure(stores: TwoStores) -> None:
+    src, lib, app = _closure(stores)
+    url = _fill(stores, [app])
+    _narinfo_path(url, src).unlink()
+    result = _run(stores, app, url)
+    assert result.status == "incomplete-closure"
+    assert stores.b is not None and not stores.b.is_valid(app) and not stores.b.is_valid(lib)
+
+
+def test_down_and_hung_caches_are_skipped(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    good = _fill(stores, [lib])
+    down = f"http://127.0.0.1:{closed_port()}?retries=0"
+    warnings: list[str] = []
+    with hung_server() as hung:
+        slow = hung + "?timeout=0.2&retries=0"
+        b = stores.fresh()
+        subs, settings = _subs(stores, down, slow, good, warnings=warnings)
+        result = substitute(b, lib, subs, settings, warn=warnings.append)
+        assert result.status == SUBSTITUTED and result.substituter == good
+        assert len(warnings) == 2 and "timed out" in warnings[1]
+        # Reported once: later lookups skip them silently.
+        absent = f"{stores.store_dir}/{'0' * 32}-absent"
+        assert substitute(b, absent, subs, settings,
+                          warn=warnings.append).status == NO_SUBSTITUTE
+        assert len(warnings) == 2
+        subs, settings = _subs(stores, slow, good, substituter_errors="fail")
+        with pytest.raises(RunnerError) as e:
+            substitute(b, absent, subs, settings)
+        assert e.value.reason == "substituter-down" and hung in e.value.message
+
+
+def test_negative_lookups_are_remembered_for_http(stores: TwoStores) -> None:
+    _, lib, app = _closure(stores)
+    url = _fill(stores, [lib], "xz")
+    later = _fill(stores, [app], "zstd")
+    with served(url[7:]) as http:
+        assert _run(stores, app, http).status == NO_SUBSTITUTE
+        shutil.copytree(later[7:], url[7:], dirs_exist_ok=True)
+        assert _run(stores, app, http).status == NO_SUBSTITUTE  # remembered
+        assert _run(stores, app, http, narinfo_cache_negative_ttl="0").status == SUBSTITUTED
