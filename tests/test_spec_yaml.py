@@ -76,6 +76,13 @@ def test_alias_bomb_is_refused_without_expanding() -> None:
     assert "expand to too many values" in problem
 
 
+@pytest.mark.parametrize("open_close", [("[", "]"), ("{a: ", "}")])
+def test_deep_nesting_is_refused(open_close: tuple[str, str]) -> None:
+    opening, closing = open_close
+    (problem,) = problems("x: " + opening * 5000 + "1" + closing * 5000 + "\n")
+    assert "nested more than 64 levels deep" in problem
+
+
 def test_recursive_alias() -> None:
     (problem,) = problems("a: &a [1, *a]\n")
     assert problem == "f.yaml:1:4: an alias refers to a value that contains it (recursive alias)"

@@ -138,8 +138,8 @@ def _fixed_output(
     algo_node, mode_node = keyed.get("output-hash-algo"), keyed.get("output-hash-mode")
     algo = algo_node.value if algo_node and isinstance(algo_node.value, str) else None
     mode = mode_node.value if mode_node and isinstance(mode_node.value, str) else "flat"
-    if not isinstance(hash_node.value, str):
-        return None
+    if not isinstance(hash_node.value, str) or not hash_node.value:
+        return None  # the schema reported it
     if "outputs" in keyed and list(outputs) != ["out"]:
         report(keyed["outputs"].pos,
                "a fixed-output derivation (one with 'output-hash') has exactly one output, 'out'")

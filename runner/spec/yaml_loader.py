@@ -22,6 +22,8 @@ from runner.errors import SpecError
 # Nodes reached again through aliases: far more than any real spec needs, far
 # less than what an "alias bomb" would expand to (we stop counting there).
 ALIAS_BUDGET = 10_000
+# Specs are shallow; refusing deep nesting keeps the recursive walk safe.
+MAX_DEPTH = 64
 
 Scalar = str | int | float | bool | None
 Value = Union[Scalar, "dict[str, Node]", "list[Node]"]
@@ -132,6 +134,7 @@ class _Walker:
         self.seen: set[int] = set()
         self.aliases = 0
         self.active: set[int] = set()
+        self.depth = 0
 
     def problem(self, pos: Pos, message: str) -> None:
         self.problems.append(f"{pos}: {message}")
@@ -148,9 +151,13 @@ class _Walker:
                 return Node(None, pos)
         self.seen.add(id(node))
         self.active.add(id(node))
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooDeep(pos)
         try:
             return self._walk(node, pos)
         finally:
+            self.depth -= 1
             self.active.discard(id(node))
 
     def _walk(self, node: yaml.Node, pos: Pos) -> Node:
@@ -217,6 +224,10 @@ class _TooManyAliases(Exception):
         self.pos = pos
 
 
+class _TooDeep(_TooManyAliases):
+    pass
+
+
 def _decode(data: bytes, file: str) -> str:
     try:
         text = data.decode("utf-8")
@@ -241,6 +252,7 @@ def parse_yaml(text: str, file: str) -> Node:
         raise SpecError([f"{file}:{line}:1: the file contains a NUL character"])
     loader = _CoreLoader(text)
     try:
+        _check_depth(text, file)  # before composing: libyaml's composer recurses in C
         composed = loader.get_single_node()
     except yaml.MarkedYAMLError as err:
         raise SpecError([_yaml_error(err, file)]) from None
@@ -253,6 +265,8 @@ def parse_yaml(text: str, file: str) -> Node:
     walker = _Walker(file)
     try:
         root = walker.walk(composed)
+    except _TooDeep as err:
+        raise SpecError([_too_deep(err.pos)]) from None
     except _TooManyAliases as err:
         raise SpecError(
             [f"{err.pos}: YAML aliases here expand to too many values (more than "
@@ -261,6 +275,29 @@ def parse_yaml(text: str, file: str) -> Node:
     if walker.problems:
         raise SpecError(walker.problems)
     return root
+
+
+def _too_deep(pos: Pos) -> str:
+    return f"{pos}: values are nested more than {MAX_DEPTH} levels deep"
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse deep nesting using the parser's flat event stream."""
+    events = _CoreLoader(text)
+    depth = 0
+    try:
+        while events.check_event():
+            event = events.get_event()
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                    raise SpecError([_too_deep(Pos(file, line, col))])
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    finally:
+        events.dispose()
 
 
 def _yaml_error(err: yaml.MarkedYAMLError, file: str) -> str:
