@@ -15,7 +15,6 @@ from runner.build.out_links import create_out_links
 from runner.build.progress import make_progress
 from runner.build.result import BuildResult, exit_code
 from runner.build.sandboxing import choose_sandbox
-from runner.build.worker import Worker
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.spec.load import load_spec
@@ -85,6 +84,10 @@ def _jobs(text: str) -> int:
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: the worker pulls in the whole build machinery, which
+    # `runner log`, `runner failed` and every other command do not need.
+    from runner.build.worker import Worker
+
     spec = load_spec(args.spec)
     with open_store(settings) as store:
         targets = instantiate(spec, store, args.names or None)

@@ -17,6 +17,7 @@ from runner.settings import Settings
 COMMAND_MODULES = (
     "runner.cli.config",
     "runner.cli.hash",
+    "runner.cli.build",
     "runner.cli.cache",
     "runner.cli.maintenance",
 )
