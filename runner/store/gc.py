@@ -27,7 +27,7 @@ from runner.store.paths import parse_store_path
 from runner.store.roots import Roots, all_roots, gc_lock
 
 LINKS_DIR = ".links"
-TEMP_LINK_PREFIX = ".tmp-link-"
+TEMP_LINK_PREFIX = ".link-tmp-"  # not ".tmp-": that is the adder's temp dirs
 
 
 @dataclass(frozen=True)
