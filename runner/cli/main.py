@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "runner.cli.build",
     "runner.cli.cache",
     "runner.cli.maintenance",
+    "runner.cli.spec",
+    "runner.cli.store",
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
