@@ -32,7 +32,7 @@ def make_output(store: LocalStore, name: str, content: str, refs: tuple[str, ...
     return path
 
 
-def nar_bytes(path: str) -> bytes:
+def nar_bytes(path: str | os.PathLike[str]) -> bytes:
     return b"".join(nar.dump(path))
 
 
