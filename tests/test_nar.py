@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from runner.errors import RunnerError
+from runner.store.nar import CHUNK, dump, hash_path, restore
+from tests.golden import assert_golden
+
+
+def field(data: bytes) -> bytes:
+    return struct.pack("<Q", len(data)) + data + bytes(-len(data) % 8)
+
+
+def nar(*tokens: bytes) -> bytes:
+    return b"".join(field(t) for t in tokens)
+
+
+def make_tree(root: Path, big: int = 3 * CHUNK + 5) -> Path:
+    root.mkdir()
+    (root / "empty-dir").mkdir()
+    (root / "empty-file").write_bytes(b"")
+    (root / "hello.txt").write_bytes(b"hello\n")
+    (root / "ünïcødé ✓.txt").write_text("unicode\n", encoding="utf-8")
+    script = root / "bin" / "run"
+    script.parent.mkdir()
+    script.write_bytes(b"#!/bin/sh\necho hi\n")
+    script.chmod(0o755)
+    (root / "bin" / "link").symlink_to("run")
+    (root / "dangling").symlink_to("/nonexistent/target")
+    (root / "B-upper").write_bytes(b"sorted before lowercase")
+    (root / "big").write_bytes(bytes(i % 251 for i in range(big)))
+    deep = root / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_bytes(b"x" * 9)
+    return root
+
+
+def nar_bytes(path: Path) -> bytes:
+    return b"".join(dump(path))
+
+
+def test_single_file_layout(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"abc")
+    expected = nar(b"nix-archive-1", b"(", b"type", b"regular", b"contents", b"abc", b")")
+    assert nar_bytes(f) == expected
+    f.chmod(0o755)
+    assert nar_bytes(f) == nar(
+        b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"", b"contents", b"abc", b")"
+    )
+
+
+def test_symlink_and_directory_layout(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "z").symlink_to("target")
+    (d / "a").mkdir()
+    assert nar_bytes(d) == nar(
+        b"nix-archive-1", b"(", b"type", b"directory",
+        b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory", b")", b")",
+        b"entry", b"(", b"name", b"z", b"node",
+        b"(", b"type", b"symlink", b"target", b"target", b")", b")",
+        b")",
+    )  # fmt: skip
+
+
+def test_tree_golden(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree", big=1000)
+    data = nar_bytes(tree)
+    assert_golden("tree.nar", data)
+    h, size = hash_path(tree)
+    assert size == len(data)
+    assert h.digest == hashlib.sha256(data).digest()
+
+
+def test_chunks_are_bounded(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree", big=10 * CHUNK + 3)
+    chunks = list(dump(tree))
+    assert max(len(c) for c in chunks) <= 2 * CHUNK
+    assert len(chunks) > 10
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    data = nar_bytes(tree)
+    dest = tmp_path / "restored"
+    restore(io.BytesIO(data).read, dest)
+    assert nar_bytes(dest) == data
+    assert os.access(dest / "bin" / "run", os.X_OK)
+    assert not os.access(dest / "hello.txt", os.X_OK)
+    assert os.readlink(dest / "dangling") == "/nonexistent/target"
+
+
+def test_restore_single_file_and_symlink(tmp_path: Path) -> None:
+    restore(io.BytesIO(nar(b"nix-archive-1", b"(", b"type", b"regular",
+                           b"contents", b"data", b")")).read, tmp_path / "f")  # fmt: skip
+    assert (tmp_path / "f").read_bytes() == b"data"
+    restore(io.BytesIO(nar(b"nix-archive-1", b"(", b"type", b"symlink",
+                           b"target", b"f", b")")).read, tmp_path / "l")  # fmt: skip
+    assert os.readlink(tmp_path / "l") == "f"
+
+
+def test_restore_with_short_reads(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    data = nar_bytes(tree)
+    stream = io.BytesIO(data)
+
+    def dribble(n: int) -> bytes:
+        return stream.read(min(n, 3))
+
+    restore(dribble, tmp_path / "out")
+    assert nar_bytes(tmp_path / "out") == data
+
+
+def entry(name: bytes, *node: bytes) -> tuple[bytes, ...]:
+    return (b"entry", b"(", b"name", name, b"node", *node, b")")
+
+
+FILE = (b"(", b"type", b"regular", b"contents", b"x", b")")
+
+
+def directory(*entries: tuple[bytes, ...]) -> bytes:
+    flat = [t for e in entries for t in e]
+    return nar(b"nix-archive-1", b"(", b"type", b"directory", *flat, b")")
+
+
+GOOD_FILE = nar(b"nix-archive-1", *FILE)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        nar(b"nix-archive-2", *FILE),
+        GOOD_FILE[:-1],
+        GOOD_FILE[:-8],
+        nar(b"nix-archive-1", b"(", b"type", b"fifo", b")"),
+        nar(b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"x", b"contents"),
+        nar(b"nix-archive-1", b"(", b"type", b"regular", b")"),
+        nar(b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"", b")"),
+        nar(b"nix-archive-1", b"(", b"type", b"symlink", b"target", b"a\0b", b")"),
+        directory(entry(b"..", *FILE)),
+        directory(entry(b".", *FILE)),
+        directory(entry(b"", *FILE)),
+        directory(entry(b"a/b", *FILE)),
+        directory(entry(b"b", *FILE), entry(b"a", *FILE)),
+        directory(entry(b"a", *FILE), entry(b"a", *FILE)),
+        directory(entry(b"a", *FILE))[:-16],
+        nar(b"nix-archive-1", b"(", b"type", b"directory", b"entri"),
+        field(b"nix-archive-1") + struct.pack("<Q", 2**62),
+        # non-zero padding after "nix-archive-1"
+        struct.pack("<Q", 13) + b"nix-archive-1" + b"\0\0\1" + nar(*FILE),
+    ],
+)
+def test_restore_rejects_malformed(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(RunnerError) as info:
+        restore(io.BytesIO(data).read, tmp_path / "out")
+    assert info.value.reason == "bad-nar"
+
+
+def test_restore_every_truncation(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"abc")
+    (tree / "l").symlink_to("f")
+    data = nar_bytes(tree)
+    for cut in range(0, len(data), 8):
+        with pytest.raises(RunnerError) as info:
+            restore(io.BytesIO(data[:cut]).read, tmp_path / f"out{cut}")
+        assert info.value.reason == "bad-nar"
+
+
+def test_restore_refuses_existing_dest(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(RunnerError) as info:
+        restore(io.BytesIO(GOOD_FILE).read, tmp_path / "f")
+    assert info.value.reason == "io"
+
+
+def test_dump_rejects_special_files_and_missing(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(RunnerError) as info:
+        list(dump(tmp_path))
+    assert info.value.reason == "bad-path"
+    with pytest.raises(RunnerError) as info:
+        list(dump(tmp_path / "missing"))
+    assert info.value.reason == "io"
+
+
+def test_deep_tree_does_not_recurse(tmp_path: Path) -> None:
+    path = tmp_path / "deep"
+    path.mkdir()
+    cur = path
+    for _ in range(1500):
+        cur = cur / "d"
+        cur.mkdir()
+    try:
+        data = nar_bytes(path)
+        restore(io.BytesIO(data).read, tmp_path / "copy")
+        assert nar_bytes(tmp_path / "copy") == data
+    finally:
+        # pytest's recursive cleanup of old tmp dirs would overflow on these trees:
+        # flatten them by moving each level up to tmp_path.
+        for n, top in enumerate((path, tmp_path / "copy")):
+            level = 0
+            while (top / "d").exists():
+                flat = tmp_path / f"flat{n}-{level}"
+                os.rename(top / "d", flat)
+                top, level = flat, level + 1
