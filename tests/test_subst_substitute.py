@@ -3,8 +3,10 @@ a cache can lie or fail."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -312,3 +314,59 @@ def test_negative_lookups_are_remembered_for_http(stores: TwoStores) -> None:
         shutil.copytree(later[7:], url[7:], dirs_exist_ok=True)
         assert _run(stores, app, http).status == NO_SUBSTITUTE  # remembered
         assert _run(stores, app, http, narinfo_cache_negative_ttl="0").status == SUBSTITUTED
+
+
+PROGRAM = """\
+import json, shutil, sys, os
+root, action, path = sys.argv[1], sys.argv[2], sys.argv[3]
+base = os.path.join(root, os.path.basename(path))
+if os.path.exists(os.path.join(root, "broken")):
+    sys.stderr.write("the backend is on fire\n")
+    sys.exit(3)
+if action == "query":
+    if not os.path.exists(base + ".json"):
+        sys.exit(1)
+    print(open(base + ".json").read())
+elif action == "fetch":
+    shutil.copyfile(base + ".nar", sys.argv[4])
+"""
+
+
+def _program(stores: TwoStores, paths: tuple[str, ...]) -> SubstituterDecl:
+    root = stores.root / "prog-data"
+    root.mkdir()
+    (stores.root / "prog.py").write_text(PROGRAM)
+    for path in paths:
+        info = stores.a.query_path_info(path)
+        assert info is not None
+        signed = narinfo.NarInfo(path=path, url="", nar_hash=info.nar_hash,
+                                 nar_size=info.nar_size, references=info.references).signed(KEY)
+        doc = {"narHash": str(info.nar_hash), "narSize": info.nar_size,
+               "references": sorted(info.references), "deriver": None, "sigs": list(signed.sigs)}
+        (root / f"{os.path.basename(path)}.json").write_text(json.dumps(doc))
+        (root / f"{os.path.basename(path)}.nar").write_bytes(nar_bytes(path))
+    return SubstituterDecl(command=(sys.executable, str(stores.root / "prog.py"), str(root)),
+                           origin="spec.yaml:9:5")
+
+
+def test_substituter_program(stores: TwoStores) -> None:
+    src, lib, app = _closure(stores)
+    decl = _program(stores, (src, lib, app))
+    result = _run(stores, app, declared=(decl,))
+    assert result.status == SUBSTITUTED, result.describe()
+    assert result.substituted == (src, lib, app)
+    assert nar_bytes(app) == nar_bytes(stores.old(app))
+
+
+def test_substituter_program_is_verified_like_a_cache(stores: TwoStores) -> None:
+    src, lib, _ = _closure(stores)
+    decl = _program(stores, (src, lib))
+    nar_file = stores.root / "prog-data" / f"{os.path.basename(lib)}.nar"
+    nar_file.write_bytes(nar_file.read_bytes().replace(b"library", b"LIBRARY"))
+    result = _run(stores, lib, declared=(decl,))
+    assert [r.reason for r in result.rejections] == ["hash-mismatch"]
+    assert decl.label in result.describe()
+    (stores.root / "prog-data" / "broken").write_text("")
+    warnings: list[str] = []
+    assert _run(stores, lib, declared=(decl,), warnings=warnings).status == NO_SUBSTITUTE
+    assert len(warnings) == 1 and "on fire" in warnings[0]
