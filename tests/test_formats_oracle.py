@@ -17,9 +17,11 @@ from runner.store.derivation import (
     parse,
     unparse,
 )
-from runner.store.hashes import Hash
-from runner.store.paths import make_text_path
+from runner.store.hashes import Hash, hash_file
+from runner.store.nar import dump, hash_path
+from runner.store.paths import make_source_path, make_text_path
 from tests.nix_oracle import NixOracle
+from tests.test_nar import make_tree
 
 pytestmark = pytest.mark.nix
 
@@ -40,7 +42,14 @@ class TextFile:
     text: str
 
 
-Part = str | Ref | TextFile
+@dataclass(frozen=True)
+class Src:
+    """A local path copied into the store as a `source` path (`${/abs/path}` in Nix)."""
+
+    path: str
+
+
+Part = str | Ref | TextFile | Src
 Value = Part | tuple[Part, ...] | list[object] | bool | int | None
 
 
@@ -68,6 +77,8 @@ def nix_part(part: Part) -> str:
         return "${" + f"{part.name}.{part.output}" + "}"
     if isinstance(part, TextFile):
         return "${" + f"builtins.toFile {nix_string(part.name)} {nix_string(part.text)}" + "}"
+    if isinstance(part, Src):
+        return "${" + part.path + "}"
     return nix_string(part)[1:-1]
 
 
@@ -121,6 +132,11 @@ class Ours:
             elif isinstance(part, TextFile):
                 digest = hashlib.sha256(part.text.encode()).digest()
                 path = make_text_path(part.name, digest, [], self.store_dir)
+                ctx[1].add(path)
+                out.append(path)
+            elif isinstance(part, Src):
+                nar_hash, _ = hash_path(part.path)
+                path = make_source_path(Path(part.path).name, nar_hash.digest, self.store_dir)
                 ctx[1].add(path)
                 out.append(path)
             else:
@@ -244,9 +260,21 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.mark.parametrize("case_id", sorted(CASES))
-def test_derivation_matches_nix(oracle: NixOracle, case_id: str) -> None:
-    case = CASES[case_id]
+def SOURCE_CASE(tmp: Path) -> Case:
+    tree = make_tree(tmp / "my-src", big=1000)
+    single = tmp / "script.sh"
+    single.write_bytes(b"#!/bin/sh\n")
+    return Case(
+        {
+            "a": base("srcs", src=(Src(str(tree)),), args=[(Src(str(single)),)]),
+            "b": base("again", x=(Ref("a"), Src(str(single)))),
+        }
+    )
+
+
+@pytest.mark.parametrize("case_id", [*sorted(CASES), "source-inputs"])
+def test_derivation_matches_nix(oracle: NixOracle, tmp_path: Path, case_id: str) -> None:
+    case = SOURCE_CASE(tmp_path) if case_id == "source-inputs" else CASES[case_id]
     [printed] = oracle.instantiate(nix_expr(case))
     nix_drv_path = printed.split("!")[0]  # Nix appends "!<output>" when there is no "out"
     ours = Ours(oracle.store_dir)
@@ -267,3 +295,36 @@ def test_derivation_matches_nix(oracle: NixOracle, case_id: str) -> None:
     for dep in nix_drv.input_drvs:
         assert dep in ours.drvs
     assert len(hash_derivation_modulo(nix_drv, load, {})) == 32
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "tree", big=5 * 1024 * 1024 + 7)
+
+
+def test_nar_matches_nix(oracle: NixOracle, tree: Path) -> None:
+    assert b"".join(dump(tree)) == oracle.dump(tree)
+    assert b"".join(dump(tree / "bin" / "run")) == oracle.dump(tree / "bin" / "run")
+    assert b"".join(dump(tree / "empty-file")) == oracle.dump(tree / "empty-file")
+    assert b"".join(dump(tree / "bin" / "link")) == oracle.dump(tree / "bin" / "link")
+
+
+def test_source_paths_match_nix(oracle: NixOracle, tree: Path, tmp_path: Path) -> None:
+    for path in (tree, tree / "big", tree / "empty-dir", tree / "bin" / "run"):
+        nar_hash, _ = hash_path(path)
+        ours = make_source_path(path.name, nar_hash.digest, oracle.store_dir)
+        assert ours == oracle.add(path)
+
+
+def test_hashes_match_nix_hash(oracle: NixOracle, tree: Path) -> None:
+    nar_hash, size = hash_path(tree)
+    assert oracle.hash("--type", "sha256", str(tree)) == nar_hash.hex()
+    assert oracle.hash("--type", "sha256", "--base32", str(tree)) == nar_hash.base32()
+    big = tree / "big"
+    for algo in ("md5", "sha1", "sha256", "sha512"):
+        flat = hash_file(algo, big)
+        assert oracle.hash("--type", algo, "--flat", str(big)) == flat.hex()
+        assert oracle.hash("--type", algo, "--flat", "--base32", str(big)) == flat.base32()
+        assert oracle.hash("--type", algo, "--to-base32", flat.hex()) == flat.base32()
+        assert oracle.hash("--type", algo, "--to-base16", flat.base32()) == flat.hex()
+    assert size == len(oracle.dump(tree))
