@@ -128,6 +128,9 @@ def test_max_freed_stops_early(store: LocalStore) -> None:
     result = collect_garbage(store, GCOptions(max_freed=1))
     assert len(result.deleted) == 1
     assert sum(store.is_valid(p) for p in paths) == 3
+    assert run(["gc", "--max-freed", "150K"]) == 0
+    assert sum(store.is_valid(p) for p in paths) == 1
+    assert run(["gc", "--max-freed", "lots"]) == 1
 
 
 def _built(store: LocalStore) -> tuple[str, str, str]:
@@ -283,6 +286,7 @@ def test_leftovers_and_stale_lock_files_are_removed(store: LocalStore) -> None:
     busy = os.path.join(store.store_dir, "1" * 32 + "-busy")
     os.mkdir(busy)
     Path(store.store_dir, "2" * 32 + "-old.lock").write_text("")
+    Path(store.store_dir, ".link-tmp-1-x").write_text("")  # an optimiser that crashed
     with PathLocks([busy]):
         result = collect_garbage(store)
         assert result.leftovers == [leftover]

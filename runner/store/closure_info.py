@@ -55,7 +55,14 @@ class Mention:
 
 def find_mentions(path: str, target: str) -> list[Mention]:
     """Every file (or symlink) inside `path` that contains the hash part of `target`."""
-    needle = hash_part(target).encode()
+    try:
+        return _find_mentions(path, hash_part(target).encode())
+    except OSError as e:
+        raise RunnerError(f"cannot read '{e.filename or path}': {e.strerror}",
+                          reason="io") from None
+
+
+def _find_mentions(path: str, needle: bytes) -> list[Mention]:
     found = []
     stack = [path]
     while stack:
