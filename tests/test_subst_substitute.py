@@ -321,7 +321,7 @@ import json, shutil, sys, os
 root, action, path = sys.argv[1], sys.argv[2], sys.argv[3]
 base = os.path.join(root, os.path.basename(path))
 if os.path.exists(os.path.join(root, "broken")):
-    sys.stderr.write("the backend is on fire\n")
+    print("the backend is on fire", file=sys.stderr)
     sys.exit(3)
 if action == "query":
     if not os.path.exists(base + ".json"):
