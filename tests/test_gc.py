@@ -28,6 +28,7 @@ from runner.store.roots import (
     read_temp_roots,
     roots_dir,
 )
+from runner.store.verify import verify_store
 
 
 @pytest.fixture
@@ -264,6 +265,24 @@ def test_gc_running_while_other_processes_add_deletes_nothing_they_need(
             p.communicate("")
     assert all(p.returncode == 0 for p in holders)
     assert len(collect_garbage(store).deleted) == 60
+
+
+def test_gc_killed_midway_leaves_a_consistent_store(store: LocalStore, tmp_path: Path) -> None:
+    chains = [_chain(store, f"k{n}-", 20) for n in range(10)]
+    stop = tmp_path / "never"
+    gc = subprocess.Popen(
+        [sys.executable, "-c", GC_LOOP, store.store_dir, store.state_dir, str(stop)])
+    try:
+        # Kill it wherever it happens to be once it has started deleting.
+        while all(os.path.lexists(c[-1]) for c in chains) and gc.poll() is None:
+            pass
+    finally:
+        gc.kill()
+        gc.wait()
+    report = verify_store(store, check_contents=True)
+    assert report.problems == []  # every valid path is whole, every reference valid
+    collect_garbage(store)
+    assert all(_gone(store, c) for c in chains)
 
 
 def test_temp_roots_in_this_process(store: LocalStore) -> None:

@@ -19,14 +19,6 @@ from tests.nix_oracle import NixOracle
 pytestmark = pytest.mark.nix
 
 
-@pytest.fixture(autouse=True)
-def _store_command_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    if "runner.cli.store" not in cli_main.COMMAND_MODULES:
-        monkeypatch.setattr(
-            cli_main, "COMMAND_MODULES", (*cli_main.COMMAND_MODULES, "runner.cli.store")
-        )
-
-
 def _cli(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
     code = cli_main.run(list(argv))
     out, err = capsysbinary.readouterr()
