@@ -92,7 +92,7 @@ def nix_value(v: object) -> str:
     if isinstance(v, list):
         return "[ " + " ".join(nix_value(x) for x in v) + " ]"
     parts = v if isinstance(v, tuple) else (v,)
-    return '"' + "".join(nix_part(p) for p in parts) + '"'  # type: ignore[arg-type]
+    return '"' + "".join(nix_part(p) for p in parts) + '"'
 
 
 def nix_expr(case: Case) -> str:
