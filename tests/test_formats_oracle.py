@@ -328,3 +328,5 @@ def test_hashes_match_nix_hash(oracle: NixOracle, tree: Path) -> None:
         assert oracle.hash("--type", algo, "--to-base32", flat.hex()) == flat.base32()
         assert oracle.hash("--type", algo, "--to-base16", flat.base32()) == flat.hex()
     assert size == len(oracle.dump(tree))
+    for algo in ("md5", "sha1", "sha512"):
+        assert oracle.hash("--type", algo, str(tree)) == hash_path(tree, algo)[0].hex()

@@ -213,3 +213,14 @@ def test_deep_tree_does_not_recurse(tmp_path: Path) -> None:
                 flat = tmp_path / f"flat{n}-{level}"
                 os.rename(top / "d", flat)
                 top, level = flat, level + 1
+
+
+def test_hash_path_other_algorithms(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree", big=10)
+    data = nar_bytes(tree)
+    for algo in ("md5", "sha1", "sha512"):
+        h, size = hash_path(tree, algo)
+        assert (h.algo, h.digest, size) == (algo, hashlib.new(algo, data).digest(), len(data))
+    with pytest.raises(RunnerError) as info:
+        hash_path(tree, "sha3")
+    assert info.value.reason == "bad-hash"

@@ -15,7 +15,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from runner.errors import RunnerError
-from runner.store.hashes import Hash
+from runner.store.hashes import SIZES, Hash
 
 MAGIC = b"nix-archive-1"
 CHUNK = 64 * 1024
@@ -127,14 +127,16 @@ def dump(path: PathArg) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
-def hash_path(path: PathArg) -> tuple[Hash, int]:
-    """SHA-256 of the NAR of `path` and the NAR's size."""
-    hasher = hashlib.sha256()
+def hash_path(path: PathArg, algo: str = "sha256") -> tuple[Hash, int]:
+    """Hash of the NAR of `path` (SHA-256 unless told) and the NAR's size."""
+    if algo not in SIZES:
+        raise RunnerError(f"unknown hash algorithm '{algo}'", reason="bad-hash")
+    hasher = hashlib.new(algo)
     size = 0
     for chunk in dump(path):
         hasher.update(chunk)
         size += len(chunk)
-    return Hash("sha256", hasher.digest()), size
+    return Hash(algo, hasher.digest()), size
 
 
 class _Reader:
