@@ -222,3 +222,11 @@ def test_parse_error_has_position() -> None:
     with pytest.raises(RunnerError) as info:
         parse(b"Derive(\xff", "y.drv")
     assert info.value.reason == "bad-drv"
+
+
+def test_strings_are_not_collections() -> None:
+    dep = "/nix/store/" + "1" * 32 + "-dep.drv"
+    with pytest.raises(TypeError):
+        make("x", input_drvs={dep: "out"})
+    with pytest.raises(TypeError):
+        make("x", args="-c true")

@@ -20,6 +20,7 @@ from runner.store.paths import (
     to_store_path,
     validate_name,
 )
+from tests.golden import assert_golden
 
 # Expected paths were printed by Nix 2.8 (`nix-instantiate --readonly-mode --eval`) for
 # NIX_STORE_DIR=/nix/store; test_formats_oracle.py checks the same against a live Nix.
@@ -115,3 +116,26 @@ def test_parse_rejects(path: str) -> None:
         parse_store_path(path, STORE)
     assert info.value.reason == "bad-path"
     assert not is_store_path(path, STORE)
+
+
+def test_paths_golden() -> None:
+    """A spread of paths of every kind, for two store dirs, pinned byte for byte."""
+    lines = []
+    for store in ("/nix/store", "/tmp/runner store/x"):
+        for i, name in enumerate(["a", "hello-1.0", "x" * 211, "with?odd=chars+"]):
+            digest = hashlib.sha256(f"{i}".encode()).digest()
+            refs = [f"{store}/{'0' * 32}-r{j}" for j in range(i)]
+            lines += [
+                make_text_path(name, digest, refs, store),
+                make_source_path(name, digest, store, refs),
+                make_store_path("output:out", digest, name, store),
+            ]
+            if len(name) < 200:
+                lines.append(make_output_path("dev", digest, name, store))
+            for algo in ("md5", "sha1", "sha256", "sha512"):
+                h = Hash(algo, hashlib.new(algo, name.encode()).digest())
+                lines += [
+                    make_fixed_output_path(name, h, False, store),
+                    make_fixed_output_path(name, h, True, store),
+                ]
+    assert_golden("paths.txt", "\n".join(lines).encode() + b"\n")

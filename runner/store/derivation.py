@@ -47,6 +47,11 @@ class Derivation:
     env: Mapping[str, str]
 
     def __post_init__(self) -> None:
+        for field_name in ("input_srcs", "args"):
+            if isinstance(getattr(self, field_name), str):
+                raise TypeError(f"Derivation.{field_name} must be a collection, not a str")
+        if any(isinstance(v, str) for v in self.input_drvs.values()):
+            raise TypeError("Derivation.input_drvs values must be collections of output names")
         set_ = object.__setattr__  # normalising a frozen instance once, at construction
         set_(self, "outputs", dict(sorted(self.outputs.items())))
         set_(
