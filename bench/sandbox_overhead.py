@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.sandbox import make_plan, probe, spawn  # noqa: E402
-from runner.settings import Settings  # noqa: E402
+from runner.sandbox import make_plan, probe, spawn
+from runner.settings import Settings
 
 
-def per_run(runs: int, start: Callable[[], "subprocess.Popen[bytes]"]) -> float:
+def per_run(runs: int, start: Callable[[], subprocess.Popen[bytes]]) -> float:
     start().wait()  # warm up
     began = time.perf_counter()
     for _ in range(runs):
