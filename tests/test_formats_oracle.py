@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from runner.store.derivation import (
     unparse,
 )
 from runner.store.hashes import Hash, hash_file
-from runner.store.nar import dump, hash_path
+from runner.store.nar import dump, hash_path, restore
 from runner.store.paths import make_source_path, make_text_path
 from tests.nix_oracle import NixOracle
 from tests.test_nar import make_tree
@@ -302,8 +304,14 @@ def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "tree", big=5 * 1024 * 1024 + 7)
 
 
-def test_nar_matches_nix(oracle: NixOracle, tree: Path) -> None:
-    assert b"".join(dump(tree)) == oracle.dump(tree)
+def test_nar_matches_nix(oracle: NixOracle, tree: Path, tmp_path: Path) -> None:
+    # A file name that is not UTF-8: names are bytes in a NAR.
+    with open(os.path.join(os.fsencode(tree), b"raw-\xff\xfe-name"), "wb") as f:
+        f.write(b"bytes")
+    nix_nar = oracle.dump(tree)
+    assert b"".join(dump(tree)) == nix_nar
+    restore(io.BytesIO(nix_nar).read, tmp_path / "restored")
+    assert oracle.dump(tmp_path / "restored") == nix_nar
     assert b"".join(dump(tree / "bin" / "run")) == oracle.dump(tree / "bin" / "run")
     assert b"".join(dump(tree / "empty-file")) == oracle.dump(tree / "empty-file")
     assert b"".join(dump(tree / "bin" / "link")) == oracle.dump(tree / "bin" / "link")
