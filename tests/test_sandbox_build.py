@@ -167,6 +167,18 @@ def test_cannot_read_outside_closure_and_sandbox_paths(sandbox: Sandbox) -> None
     assert "secret" not in r["stdout"].split()[0:2]
 
 
+def test_mount_table_is_the_plan_and_nothing_of_the_host(sandbox: Sandbox) -> None:
+    r = _ok(sandbox.run(script="cat /proc/self/mountinfo", closure={"src": "x"}))
+    points = [line.split()[4] for line in r["stdout"].splitlines()]
+    store = r["store"]
+    expected = {"/", "/tmp", "/dev", "/dev/shm", "/dev/pts", "/proc", "/build", store,
+                sandbox_harness.store_path(store, "src"),
+                *(f"/dev/{d}" for d in ("full", "null", "random", "tty", "urandom", "zero")),
+                *(p for p in DEFAULT_SANDBOX_PATHS if os.path.isdir(p) and
+                  not os.path.islink(p))}
+    assert sorted(points) == sorted(expected)
+
+
 def test_cannot_write_outside_outputs_build_dir_and_tmp(sandbox: Sandbox) -> None:
     script = """
         for p in /x /etc/x /usr/x /bin/x /etc/alternatives/x /dev/x /proc/x "$src/x" \
