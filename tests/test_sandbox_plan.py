@@ -57,6 +57,10 @@ def test_layout() -> None:
     assert plan.outputs == (OUT,)
 
 
+def test_an_output_in_the_closure_stays_writable() -> None:
+    assert _plan(closure=[IN, OUT]) == _plan()
+
+
 def test_parents_are_mounted_before_children() -> None:
     targets = [m.target for m in _plan(store_dir="/tmp/s/store", closure=["/tmp/s/store/x-in"],
                                        outputs=["/tmp/s/store/x-out"]).mounts]

@@ -97,7 +97,9 @@ def make_plan(
     store_dir = _absolute(store_dir, "store dir")
     build_dir = _absolute(build_dir, "build dir")
     outputs_t = tuple(sorted({_store_child(p, store_dir, "output") for p in outputs}))
-    closure_t = tuple(sorted({_store_child(p, store_dir, "input") for p in closure}))
+    # An output is never also an input (it is rebuilt), so it is not bound read-only.
+    closure_t = tuple(sorted({_store_child(p, store_dir, "input") for p in closure}
+                             - set(outputs_t)))
     as_root = os.geteuid() == 0
     uid, gid = (ROOT_BUILD_UID, ROOT_BUILD_GID) if as_root else (USERNS_BUILD_UID,
                                                                   USERNS_BUILD_GID)
