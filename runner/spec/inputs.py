@@ -35,6 +35,10 @@ def exclude_filter(entry: InputEntry) -> Exclude | None:
 
 def source_path(entry: InputEntry, store_dir: str) -> str:
     """The `source` store path `entry` would get when added, without adding it."""
+    if entry.git is not None:
+        from runner.spec import git_input  # it imports this module
+
+        return git_input.source_path(entry, store_dir)
     digest = nar_sha256(str(entry.path), exclude_filter(entry))
     return make_source_path(entry.name, digest, store_dir)
 

@@ -118,7 +118,7 @@ class _Loader:
         except (ValueError, TypeError) as e:
             assert exclude_node is not None
             self.report(exclude_node.pos, f"input '{key}': bad exclude pattern: {e}")
-        self.inputs[key] = InputEntry(key, path, name, patterns, pos)
+        self.inputs[key] = InputEntry(key, path, name, patterns, pos, _git_mode(node.at("git")))
 
     def _substituter(self, node: Node) -> None:
         fields = node.value if isinstance(node.value, dict) else {}
@@ -142,6 +142,13 @@ class _Loader:
         lines = self.fatal + [f"{pos}: {msg}" for pos, msg in sorted(self.problems, key=key)]
         if lines:
             raise SpecError(list(dict.fromkeys(lines)))
+
+
+def _git_mode(node: Node | None) -> str | None:
+    """`git: true` means the index: what the next commit holds (the schema checked the rest)."""
+    if node is None or node.value is False:
+        return None
+    return "index" if node.value is True else str(node.value)
 
 
 def _items(node: Node | None) -> list[tuple[str, Node]]:

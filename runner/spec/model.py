@@ -19,6 +19,7 @@ class InputEntry:
     name: str  # store name
     exclude: tuple[str, ...]
     pos: Pos
+    git: str | None = None  # "index" | "worktree": only the files git tracks
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from runner.errors import RunnerError
+from runner.spec import git_input
 from runner.spec.coerce import scalar_to_string, to_string
 from runner.spec.graph import LITERAL_ATTRS, closure, order, template_nodes
 from runner.spec.hints import did_you_mean
@@ -46,6 +47,8 @@ class DerivationStore(Protocol):
     ) -> str: ...
 
     def write_derivation(self, drv: Derivation) -> str: ...
+
+    def is_valid(self, path: str) -> bool: ...
 
 
 def select(spec: Spec, names: Iterable[str] | None) -> list[str]:
@@ -149,7 +152,10 @@ def instantiate(
     sources: dict[str, str] = {}
     for name in needed_inputs(spec, keys):
         entry = spec.inputs[name]
-        sources[name] = store.add_path(str(entry.path), entry.name, exclude_filter(entry))
+        if entry.git is not None:
+            sources[name] = git_input.add(store, entry)
+        else:
+            sources[name] = store.add_path(str(entry.path), entry.name, exclude_filter(entry))
     result = translate(spec, store.store_dir, sources, wanted)
     for key in keys:
         written = store.write_derivation(result[key].drv)
