@@ -1,0 +1,1 @@
+"""Pre-commit checks: run a spec's derivations as checks, report them, install the hook."""

@@ -1,0 +1,137 @@
+"""`runner check [SPEC] [NAME…]` and `runner hook install|uninstall`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from runner.build.progress import Progress
+from runner.build.result import BuildResult, Status, exit_code
+from runner.build.sandboxing import choose_sandbox
+from runner.checks import discover, hook
+from runner.checks.outcome import Outcome, outcome
+from runner.checks.report import failure_details, table
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.spec.load import load_spec
+from runner.spec.translate import instantiate
+from runner.store.local_store import open_store
+
+S = "setting:"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check", help="run a spec's derivations as checks and summarise them",
+        description="Build the checks (derivations) of SPEC, default runner.yaml or "
+                    ".runner.yaml at the repository root; all of them unless NAMEs are "
+                    "given. A check passes when its derivation builds. Exits non-zero "
+                    "when one fails.")
+    p.add_argument("args", nargs="*", metavar="[SPEC] NAME")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing when every check passes (for hooks)")
+    p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
+    p.add_argument("--fail-fast", dest=S + "keep-going", action="store_const", const=False,
+                   help="stop at the first failing check (default: run them all)")
+    p.add_argument("--rebuild-failed", action="store_true",
+                   help="run checks again that failed before on the same inputs")
+    p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
+    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=int, metavar="N")
+    p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
+                   action="store_const", const=True)
+    p.set_defaults(func=_check, **{S + "keep-going": True})
+
+    h = sub.add_parser("hook", help="install or remove a git pre-commit hook running "
+                                    "`runner check`")
+    actions = h.add_subparsers(dest="hook_command", metavar="ACTION", required=True)
+    inst = actions.add_parser("install", help="write .git/hooks/pre-commit")
+    inst.add_argument("spec", nargs="?", metavar="SPEC",
+                      help="spec the hook checks (default: found at each run)")
+    inst.add_argument("-f", "--force", action="store_true",
+                      help="replace a hook runner did not write (kept as pre-commit.legacy)")
+    inst.set_defaults(func=_hook_install)
+    rm = actions.add_parser("uninstall", help="remove the hook runner installed")
+    rm.set_defaults(func=_hook_uninstall)
+
+
+class _CheckProgress(Progress):
+    """Failures are reported after the summary, so the worker's own reports are dropped;
+    `quiet` also drops the per-build lines, keeping warnings."""
+
+    def __init__(self, *, quiet: bool, print_build_logs: bool) -> None:
+        super().__init__(sys.stderr, log_lines=0, print_build_logs=print_build_logs)
+        self.quiet = quiet
+
+    def event(self, text: str) -> None:
+        if not self.quiet:
+            self.message(text)
+
+    def report_failure(self, result: BuildResult) -> None:
+        pass
+
+
+def _split(args: list[str]) -> tuple[Path, list[str]]:
+    if args and discover.looks_like_spec(args[0]):
+        return Path(args[0]), args[1:]
+    return discover.default_spec(Path.cwd()), args
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.build.worker import Worker  # the build machinery, only when building
+
+    spec_path, names = _split(list(args.args))
+    spec = load_spec(spec_path)
+    with open_store(settings) as store:
+        targets = instantiate(spec, store, names or None)
+        progress = _CheckProgress(quiet=args.quiet,
+                                  print_build_logs=bool(settings.get("print-build-logs")))
+        worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
+                        rebuild_failed=args.rebuild_failed)
+        worker.run([t.drv_path for t in targets.values()])
+    outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
+                for key, t in targets.items()]
+    failed = not all(o.passed for o in outcomes)
+    if args.json:
+        print(json.dumps([o.to_json() for o in outcomes], indent=2))
+    elif failed or not args.quiet:
+        _print_summary(outcomes, int(settings.get("log-lines")))
+    if not failed:
+        return 0
+    statuses = [r.status for r in worker.results.values()]
+    return exit_code(statuses) or exit_code([Status.FAILED])
+
+
+def _print_summary(outcomes: list[Outcome], log_lines: int) -> None:
+    details = failure_details(outcomes, log_lines)
+    if details:
+        print(details, end="\n\n")
+    print(table(outcomes))
+    sys.stdout.flush()
+
+
+def _hook_install(args: argparse.Namespace, settings: Settings) -> int:
+    cwd = Path.cwd()
+    spec = args.spec
+    if spec is not None:
+        if not os.path.isfile(spec):
+            raise RunnerError(f"spec '{spec}' does not exist", reason="no-spec")
+        root = discover.repo_root(cwd) or cwd
+        # Hooks run at the top of the work tree: make the path relative to it.
+        full = (cwd / spec).resolve()
+        spec = os.path.relpath(full, root.resolve()) if full.is_relative_to(root.resolve()) \
+            else str(full)
+    path = hook.install(cwd, spec, force=args.force)
+    print(f"installed the pre-commit hook at '{path}'", file=sys.stderr)
+    return 0
+
+
+def _hook_uninstall(args: argparse.Namespace, settings: Settings) -> int:
+    path = hook.uninstall(Path.cwd())
+    if path is None:
+        print("no pre-commit hook installed by runner", file=sys.stderr)
+    else:
+        print(f"removed the pre-commit hook '{path}'", file=sys.stderr)
+    return 0
