@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "runner.cli.config",
     "runner.cli.hash",
     "runner.cli.build",
+    "runner.cli.check",
     "runner.cli.cache",
     "runner.cli.maintenance",
     "runner.cli.spec",
