@@ -61,7 +61,10 @@ def list_entries(directory: Path, mode: str) -> list[Entry]:
     """Tracked files below `directory` (which must be inside a git work tree)."""
     if not directory.is_dir():
         raise RunnerError(f"git input '{directory}' is not a directory", reason="git")
-    inside = git(directory, "rev-parse", "--is-inside-work-tree").strip()
+    try:
+        inside = git(directory, "rev-parse", "--is-inside-work-tree").strip()
+    except RunnerError:
+        inside = b"false"
     if inside != b"true":
         raise RunnerError(f"git input '{directory}' is not inside a git work tree",
                           reason="git")
