@@ -14,6 +14,7 @@ from runner.store import nar
 from runner.store.gc import collect_garbage
 from runner.store.local_store import LocalStore
 from runner.store.optimise import links_dir, optimise_path, optimise_store
+from runner.store.roots import process_temp_roots
 
 SHARED = b"shared contents\n" * 4096  # 64 KiB
 
@@ -36,6 +37,8 @@ def _tree(root: Path, unique: str) -> Path:
 def _add_two(store: LocalStore, tmp_path: Path) -> tuple[str, str]:
     a = store.add_path(str(_tree(tmp_path / "a", "a")))
     b = store.add_path(str(_tree(tmp_path / "b", "b")))
+    # As if another process had added them: this process's temporary roots go.
+    process_temp_roots(store.state_dir).close()
     return a, b
 
 

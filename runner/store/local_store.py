@@ -36,6 +36,7 @@ from runner.store.paths import (
     parse_store_path,
     validate_name,
 )
+from runner.store.roots import add_temp_root
 
 Exclude = Callable[[str], bool]
 T = TypeVar("T")
@@ -99,6 +100,9 @@ class LocalStore:
             nar_hash, nar_size = _io(f"cannot add '{src}' to the store", _stage, src, staged,
                                      exclude)
             path = make_source_path(name, nar_hash.digest, self.store_dir)
+            # Rooted before the validity check, so a concurrent GC cannot take it
+            # away between here and its use by a build of this process.
+            add_temp_root(self.state_dir, path)
             self._install(staged, PathInfo(path, nar_hash, nar_size, ca=f"fixed:r:{nar_hash}"))
         return path
 
@@ -108,6 +112,7 @@ class LocalStore:
         data = text.encode("utf-8")
         digest = hashlib.sha256(data).digest()
         path = make_text_path(name, digest, references, self.store_dir)
+        add_temp_root(self.state_dir, path)  # see add_path
         if self.is_valid(path):
             return path
         missing = sorted(r for r in references if r != path and not self.is_valid(r))
@@ -407,6 +412,30 @@ class TempDir:
             return False
         # The pid lives: it may be between creating the dir and locking it.
         return False
+
+
+def replace_tree(staged: str, path: str) -> None:
+    """Put `staged` at `path` in place of what is there (repairing a valid path).
+
+    A file or symlink is replaced by one atomic rename. A directory cannot be
+    renamed over, so the old tree is first moved into a temp dir (deleted
+    afterwards): for that instant `path` is missing, never half-written.
+    The caller holds the path's lock; `staged` is on the store's filesystem.
+    """
+    store_dir = os.path.dirname(path)
+    with TempDir(store_dir) as trash:
+        old = os.path.join(trash.path, "old")
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o755)  # renaming a dir to another parent rewrites its '..'
+            _io(f"cannot move '{path}' aside", os.rename, path, old)
+        elif os.path.isdir(staged) and os.path.lexists(path):
+            _io(f"cannot move '{path}' aside", os.rename, path, old)
+        try:
+            _io(f"cannot move a new '{path}' into place", os.rename, staged, path)
+        except RunnerError:
+            if os.path.lexists(old) and not os.path.lexists(path):
+                os.rename(old, path)  # keep the (broken) old tree rather than nothing
+            raise
 
 
 def _stage(src: str, staged: str, exclude: Exclude | None) -> tuple[Hash, int]:
