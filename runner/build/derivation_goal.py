@@ -7,6 +7,7 @@ Each step is a small method; the first that settles the outcome returns it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import time
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.process import Ending
 from runner.build.result import PERMANENT, BuildResult, Status
 from runner.build.substitution_goal import Substitution
+from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
 from runner.store.roots import add_temp_root
@@ -33,10 +35,18 @@ _ENDINGS = {
 }
 
 
+class BuildMode(enum.Enum):
+    NORMAL = "normal"
+    CHECK = "check"  # build valid outputs again and compare (--check)
+    REPAIR = "repair"  # replace corrupt valid outputs (--repair; inputs too)
+
+
 class DerivationGoal(Goal[BuildResult]):
-    def __init__(self, worker: Worker, drv_path: str) -> None:
+    def __init__(self, worker: Worker, drv_path: str, mode: BuildMode = BuildMode.NORMAL
+                 ) -> None:
         super().__init__(worker, drv_path)
         self.drv_path = drv_path
+        self.mode = mode
         self.store = worker.store
         self.settings = worker.settings
         self.drv: Derivation | None = None
@@ -64,12 +74,26 @@ class DerivationGoal(Goal[BuildResult]):
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
             self.store.clear_failures(list(self.outputs.values()))
-        elif cached := self._cached_failure():
-            return cached
-        if await self._substitute():
+        # Substitutes first: a path someone else built supersedes our cached failure.
+        substitution = await self._substitute()
+        if substitution is Substitution.SUBSTITUTED:
             return self._result(Status.SUBSTITUTED)
+        if not self.worker.rebuild_failed and (cached := self._cached_failure()):
+            return cached
+        if substitution is Substitution.FAILED:
+            if not self.settings.get("fallback"):
+                return self._result(
+                    Status.SUBSTITUTION_FAILED,
+                    f"some substitutes for the outputs of '{self.drv_path}' failed; "
+                    "pass --fallback to build it instead")
+            self.worker.progress.warn(f"substitution failed, building '{self.drv_path}' "
+                                      "instead (--fallback)")
         if failed := await self._realise_inputs():
             return failed
+        if self.worker.max_jobs == 0:
+            raise RunnerError(
+                f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
+                "has its outputs", reason="no-build-slots")
         async with self.worker.build_slot():
             locks = await self.worker.lock_paths(self.outputs.values())
             try:
@@ -92,13 +116,19 @@ class DerivationGoal(Goal[BuildResult]):
             log_tail=record.log_tail.splitlines(), exit_status=record.exit_status,
             log_path=log_path(self.settings.state_dir, self.drv_path) if has_log else None)
 
-    async def _substitute(self) -> bool:
-        if not self.settings.get("substitute"):
-            return False
+    async def _substitute(self) -> Substitution:
+        """SUBSTITUTED when every missing output was fetched; FAILED when a substituter
+        had one but could not deliver it (Nix then builds only with --fallback)."""
+        assert self.drv is not None
+        if not self.settings.get("substitute") or self.drv.env.get("allowSubstitutes") == "":
+            return Substitution.NO_SUBSTITUTERS
         missing = [p for p in self.outputs.values() if not self.store.is_valid(p)]
-        goals = [self.worker.substitution_goal(p) for p in missing]
-        outcomes = await self.wait_for(goals)
-        return all(o in (Substitution.VALID, Substitution.SUBSTITUTED) for o in outcomes)
+        outcomes = await self.wait_for(self.worker.substitution_goal(p) for p in missing)
+        if all(o.ok for o in outcomes):
+            return Substitution.SUBSTITUTED
+        if Substitution.FAILED in outcomes:
+            return Substitution.FAILED
+        return Substitution.NO_SUBSTITUTERS
 
     async def _realise_inputs(self) -> BuildResult | None:
         assert self.drv is not None
@@ -114,11 +144,15 @@ class DerivationGoal(Goal[BuildResult]):
             wanted = self.drv.input_drvs[result.drv_path]
             self.input_paths.update(result.outputs[name] for name in wanted
                                     if name in result.outputs)
+        missing = [src for src in self.drv.input_srcs if not self.store.is_valid(src)]
+        if missing and self.settings.get("substitute"):
+            await self.wait_for(self.worker.substitution_goal(src) for src in missing)
         for src in self.drv.input_srcs:
             if not self.store.is_valid(src):
                 return self._result(
                     Status.SETUP_FAILED,
-                    f"cannot build '{self.drv_path}': its input '{src}' is not in the store")
+                    f"cannot build '{self.drv_path}': its input '{src}' is not in the store "
+                    "and no substituter has it")
             self.input_paths.add(src)
         return None
 

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.build import failure_cache
+from runner.settings import Settings
 from runner.store.local_store import LocalStore
 from runner.store.path_info import FailureRecord
+from runner.substituters.base import Substituter, Warn
+from runner.substituters.narinfo import NarInfo
+from runner.substituters.substitute import find_offer
+
+# What a substituter would deliver for a path (trusted), or None.
+FindOffer = Callable[[str], "NarInfo | None"]
+
+
+def offers(store: LocalStore, substituters: list[Substituter], settings: Settings,
+           warn: Warn) -> FindOffer:
+    def find(path: str) -> NarInfo | None:
+        return find_offer(store, path, substituters, settings, warn=warn)
+    return find
+
+
+def _no_offers(path: str) -> NarInfo | None:
+    return None
 
 
 @dataclass
@@ -27,14 +46,30 @@ class Plan:
                                 "exitStatus": record.exit_status})
             elif drv_path in self.build:
                 entries.append({"drvPath": drv_path, "status": "will-build", "outputs": outs})
+            elif any(p in self.fetch for p in outs.values()):
+                entries.append({"drvPath": drv_path, "status": "will-substitute",
+                                "outputs": outs})
             else:
                 entries.append({"drvPath": drv_path, "status": "valid", "outputs": outs})
         return entries
 
 
-def plan(store: LocalStore, drv_paths: list[str], *, use_failure_cache: bool) -> Plan:
+def plan(store: LocalStore, drv_paths: list[str], *, use_failure_cache: bool,
+         find: FindOffer = _no_offers) -> Plan:
     result = Plan()
     seen: set[str] = set()
+    fetching: set[str] = set()
+
+    def fetchable(path: str) -> bool:
+        """`path` and the references it would bring along can all be fetched."""
+        if path in fetching or store.is_valid(path):
+            return True
+        info = find(path)
+        if info is None or not all(fetchable(r) for r in info.references - {path}):
+            return False
+        fetching.add(path)
+        result.fetch.append(path)
+        return True
 
     def visit(drv_path: str) -> None:
         if drv_path in seen:
@@ -44,6 +79,8 @@ def plan(store: LocalStore, drv_paths: list[str], *, use_failure_cache: bool) ->
         outs = {name: out.path for name, out in drv.outputs.items()}
         result.outputs[drv_path] = outs
         if all(store.is_valid(p) for p in outs.values()):
+            return
+        if drv.env.get("allowSubstitutes") != "" and all(fetchable(p) for p in outs.values()):
             return
         if use_failure_cache:
             record = failure_cache.find_failure(store, outs.values())

@@ -20,6 +20,7 @@ class Status(enum.Enum):
     LOG_LIMIT = "log-limit"
     HASH_MISMATCH = "hash-mismatch"
     SETUP_FAILED = "setup-failed"  # could not even start the builder
+    SUBSTITUTION_FAILED = "substitution-failed"  # a substituter had it, did not deliver
     NOT_DETERMINISTIC = "not-deterministic"
 
     @property

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from runner.build.derivation_goal import DerivationGoal
+from runner.build.derivation_goal import BuildMode, DerivationGoal
 from runner.build.progress import Progress
 from runner.build.result import BuildResult
 from runner.build.sandboxing import SandboxMode
@@ -20,6 +20,8 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
+from runner.substituters.base import Substituter, SubstituterDecl
+from runner.substituters.configure import open_substituters
 
 # Retrying a lock held by another process: first after 5 ms, backing off to 1 s.
 LOCK_RETRY_FIRST = 0.005
@@ -30,7 +32,8 @@ class Worker:
     def __init__(
         self, store: LocalStore, settings: Settings, progress: Progress,
         choose_sandbox: Callable[[], SandboxMode], *,
-        rebuild_failed: bool = False,
+        rebuild_failed: bool = False, declared_substituters: Sequence[SubstituterDecl] = (),
+        mode: BuildMode = BuildMode.NORMAL,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -38,6 +41,10 @@ class Worker:
         self._choose_sandbox = choose_sandbox
         self._sandbox: SandboxMode | None = None
         self.rebuild_failed = rebuild_failed
+        self.mode = mode  # of the requested derivations; --repair also applies to inputs
+        self._declared = tuple(declared_substituters)
+        self._substituters: list[Substituter] | None = None
+        self._substitution_slots: asyncio.Semaphore | None = None
         self.keep_going = bool(settings.get("keep-going"))
         self.max_jobs = int(settings.get("max-jobs"))
         self.derivation_goals: dict[str, DerivationGoal] = {}
@@ -51,17 +58,18 @@ class Worker:
 
     # -- the goal table
 
-    def derivation_goal(self, drv_path: str) -> DerivationGoal:
+    def derivation_goal(self, drv_path: str, mode: BuildMode = BuildMode.NORMAL
+                        ) -> DerivationGoal:
         goal = self.derivation_goals.get(drv_path)
         if goal is None:
-            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path)
+            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, mode)
             self.progress.expect(drv_path)
         return goal
 
-    def substitution_goal(self, path: str) -> SubstitutionGoal:
+    def substitution_goal(self, path: str, *, repair: bool = False) -> SubstitutionGoal:
         goal = self.substitution_goals.get(path)
         if goal is None:
-            goal = self.substitution_goals[path] = SubstitutionGoal(self, path)
+            goal = self.substitution_goals[path] = SubstitutionGoal(self, path, repair=repair)
         return goal
 
     def track(self, task: asyncio.Task[Any]) -> None:
@@ -96,6 +104,23 @@ class Worker:
             self._sandbox = self._choose_sandbox()
         return self._sandbox
 
+    @property
+    def substituters(self) -> list[Substituter]:
+        """Opened on first use (nothing is contacted until a path is asked for)."""
+        if self._substituters is None:
+            self._substituters = open_substituters(self.settings, self._declared,
+                                                   warn=self.progress.warn)
+        return self._substituters
+
+    @asynccontextmanager
+    async def substitution_slot(self) -> AsyncIterator[None]:
+        """Substitutions do not take build slots; they have their own limit."""
+        if self._substitution_slots is None:
+            jobs = int(self.settings.get("max-substitution-jobs"))
+            self._substitution_slots = asyncio.Semaphore(max(jobs, 1))
+        async with self._substitution_slots:
+            yield
+
     @asynccontextmanager
     async def build_slot(self) -> AsyncIterator[None]:
         assert self._slots is not None
@@ -128,7 +153,7 @@ class Worker:
     def run(self, drv_paths: list[str]) -> list[BuildResult]:
         """Realise `drv_paths`; one result per path, in order (every goal's result is in
         `self.results`). Raises RunnerError when interrupted."""
-        if self.max_jobs == 0:
+        if self.max_jobs == 0 and not self.substituters:
             need = [p for p in drv_paths if not self._all_valid(p)]
             if need:
                 raise RunnerError(
@@ -150,7 +175,7 @@ class Worker:
         self._lock_released = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        goals = [self.derivation_goal(p) for p in drv_paths]
+        goals = [self.derivation_goal(p, self.mode) for p in drv_paths]
         try:
             tasks = [goal.start() for goal in goals]
             await asyncio.gather(*tasks, return_exceptions=True)

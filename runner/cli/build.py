@@ -18,8 +18,11 @@ from runner.build.sandboxing import choose_sandbox
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.spec.load import load_spec
+from runner.spec.model import Spec
 from runner.spec.translate import instantiate, source_paths, translate
 from runner.store.local_store import LocalStore, open_store
+from runner.substituters.base import SubstituterDecl
+from runner.substituters.configure import open_substituters, print_warning
 
 S = "setting:"
 
@@ -50,6 +53,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-log-size", dest=S + "max-log-size", type=_count, metavar="BYTES")
     p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
                    action="store_const", const=True)
+    p.add_argument("--no-substitute", dest=S + "substitute", action="store_const", const=False,
+                   help="build everything locally; ask no substituter")
+    p.add_argument("--fallback", dest=S + "fallback", action="store_const", const=True,
+                   help="build locally when a substituter that has a path fails to deliver it")
+    p.add_argument("--substituter-errors", dest=S + "substituter-errors",
+                   choices=("warn", "fail"))
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="build valid outputs again and fail (104) if they differ")
+    mode.add_argument("--repair", action="store_true",
+                      help="rebuild or fetch again outputs (and inputs) whose files are corrupt")
     p.set_defaults(func=_build)
 
     log = sub.add_parser("log", help="print the build log of a derivation",
@@ -86,18 +100,23 @@ def _jobs(text: str) -> int:
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the worker pulls in the whole build machinery, which
     # `runner log`, `runner failed` and every other command do not need.
+    from runner.build.derivation_goal import BuildMode
     from runner.build.worker import Worker
 
     spec = load_spec(args.spec)
+    declared = spec_substituters(spec)
     with open_store(settings) as store:
         targets = instantiate(spec, store, args.names or None)
         drv_paths = [inst.drv_path for inst in targets.values()]
         if args.dry_run:
-            return _dry_run(store, drv_paths, args, settings)
+            return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
                                  print_build_logs=bool(settings.get("print-build-logs")))
+        mode = (BuildMode.CHECK if args.check else BuildMode.REPAIR if args.repair
+                else BuildMode.NORMAL)
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
-                        rebuild_failed=args.rebuild_failed)
+                        rebuild_failed=args.rebuild_failed, declared_substituters=declared,
+                        mode=mode)
         results = worker.run(drv_paths)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
@@ -124,10 +143,29 @@ def _failure(results: list[BuildResult], everything: list[BuildResult]) -> Runne
                        exit_code=exit_code(r.status for r in everything) or 100)
 
 
+def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
+    """A spec's `substituters:`, by `priority` (lower first; unset = list order, after the
+    ones that set it). A relative program path (`./fetch`) is relative to the spec file."""
+    entries = sorted(spec.substituters,
+                     key=lambda e: (e.priority is None, e.priority or 0))
+    decls = []
+    for entry in entries:
+        command = entry.command
+        if command and command[0].startswith(("./", "../")):
+            here = os.path.dirname(os.path.abspath(entry.pos.file))
+            command = (os.path.normpath(os.path.join(here, command[0])), *command[1:])
+        decls.append(SubstituterDecl(url=entry.url, command=command,
+                                     trusted_public_keys=entry.trusted_public_keys,
+                                     origin=str(entry.pos)))
+    return decls
+
+
 def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
-             settings: Settings) -> int:
+             settings: Settings, declared: list[SubstituterDecl]) -> int:
     use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
-    p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache)
+    substituters = open_substituters(settings, declared, warn=print_warning)
+    p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
+                     find=dry_run.offers(store, substituters, settings, print_warning))
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:

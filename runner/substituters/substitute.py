@@ -21,7 +21,7 @@ from runner.settings import Settings
 from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree
 from runner.store.hashes import Hash
-from runner.store.local_store import TempDir
+from runner.store.local_store import TempDir, replace_tree
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
 from runner.substituters import content_address
@@ -70,19 +70,42 @@ class SubstituteResult:
 
 
 def substitute(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
-               warn: Warn = print_warning) -> SubstituteResult:
+               warn: Warn = print_warning, repair: bool = False) -> SubstituteResult:
     """Make `path` valid from the first substituter that can deliver it (blocking).
 
-    Safe to call from several threads at once. Raises RunnerError only when
-    a substituter is down and `substituter-errors` is `fail`.
+    With `repair`, a valid `path` (presumably corrupt) is fetched again and
+    replaces the one on disk once verified. Safe to call from several threads
+    at once. Raises RunnerError only when a substituter is down and
+    `substituter-errors` is `fail`.
     """
-    return _Substitution(store, substituters, settings, warn).run(path)
+    return _Substitution(store, substituters, settings, warn, repair=path if repair else None
+                         ).run(path)
+
+
+def find_offer(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
+               warn: Warn = print_warning) -> NarInfo | None:
+    """The info of the first substituter that has `path` and is trusted for it, without
+    downloading anything (what `--dry-run` reports as "will be fetched")."""
+    check = _Substitution(store, substituters, settings, warn)
+    for sub in substituters:
+        if sub.is_down:
+            continue
+        try:
+            info = sub.query(path)
+        except RunnerError as e:
+            if e.reason != "bad-narinfo":
+                check._down(sub, e)
+            continue
+        if info is not None and check._check_trust(sub, info) is None:
+            return info
+    return None
 
 
 class _Substitution:
     def __init__(self, store: Store, substituters: list[Substituter], settings: Settings,
-                 warn: Warn) -> None:
+                 warn: Warn, *, repair: str | None = None) -> None:
         self.store = store
+        self.repair = repair  # the one path to fetch again although valid
         self.substituters = substituters
         self.require_sigs = bool(settings.get("require-sigs"))
         self.fail_on_errors = settings.get("substituter-errors") == "fail"
@@ -90,7 +113,7 @@ class _Substitution:
         self.done: list[str] = []
 
     def run(self, path: str) -> SubstituteResult:
-        if self.store.is_valid(path):
+        if path != self.repair and self.store.is_valid(path):
             return SubstituteResult(path, VALID)
         rejections: list[Rejection] = []
         for sub in self.substituters:
@@ -162,9 +185,11 @@ class _Substitution:
     def _install(self, sub: Substituter, info: NarInfo) -> None:
         path = info.path
         with PathLocks([path]):
-            if self.store.is_valid(path):
+            repairing = path == self.repair and self.store.is_valid(path)
+            if self.store.is_valid(path) and not repairing:
                 return
-            remove_tree(path)  # a leftover of an interrupted attempt is never valid
+            if not repairing:
+                remove_tree(path)  # a leftover of an interrupted attempt is never valid
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
                 with sub.fetch(info) as read:
@@ -172,7 +197,10 @@ class _Substitution:
                 content_address.check_content(info, staged)
                 try:
                     canonicalise(staged)
-                    os.rename(staged, path)
+                    if repairing:
+                        replace_tree(staged, path)
+                    else:
+                        os.rename(staged, path)
                 except OSError as e:
                     raise RunnerError(f"cannot move '{path}' into place: {e.strerror}",
                                       reason="io") from None
@@ -181,7 +209,8 @@ class _Substitution:
                     path, info.nar_hash, info.nar_size, info.references, info.deriver, 0,
                     info.ca)])
             except BaseException:
-                remove_tree(path)
+                if not repairing:
+                    remove_tree(path)
                 raise
         self.done.append(path)
 
