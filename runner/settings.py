@@ -84,8 +84,9 @@ class Setting:
             return number
         if self.kind == "enum":
             if text not in self.choices:
+                choices = ", ".join(self.choices)
                 raise RunnerError(
-                    f"setting '{self.name}': expected one of {', '.join(self.choices)}, got '{text}'",
+                    f"setting '{self.name}': expected one of {choices}, got '{text}'",
                     reason="bad-setting",
                 )
             return text
@@ -290,10 +291,8 @@ def settings_markdown() -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for s in SETTINGS:
-        if s.default_doc is not None:
-            default = s.default_doc
-        else:
-            default = s.show(s.default_value()) or '""'
+        shown = s.show(s.default_value()) or '""'
+        default = s.default_doc if s.default_doc is not None else shown
         kind = " \\| ".join(s.choices) if s.kind == "enum" else s.kind
         env = f"`{s.env}`" if s.env else ""
         out.append(f"| `{s.name}` | {kind} | `{default}` | {env} | {s.doc} |")

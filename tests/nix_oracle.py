@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 HAVE_NIX = shutil.which("nix-instantiate") is not None
-needs_nix = pytest.mark.skipif(not HAVE_NIX, reason="nix-bin is not installed (.ci/run installs it)")
+needs_nix = pytest.mark.skipif(
+    not HAVE_NIX, reason="nix-bin is not installed (.ci/run installs it)"
+)
 
 
 @dataclass
