@@ -25,6 +25,7 @@ from runner.errors import RunnerError
 from runner.spec.git_tree import EXECUTABLE, GITLINK, SYMLINK, Entry, git_env, list_entries
 from runner.spec.inputs import Exclude, exclude_filter, nar_sha256
 from runner.spec.model import InputEntry
+from runner.store.path_info import PathInfo
 from runner.store.paths import make_source_path
 
 
@@ -36,6 +37,8 @@ class SourceStore(Protocol):
     ) -> str: ...
 
     def is_valid(self, path: str) -> bool: ...
+
+    def query_path_info(self, path: str) -> PathInfo | None: ...
 
 
 def source_path(entry: InputEntry, store_dir: str) -> str:
@@ -63,9 +66,9 @@ def add(store: SourceStore, entry: InputEntry) -> str:
             return path
     with _exported(entry.path, entry.git, entries) as tree:
         path = store.add_path(tree, entry.name, exclude_filter(entry))
-        digest = nar_sha256(tree, exclude_filter(entry)) if digest is None else digest
-    if make_source_path(entry.name, digest, store.store_dir) == path:
-        _cache_put(key, digest)
+    info = store.query_path_info(path)
+    if info is not None:
+        _cache_put(key, info.nar_hash.digest)
     return path
 
 

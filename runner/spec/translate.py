@@ -25,6 +25,7 @@ from runner.store.derivation import (
     derivation_path,
     fill_output_paths,
 )
+from runner.store.path_info import PathInfo
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class DerivationStore(Protocol):
     def write_derivation(self, drv: Derivation) -> str: ...
 
     def is_valid(self, path: str) -> bool: ...
+
+    def query_path_info(self, path: str) -> PathInfo | None: ...
 
 
 def select(spec: Spec, names: Iterable[str] | None) -> list[str]:
