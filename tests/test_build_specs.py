@@ -24,14 +24,4 @@ def test_c_program(capsys: pytest.CaptureFixture[str]) -> None:
     assert Path(check).read_text() == "Hello from C, runner!\n"
 
 
-def _host_has_pytest() -> bool:
-    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
-    return python is not None and subprocess.run(
-        [python, "-c", "import pytest"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _host_has_pytest(), reason="host python3 has no pytest")
-def test_python_package(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = build(capsys, str(SPECS / "python-package.yaml"))
-    assert code == 0, err
-    assert "1 passed" in Path(out.strip()).read_text()
+# specs/python-tests.yaml (the test pipeline) is built by tests/test_example_pipelines.py.
