@@ -10,6 +10,7 @@ import asyncio
 import enum
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from runner.build import failure_cache
@@ -18,6 +19,8 @@ from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.process import Ending
+from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
+from runner.build.redirect import Redirect
 from runner.build.result import PERMANENT, BuildResult, Status
 from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
@@ -52,6 +55,8 @@ class DerivationGoal(Goal[BuildResult]):
         self.drv: Derivation | None = None
         self.outputs: dict[str, str] = {}
         self.input_paths: set[str] = set()
+        self.redirect: Redirect | None = None  # --check/--repair: valid outputs built aside
+        self.corrupt: set[str] = set()  # --repair: valid outputs whose files are damaged
 
     async def run(self) -> BuildResult:
         start = time.time()
@@ -70,7 +75,11 @@ class DerivationGoal(Goal[BuildResult]):
         self.outputs = {name: out.path for name, out in self.drv.outputs.items()}
         for path in self.outputs.values():  # before checking validity, so GC keeps them
             add_temp_root(self.settings.state_dir, path)
-        if self._outputs_valid():
+        if self.mode is BuildMode.CHECK:
+            return await self._check()
+        if self.mode is BuildMode.REPAIR:
+            self.corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
+        if self._outputs_valid() and not self.corrupt:
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
             self.store.clear_failures(list(self.outputs.values()))
@@ -88,6 +97,28 @@ class DerivationGoal(Goal[BuildResult]):
                     "pass --fallback to build it instead")
             self.worker.progress.warn(f"substitution failed, building '{self.drv_path}' "
                                       "instead (--fallback)")
+        if self.corrupt:  # what substitution did not repair is rebuilt aside
+            self.corrupt = {p for p in self.corrupt if is_corrupt(self.store, p)}
+            self._redirect([p for p in self.outputs.values() if self.store.is_valid(p)])
+        return await self._build()
+
+    async def _check(self) -> BuildResult:
+        """--check: build again next to the valid outputs and compare."""
+        if not self._outputs_valid():
+            return self._result(
+                Status.SETUP_FAILED,
+                f"some outputs of '{self.drv_path}' are not valid, so checking is not possible")
+        self._redirect(self.outputs.values())
+        return await self._build()
+
+    def _redirect(self, paths: Iterable[str]) -> None:
+        assert self.drv is not None
+        self.redirect = Redirect.for_outputs(self.drv_path, self.drv, paths,
+                                             self.store.store_dir)
+        for path in self.redirect.scratch.values():
+            add_temp_root(self.settings.state_dir, path)
+
+    async def _build(self) -> BuildResult:
         if failed := await self._realise_inputs():
             return failed
         if self.worker.max_jobs == 0:
@@ -95,7 +126,8 @@ class DerivationGoal(Goal[BuildResult]):
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
                 "has its outputs", reason="no-build-slots")
         async with self.worker.build_slot():
-            locks = await self.worker.lock_paths(self.outputs.values())
+            scratch = self.redirect.scratch.values() if self.redirect else ()
+            locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
             try:
                 return await self._build_locked()
             finally:
@@ -122,8 +154,10 @@ class DerivationGoal(Goal[BuildResult]):
         assert self.drv is not None
         if not self.settings.get("substitute") or self.drv.env.get("allowSubstitutes") == "":
             return Substitution.NO_SUBSTITUTERS
-        missing = [p for p in self.outputs.values() if not self.store.is_valid(p)]
-        outcomes = await self.wait_for(self.worker.substitution_goal(p) for p in missing)
+        missing = [p for p in self.outputs.values()
+                   if p in self.corrupt or not self.store.is_valid(p)]
+        outcomes = await self.wait_for(
+            self.worker.substitution_goal(p, repair=p in self.corrupt) for p in missing)
         if all(o.ok for o in outcomes):
             return Substitution.SUBSTITUTED
         if Substitution.FAILED in outcomes:
@@ -132,7 +166,8 @@ class DerivationGoal(Goal[BuildResult]):
 
     async def _realise_inputs(self) -> BuildResult | None:
         assert self.drv is not None
-        deps = {p: self.worker.derivation_goal(p) for p in self.drv.input_drvs}
+        mode = BuildMode.REPAIR if self.mode is BuildMode.REPAIR else BuildMode.NORMAL
+        deps = {p: self.worker.derivation_goal(p, mode) for p in self.drv.input_drvs}
         results = await self.wait_for(deps.values())
         for result in results:
             if not result.status.ok:
@@ -157,12 +192,14 @@ class DerivationGoal(Goal[BuildResult]):
         return None
 
     async def _build_locked(self) -> BuildResult:
-        if self._outputs_valid():  # another process built it while we waited
+        if self.redirect is None and self._outputs_valid():  # another process built it
             return self._result(Status.ALREADY_VALID)
-        if not self.worker.rebuild_failed and (cached := self._cached_failure()):
+        if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
+                and (cached := self._cached_failure())):
             return cached
         self._delete_leftovers()
         assert self.drv is not None
+        build_drv = self.redirect.derivation(self.drv) if self.redirect else self.drv
         closure = self.store.compute_closure(self.input_paths)
         name = self.drv.name
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
@@ -173,7 +210,7 @@ class DerivationGoal(Goal[BuildResult]):
             progress.build_log(name, sink.write(data))
 
         build_dir = make_build_dir(self.settings, name)
-        job = BuildJob(self.drv_path, self.drv, closure, self.settings, self.worker.sandbox,
+        job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
                        on_output)
         progress.started(self.drv_path, name)
         try:
@@ -186,7 +223,8 @@ class DerivationGoal(Goal[BuildResult]):
         if partial := sink.flush_partial():
             progress.build_log(name, [partial])
         sink.close()
-        result = self._finish(outcome.ending, outcome.returncode, outcome.message, closure)
+        result = self._finish(build_drv, outcome.ending, outcome.returncode, outcome.message,
+                              closure)
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()
@@ -195,9 +233,8 @@ class DerivationGoal(Goal[BuildResult]):
             remove_build_dir(build_dir)
         return result
 
-    def _finish(self, ending: Ending | None, returncode: int, message: str,
-                closure: set[str]) -> BuildResult:
-        assert self.drv is not None
+    def _finish(self, build_drv: Derivation, ending: Ending | None, returncode: int,
+                message: str, closure: set[str]) -> BuildResult:
         if ending is None:
             return self._result(Status.SETUP_FAILED, message)
         if ending in _ENDINGS:
@@ -205,9 +242,19 @@ class DerivationGoal(Goal[BuildResult]):
         if returncode != 0:
             return self._result(Status.FAILED, message, exit_status=returncode)
         try:
-            infos = collect_outputs(self.drv_path, self.drv, closure,
+            infos = collect_outputs(self.drv_path, build_drv, closure,
                                     self.store.compute_closure)
-            self.store.register_valid_paths(infos)
+            if self.mode is BuildMode.CHECK and self.redirect is not None:
+                keep = bool(self.settings.get("keep-failed"))
+                if problems := check_outputs(self.store, infos, self.redirect, keep=keep):
+                    return self._result(
+                        Status.NOT_DETERMINISTIC,
+                        f"derivation '{self.drv_path}' may not be deterministic: "
+                        + "; ".join(problems))
+            elif self.redirect is not None:
+                repair_outputs(self.store, self.drv_path, infos, self.redirect, self.corrupt)
+            else:
+                self.store.register_valid_paths(infos)
         except OutputRejected as e:
             return self._result(e.status, e.message, exit_status=0)
         except OSError as e:  # disk full, permissions: not the derivation's fault
@@ -224,7 +271,7 @@ class DerivationGoal(Goal[BuildResult]):
             remove_build_dir(build_dir)
             self._delete_leftovers()
         if (result.status in PERMANENT and self.settings.get("cache-failures")
-                and not self.drv.is_fixed_output):
+                and not self.drv.is_fixed_output and self.redirect is None):
             for path in self.outputs.values():
                 self.store.register_failure(path, exit_status=result.exit_status,
                                             drv_path=self.drv_path,
@@ -236,3 +283,5 @@ class DerivationGoal(Goal[BuildResult]):
         for path in self.outputs.values():
             if os.path.lexists(path) and not self.store.is_valid(path):
                 remove_tree(path)
+        for path in self.redirect.scratch.values() if self.redirect else ():
+            remove_tree(path)  # never valid
