@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,9 +31,9 @@ needs_pytest = pytest.mark.skipif(not host_python_has("pytest"),
                                          "(apt-get install python3-pytest)")
 
 
-def build(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
+def build(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
     code = run(["build", "--json", "--no-out-link", *argv])
-    out, err = capsys.readouterr()
+    out = capsys.readouterr().out
     results = {Path(r["drvPath"]).name.split("-", 1)[1][:-4]: r for r in json.loads(out)}
     return code, results
 

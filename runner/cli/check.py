@@ -14,6 +14,7 @@ from runner.build.sandboxing import choose_sandbox
 from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
+from runner.cli.build import spec_substituters
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.spec.load import load_spec
@@ -84,12 +85,13 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
     spec_path, names = _split(list(args.args))
     spec = load_spec(spec_path)
+    declared = spec_substituters(spec)
     with open_store(settings) as store:
         targets = instantiate(spec, store, names or None)
         progress = _CheckProgress(quiet=args.quiet,
                                   print_build_logs=bool(settings.get("print-build-logs")))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
-                        rebuild_failed=args.rebuild_failed)
+                        rebuild_failed=args.rebuild_failed, declared_substituters=declared)
         worker.run([t.drv_path for t in targets.values()])
     outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
                 for key, t in targets.items()]
