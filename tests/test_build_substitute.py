@@ -250,3 +250,18 @@ def test_substituter_program_declared_in_the_spec(site: Site, tmp_path: Path,
     code, results, err = site.build(spec=spec)
     assert code == 0, err
     _assert_all_fetched(site, results)
+
+
+def test_repair_fetches_a_corrupt_output_again(site: Site, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/cache"
+    site.copy_to(url)
+    lib = site.outputs["lib"]
+    os.chmod(lib, 0o755)
+    os.chmod(os.path.join(lib, "msg"), 0o644)
+    Path(lib, "msg").write_text("damaged\n")
+    code, _, err = site.build("--repair", "--option", "substituters", url,
+                                    "--option", "trusted-public-keys", site.pub)
+    assert code == 0, err
+    assert site.built() == {"lib": 1, "app": 1}  # fetched again, not rebuilt
+    assert Path(lib, "msg").read_text() == "hello from the source\n"
+    assert nar.hash_path(lib)[0] == site.hashes[lib]
