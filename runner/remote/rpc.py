@@ -1,0 +1,60 @@
+"""gRPC calls with deadlines, and gRPC failures as RunnerErrors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from runner.errors import RunnerError
+from runner.remote.endpoint import Endpoint
+
+T = TypeVar("T")
+
+# Codes that mean "the service is not there" rather than "it refused this".
+_DOWN = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+def code_name(error: grpc.RpcError) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    return code.name if code is not None else "UNKNOWN"
+
+
+def details(error: grpc.RpcError) -> str:
+    text = error.details() if hasattr(error, "details") else None
+    return str(text or "").strip()
+
+
+def as_runner_error(endpoint: Endpoint, what: str, error: grpc.RpcError) -> RunnerError:
+    name = code_name(error)
+    detail = details(error)
+    suffix = f": {detail}" if detail else ""
+    if name in _DOWN:
+        return RunnerError(f"remote executor '{endpoint.url}' is unavailable ({what}: "
+                           f"{name}{suffix})", reason="remote-unavailable")
+    return RunnerError(f"remote executor '{endpoint.url}' failed ({what}: {name}{suffix})",
+                       reason="remote-error")
+
+
+def is_not_found(error: grpc.RpcError) -> bool:
+    return code_name(error) == "NOT_FOUND"
+
+
+def call(endpoint: Endpoint, what: str, fn: Callable[..., T], request: Any,
+         timeout: float) -> T:
+    """One unary call with a deadline; any gRPC failure becomes a RunnerError."""
+    try:
+        return fn(request, timeout=timeout)
+    except grpc.RpcError as e:
+        raise as_runner_error(endpoint, what, e) from None
+
+
+def wait_ready(endpoint: Endpoint, channel: Any, timeout: float) -> None:
+    """Fail fast, with the URL in the message, when nothing answers at the endpoint."""
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise RunnerError(
+            f"cannot connect to remote executor '{endpoint.url}' (no answer within "
+            f"{timeout:g}s)", reason="remote-unavailable") from None
