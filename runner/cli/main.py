@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "runner.cli.maintenance",
     "runner.cli.spec",
     "runner.cli.store",
+    "runner.cli.remote",
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
