@@ -110,14 +110,14 @@ def test_failure_shows_log_tail_and_is_cached(tmp_path: Path,
     # Dry run and `failed list` show it; dependents report it.
     assert run(["build", "--dry-run", spec, "after"]) == 0
     assert "failed previously" in capsys.readouterr().err
-    assert run(["failed", "list"]) == 0
+    assert run(["store", "failed", "list"]) == 0
     assert "-bad" in capsys.readouterr().out
     code, results = build_json(capsys, "-k", spec, "after")
     assert {r["status"] for r in results} == {"cached-failure", "dependency-failed"}
     # --rebuild-failed runs it again.
     code, _, err = build(capsys, "--rebuild-failed", spec, "bad")
     assert code == 100 and counts(counter) == {"bad": 2}
-    assert run(["failed", "clear"]) == 0
+    assert run(["store", "failed", "clear"]) == 0
     capsys.readouterr()
     code, _, _ = build(capsys, spec, "bad")
     assert counts(counter) == {"bad": 3}

@@ -208,7 +208,7 @@ def test_a_substitute_supersedes_a_cached_failure(site: Site, tmp_path: Path) ->
     assert code == 0, err
     assert _statuses(results) == ["substituted"]
     assert site.build("lib")[0] == 0
-    code = run(["failed", "list", *site.args()])
+    code = run(["store", "failed", "list", *site.args()])
     assert code == 0 and site.capsys.readouterr().out == ""
 
 

@@ -113,7 +113,7 @@ def test_cli_add_root_follows_links_and_gc_reports(store: LocalStore, tmp_path: 
     paths = _chain(store, "c", 2)
     other = tmp_path / "other"
     other.symlink_to(paths[1])
-    assert run(["add-root", str(tmp_path / "keep"), str(other)]) == 0
+    assert run(["store", "add-root", str(tmp_path / "keep"), str(other)]) == 0
     assert os.readlink(tmp_path / "keep") == paths[1]
     store.add_text("loose", "loose")
     _added_elsewhere(store)
@@ -369,11 +369,11 @@ def test_delete_refuses_rooted_paths(store: LocalStore, tmp_path: Path) -> None:
 def test_cli_delete_errors_are_one_line(store: LocalStore,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     a, _ = _chain(store, "e", 2)
-    assert run(["delete", a]) == 1
+    assert run(["store", "delete", a]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot delete") and "still referenced" in err
-    assert run(["delete", "/not/in/store"]) == 1
-    assert run(["delete", store.store_dir + "/" + "4" * 32 + "-absent"]) == 1
+    assert run(["store", "delete", "/not/in/store"]) == 1
+    assert run(["store", "delete", store.store_dir + "/" + "4" * 32 + "-absent"]) == 1
     assert "not in the store" in capsys.readouterr().err
 
 

@@ -117,6 +117,6 @@ def test_gc_frees_shared_bytes_only_with_the_last_user(store: LocalStore,
 def test_cli_optimise_reports_savings(store: LocalStore, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     _add_two(store, tmp_path)
-    assert run(["optimise"]) == 0
+    assert run(["store", "optimise"]) == 0
     assert capsys.readouterr().out.strip() == (
         f"2 of 6 files linked, 0.12 MiB ({2 * len(SHARED)} bytes) saved")

@@ -113,12 +113,29 @@ def test_dangling_rows_are_found_and_dropped(store: LocalStore) -> None:
 
 def test_cli_verify_exit_codes(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
     _, user = _pair(store)
-    assert run(["verify", "--check-contents"]) == 0
+    assert run(["store", "verify", "--check-contents"]) == 0
     assert "store is consistent" in capsys.readouterr().out
     _corrupt(user)
-    assert run(["verify", "--check-contents"]) == 1
+    assert run(["store", "verify", "--check-contents"]) == 1
     captured = capsys.readouterr()
     assert "was modified" in captured.out
     assert captured.err.startswith("error: store verification found 1 problem(s)")
-    assert run(["verify", "--check-contents", "--repair"]) == 0
+    assert run(["store", "verify", "--check-contents", "--repair"]) == 0
     assert f"fixed: removed broken path '{user}'" in capsys.readouterr().out
+
+
+def test_cli_verify_repair_rebuilds_a_corrupted_output_in_place(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\nderivations:\n"
+                    "  dep: {builder: /bin/sh, args: [-c, 'echo dep > $out']}\n"
+                    "  app: {builder: /bin/sh,"
+                    " args: [-c, 'cat ${{ dep }} > $out; echo app >> $out']}\n")
+    assert run(["build", "--sandbox=off", "--no-out-link", str(spec)]) == 0
+    dep, app = capsys.readouterr().out.split()
+    _corrupt(dep)  # referenced by app: removing it is not an option, rebuilding is
+    assert run(["store", "verify", "--check-contents", "--repair"]) == 0
+    out = capsys.readouterr().out
+    assert f"fixed: repaired '{dep}'" in out
+    assert Path(dep).read_text() == "dep\n" and Path(app).read_text() == "dep\napp\n"
+    assert run(["store", "verify", "--check-contents"]) == 0

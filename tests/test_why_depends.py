@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +98,10 @@ def test_cli_why_depends(store: LocalStore, tmp_path: Path,
 def test_cli_closure_size(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
     dep = _text(store, "dep")
     user = _text(store, "user", dep)
-    assert run(["closure-size", user]) == 0
-    assert capsys.readouterr().out == f"{user}\t{closure_size(store, user)}\n"
-    assert run(["closure-size", "/elsewhere"]) == 1
+    assert run(["store", "path-info", "--closure-size", "--json", user]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert entry["closureSize"] == closure_size(store, user) > entry["narSize"]
+    assert run(["store", "path-info", "--closure-size", user]) == 0
+    assert f"  closure:    {closure_size(store, user)}\n" in capsys.readouterr().out
+    assert run(["store", "path-info", "--closure-size", "/elsewhere"]) == 1
     assert "not in the store" in capsys.readouterr().err

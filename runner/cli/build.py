@@ -1,4 +1,4 @@
-"""`runner build`, `runner log` and `runner failed list|clear`."""
+"""`runner build`, `runner log` and `runner store failed list|clear`."""
 
 from __future__ import annotations
 
@@ -73,7 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     log.add_argument("name", nargs="?", metavar="NAME")
     log.set_defaults(func=_log)
 
-    failed = sub.add_parser("failed", help="list or clear cached build failures")
+
+def register_failed(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`runner store failed list|clear`."""
+    failed = actions.add_parser("failed", help="list or clear cached build failures")
     failed_sub = failed.add_subparsers(dest="failed_command", metavar="ACTION", required=True)
     listing = failed_sub.add_parser("list", help="list cached failures")
     listing.add_argument("--json", action="store_true")
@@ -99,7 +102,7 @@ def _jobs(text: str) -> int:
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the worker pulls in the whole build machinery, which
-    # `runner log`, `runner failed` and every other command do not need.
+    # `runner log`, `runner store failed` and every other command do not need.
     from runner.build.derivation_goal import BuildMode
     from runner.build.worker import Worker
 

@@ -1,5 +1,5 @@
-"""Store maintenance: `runner gc | delete | add-root | optimise | verify | why-depends |
-closure-size` (see docs/maintenance.md)."""
+"""Store maintenance: `runner gc`, `runner why-depends` and `runner store delete | add-root |
+optimise | verify` (see docs/maintenance.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import itertools
 import os
 import re
 
+from runner.cli.args import store_path_arg
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.store.local_store import LocalStore, open_store
-from runner.store.paths import is_in_store, to_store_path
+from runner.store.local_store import open_store
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -29,6 +29,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also forget every cached build failure")
     p.set_defaults(func=_gc)
 
+    p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("dependency", metavar="DEPENDENCY")
+    p.set_defaults(func=_why_depends)
+
+
+def register_store(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The maintenance actions of `runner store`."""
+    sub = actions
     p = sub.add_parser("delete", help="delete specific store paths (refused if still in use)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=_delete)
@@ -45,17 +54,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--check-contents", action="store_true",
                    help="also recompute every path's NAR hash (slow)")
     p.add_argument("--repair", action="store_true",
-                   help="remove dangling rows and broken paths that nothing refers to")
+                   help="rebuild or re-substitute broken paths; remove dangling rows and "
+                        "broken paths that cannot be repaired and nothing refers to")
     p.set_defaults(func=_verify)
-
-    p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("dependency", metavar="DEPENDENCY")
-    p.set_defaults(func=_why_depends)
-
-    p = sub.add_parser("closure-size", help="print the total NAR size of each path's closure")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    p.set_defaults(func=_closure_size)
 
 
 def _bytes(text: str) -> int:
@@ -63,17 +64,6 @@ def _bytes(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"expected a size such as 500M, got '{text}'")
     return int(match.group(1)) * _SUFFIXES[match.group(2).upper()]
-
-
-def _store_path(store: LocalStore, arg: str) -> str:
-    """The store path `arg` names, following symlinks such as `result` into the store."""
-    path = os.path.abspath(arg)
-    if not is_in_store(path, store.store_dir):
-        path = os.path.realpath(path)
-    if not is_in_store(path, store.store_dir):
-        raise RunnerError(f"path '{arg}' is not in the store '{store.store_dir}'",
-                          reason="bad-path")
-    return to_store_path(path, store.store_dir)
 
 
 def _gc(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,7 +99,7 @@ def _add_root(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.roots import add_perm_root
 
     with open_store(settings) as store:
-        path = _store_path(store, args.path)
+        path = store_path_arg(store, args.path)
         if not store.is_valid(path):
             raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
         print(add_perm_root(store.store_dir, store.state_dir, path, args.link))
@@ -125,10 +115,12 @@ def _optimise(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.build.repair import repair_paths
     from runner.store.verify import verify_store
 
     with open_store(settings) as store:
-        report = verify_store(store, check_contents=args.check_contents, repair=args.repair)
+        report = verify_store(store, check_contents=args.check_contents, repair=args.repair,
+                              rebuild=lambda paths: repair_paths(store, paths, settings))
     for line in report.problems:
         print(f"problem: {line}")
     for line in report.fixed:
@@ -148,8 +140,8 @@ def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.closure_info import find_mentions, shortest_chain
 
     with open_store(settings) as store:
-        start = _store_path(store, args.path)
-        goal = _store_path(store, args.dependency)
+        start = store_path_arg(store, args.path)
+        goal = store_path_arg(store, args.dependency)
         chain = shortest_chain(store, start, goal)
         if chain is None:
             raise RunnerError(f"'{start}' does not depend on '{goal}'", reason="no-dependency")
@@ -159,14 +151,4 @@ def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
             for mention in find_mentions(path, dep):
                 print(f"{indent}  {mention.file or '.'}: {mention.excerpt}")
             print(f"{indent}└── {dep}")
-    return 0
-
-
-def _closure_size(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.store.closure_info import closure_size
-
-    with open_store(settings) as store:
-        for arg in args.paths:
-            path = _store_path(store, arg)
-            print(f"{path}\t{closure_size(store, path)}")
     return 0

@@ -1,4 +1,4 @@
-"""`runner store …`: add files, dump NARs, show path metadata (`runner failed` clears failures)."""
+"""`runner store …`: add files, dump NARs, path metadata, cached failures and maintenance."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import os
 import sys
 
+from runner.cli.args import store_path_arg
+from runner.cli.build import register_failed
+from runner.cli.maintenance import register_store
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
-from runner.store.local_store import LocalStore, open_store
-from runner.store.paths import is_in_store, to_store_path
+from runner.store.closure_info import closure_size
+from runner.store.local_store import open_store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,7 +32,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = actions.add_parser("path-info", help="show NAR hash, size, references and deriver")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("-S", "--closure-size", action="store_true",
+                   help="also show the total NAR size of each path's closure")
     p.set_defaults(func=_path_info)
+
+    register_failed(actions)
+    register_store(actions)
 
 
 def _add(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,30 +65,28 @@ def _dump(args: argparse.Namespace, settings: Settings) -> int:
 def _path_info(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         infos = []
+        sizes: dict[str, int] = {}
         for arg in args.paths:
-            path = _store_path_of(arg, store)
+            path = store_path_arg(store, arg)
             info = store.query_path_info(path)
             if info is None:
                 raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
             infos.append(info)
+            if args.closure_size:
+                sizes[path] = closure_size(store, path)
     if args.json:
-        print(json.dumps([info.to_json() for info in infos], sort_keys=True))
+        entries = [info.to_json() for info in infos]
+        for entry in entries:
+            if args.closure_size:
+                entry["closureSize"] = sizes[str(entry["path"])]
+        print(json.dumps(entries, sort_keys=True))
         return 0
     for info in infos:
         print(info.path)
         print(f"  nar-hash:   {info.nar_hash}")
         print(f"  nar-size:   {info.nar_size}")
+        if args.closure_size:
+            print(f"  closure:    {sizes[info.path]}")
         print(f"  deriver:    {info.deriver or '-'}")
         print("  references:" + "".join(f"\n    {ref}" for ref in sorted(info.references)))
     return 0
-
-
-def _store_path_of(arg: str, store: LocalStore) -> str:
-    """The store path named by `arg`, following symlinks (e.g. `result`) into the store."""
-    path = os.path.abspath(arg)
-    if not is_in_store(path, store.store_dir):
-        path = os.path.realpath(path)
-    if not is_in_store(path, store.store_dir):
-        raise RunnerError(f"path '{arg}' is not in the store '{store.store_dir}'",
-                          reason="bad-path")
-    return to_store_path(path, store.store_dir)

@@ -6,10 +6,11 @@ valid path is a well-formed store path and exists. With `check_contents`,
 each path's NAR hash is recomputed and compared (after the lock is
 released, as that is slow; paths collected meanwhile are skipped).
 
-With `repair`, dangling rows are deleted, and a broken path that no healthy
-valid path refers to is invalidated and its files removed. A broken path
-that is still referred to is reported: it has to be rebuilt or substituted
-in place, which is the worker's job (`runner build --repair`).
+With `repair`, dangling rows are deleted; broken paths are first handed to
+`rebuild` (the CLI passes the worker's repair: rebuild from the deriver or
+substitute again, in place); a broken path still broken after that, that no
+healthy valid path refers to, is invalidated and its files removed; the rest
+are reported.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import graphlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
@@ -39,8 +41,11 @@ class VerifyReport:
         return not self.unfixed
 
 
+Rebuild = Callable[[list[str]], object]  # repairs what it can of the given paths
+
+
 def verify_store(store: LocalStore, *, check_contents: bool = False,
-                 repair: bool = False) -> VerifyReport:
+                 repair: bool = False, rebuild: Rebuild | None = None) -> VerifyReport:
     report = VerifyReport()
     with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
         _check_rows(store, report, repair)
@@ -48,6 +53,8 @@ def verify_store(store: LocalStore, *, check_contents: bool = False,
     if check_contents:
         _check_contents(store, report)
     if repair:
+        if rebuild is not None:  # builds take the GC lock shared: not under ours
+            _rebuild_broken(store, report, rebuild)
         with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
             _repair_broken(store, report)
     elif report.problems:
@@ -119,6 +126,28 @@ def _check_contents(store: LocalStore, report: VerifyReport) -> None:
             report.problems.append(f"'{path}' has NAR size {size}, the database says "
                                    f"{info.nar_size}")
             report.broken.add(path)
+
+
+def _rebuild_broken(store: LocalStore, report: VerifyReport, rebuild: Rebuild) -> None:
+    candidates = sorted(p for p in report.broken
+                        if store.is_valid(p) and os.path.dirname(p) == store.store_dir)
+    if not candidates:
+        return
+    rebuild(candidates)
+    for path in candidates:
+        if _healthy(store, path):
+            report.fixed.append(f"repaired '{path}'")
+            report.broken.discard(path)
+
+
+def _healthy(store: LocalStore, path: str) -> bool:
+    info = store.query_path_info(path)
+    if info is None or not all(store.is_valid(r) for r in info.references):
+        return False
+    try:
+        return nar.hash_path(path, info.nar_hash.algo)[0] == info.nar_hash
+    except (OSError, RunnerError):
+        return False
 
 
 def _repair_broken(store: LocalStore, report: VerifyReport) -> None:

@@ -1,0 +1,20 @@
+"""Argument helpers shared by command modules."""
+
+from __future__ import annotations
+
+import os
+
+from runner.errors import RunnerError
+from runner.store.local_store import LocalStore
+from runner.store.paths import is_in_store, to_store_path
+
+
+def store_path_arg(store: LocalStore, arg: str) -> str:
+    """The store path `arg` names, following symlinks (e.g. `result`) into the store."""
+    path = os.path.abspath(arg)
+    if not is_in_store(path, store.store_dir):
+        path = os.path.realpath(path)
+    if not is_in_store(path, store.store_dir):
+        raise RunnerError(f"path '{arg}' is not in the store '{store.store_dir}'",
+                          reason="bad-path")
+    return to_store_path(path, store.store_dir)
