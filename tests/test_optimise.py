@@ -120,3 +120,17 @@ def test_cli_optimise_reports_savings(store: LocalStore, tmp_path: Path,
     assert run(["store", "optimise"]) == 0
     assert capsys.readouterr().out.strip() == (
         f"2 of 6 files linked, 0.12 MiB ({2 * len(SHARED)} bytes) saved")
+
+
+def test_auto_optimise_links_files_as_paths_are_added(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def add(name: str, *option: str) -> str:
+        assert run(["store", "add", str(_tree(tmp_path / name, name)), *option]) == 0
+        return capsys.readouterr().out.strip()
+
+    plain = [add("a"), add("b")]
+    assert _inode(plain[0] + "/sub/data") != _inode(plain[1] + "/sub/data")
+    auto = [add(name, "--option", "auto-optimise", "true") for name in ("c", "d")]
+    assert _inode(auto[0] + "/sub/data") == _inode(auto[1] + "/sub/data")
+    assert _inode(auto[0] + "/tool") == _inode(auto[1] + "/tool")
+    assert _inode(auto[0] + "/tool") != _inode(auto[0] + "/sub/data")  # executable bit differs

@@ -51,13 +51,16 @@ class StoreSettings(Protocol):
 
 
 def open_store(settings: StoreSettings) -> LocalStore:
-    return LocalStore(settings.store_dir, settings.state_dir)
+    get = getattr(settings, "get", None)  # a full Settings, or just the two dirs
+    auto_optimise = bool(get("auto-optimise")) if get is not None else False
+    return LocalStore(settings.store_dir, settings.state_dir, auto_optimise=auto_optimise)
 
 
 class LocalStore:
-    def __init__(self, store_dir: str, state_dir: str) -> None:
+    def __init__(self, store_dir: str, state_dir: str, *, auto_optimise: bool = False) -> None:
         self.store_dir = os.path.abspath(store_dir)
         self.state_dir = os.path.abspath(state_dir)
+        self.auto_optimise = auto_optimise
         try:
             os.makedirs(self.store_dir, exist_ok=True)
         except OSError as e:
@@ -191,6 +194,11 @@ class LocalStore:
                             " values (?, ?, ?)", (referrer, output, out.path))
                 conn.execute("delete from FailedPaths where path = ?", (info.path,))
             _check_acyclic(infos, batch)
+        if self.auto_optimise:
+            from runner.store.optimise import optimise_path  # imports this module
+
+            for info in infos:
+                optimise_path(self, info.path)
 
     def _id(self, path: str) -> int | None:
         row = self.db.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
