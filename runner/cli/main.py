@@ -15,15 +15,15 @@ from runner.settings import Settings
 
 # Each module exposes `register(sub)`; its parsers set `func(args, settings) -> int`.
 COMMAND_MODULES = (
-    "runner.cli.config",
-    "runner.cli.hash",
-    "runner.cli.build",
-    "runner.cli.check",
-    "runner.cli.cache",
-    "runner.cli.maintenance",
-    "runner.cli.spec",
-    "runner.cli.store",
-    "runner.cli.remote",
+    "runner.cli.spec",         # validate, instantiate, show, graph
+    "runner.cli.build",        # build, log
+    "runner.cli.check",        # check, hook
+    "runner.cli.store",        # store add|dump|path-info|failed|delete|add-root|optimise|verify
+    "runner.cli.maintenance",  # gc, why-depends
+    "runner.cli.cache",        # copy, cache serve, key generate
+    "runner.cli.remote",       # remote check
+    "runner.cli.config",       # config show|docs
+    "runner.cli.hash",         # hash path|file
 )
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
