@@ -9,7 +9,7 @@ registration, for callers that own a store in their thread.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,17 @@ from runner.remote import capabilities, rpc, stubs
 from runner.remote._protos.build.bazel.remote.execution.v2 import (
     remote_execution_pb2 as re_pb2,
 )
-from runner.remote.action import PreparedAction, prepare_action, remote_refusal
+from runner.remote.action import (
+    PreparedAction,
+    platform_properties,
+    prepare_action,
+    remote_refusal,
+)
 from runner.remote.cas import Cas
-from runner.remote.digests import Key, digest, key
+from runner.remote.digests import Key, digest, key, message_blob
 from runner.remote.endpoint import Endpoint
 from runner.remote.fetch import has_outputs, materialise
-from runner.remote.merkle import Tree, path_tree
+from runner.remote.merkle import RootBuilder, Tree, path_tree
 from runner.settings import Settings
 from runner.store.derivation import Derivation
 from runner.store.local_store import LocalStore
@@ -84,12 +89,20 @@ class RemoteExecutor:
     # -- connection ---------------------------------------------------------
 
     def server_capabilities(self) -> re_pb2.ServerCapabilities:
-        rpc.wait_ready(self.endpoint, self._channel, self.options.connect_timeout)
+        """The first call to a server: it also tells, within `connect_timeout`, whether
+        anything answers at the endpoint (a refused connection fails at once)."""
         stub = stubs.capabilities(self._channel)
         request = re_pb2.GetCapabilitiesRequest(instance_name=self.options.instance)
-        caps: re_pb2.ServerCapabilities = rpc.call(
-            self.endpoint, "GetCapabilities", stub.GetCapabilities, request,
-            self.options.rpc_timeout)
+        try:
+            caps: re_pb2.ServerCapabilities = stub.GetCapabilities(
+                request, timeout=self.options.connect_timeout)
+        except grpc.RpcError as e:
+            if rpc.code_name(e) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise RunnerError(
+                    f"cannot connect to remote executor '{self.endpoint.url}' "
+                    f"({rpc.code_name(e)}: {rpc.details(e) or 'no answer'})",
+                    reason="remote-unavailable") from None
+            raise rpc.as_runner_error(self.endpoint, "GetCapabilities", e) from None
         return caps
 
     def _connect(self) -> Cas:
@@ -171,6 +184,29 @@ class RemoteExecutor:
             result.status = Status.SETUP_FAILED
             result.message = f"cannot register outputs of '{drv_path}': {e}"
         return result
+
+    def run_command(self, argv: Sequence[str], system: str) -> tuple[int, bytes]:
+        """Run `argv` in an empty input root, never cached: `runner remote check`."""
+        cas = self._connect()
+        properties = platform_properties(system, network=False) or {}
+        platform = re_pb2.Platform(properties=[
+            re_pb2.Platform.Property(name=k, value=v) for k, v in sorted(properties.items())])
+        root = RootBuilder()
+        root.add_dir("tmp")
+        root_key = root.build()
+        command = message_blob(re_pb2.Command(arguments=list(argv), platform=platform))
+        action = re_pb2.Action(command_digest=digest(command.key),
+                               input_root_digest=digest(root_key), do_not_cache=True,
+                               platform=platform)
+        action_blob = message_blob(action)
+        blobs = {**root.blobs, command.key: command, action_blob.key: action_blob}
+        prepared = PreparedAction(action, action_blob.key, re_pb2.Command(), blobs, {})
+        self._upload(cas, prepared)
+        response = self._run(prepared, " ".join(argv))
+        if response.status.code != 0:
+            raise RunnerError(f"remote executor '{self.endpoint.url}' could not run "
+                              f"{list(argv)}: {response.status.message}", reason="remote-error")
+        return response.result.exit_code, self._log(cas, response.result)
 
     # -- steps --------------------------------------------------------------
 

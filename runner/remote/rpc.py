@@ -48,13 +48,3 @@ def call(endpoint: Endpoint, what: str, fn: Callable[..., T], request: Any,
         return fn(request, timeout=timeout)
     except grpc.RpcError as e:
         raise as_runner_error(endpoint, what, e) from None
-
-
-def wait_ready(endpoint: Endpoint, channel: Any, timeout: float) -> None:
-    """Fail fast, with the URL in the message, when nothing answers at the endpoint."""
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise RunnerError(
-            f"cannot connect to remote executor '{endpoint.url}' (no answer within "
-            f"{timeout:g}s)", reason="remote-unavailable") from None
