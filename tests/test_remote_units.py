@@ -1,0 +1,176 @@
+"""The REAPI client's pure parts, and a remote that is not there (no server needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from runner.errors import RunnerError
+from runner.remote import capabilities
+from runner.remote._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from runner.remote._protos.build.bazel.semver import semver_pb2
+from runner.remote.action import output_path, platform_properties, prepare_action, remote_refusal
+from runner.remote.digests import key_of
+from runner.remote.endpoint import Endpoint
+from runner.remote.executor import RemoteExecutor, RemoteOptions
+from runner.remote.merkle import RootBuilder, path_tree
+from runner.settings import Settings
+from runner.store.derivation import Derivation, DerivationOutput
+
+EMPTY_DIR_KEY = ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0)
+
+
+@pytest.mark.parametrize(("url", "target", "secure"), [
+    ("grpc://localhost:8980", "localhost:8980", False),
+    ("grpcs://cas.example.org:443", "cas.example.org:443", True),
+    ("grpcs://cas.example.org", "cas.example.org:443", True),
+    ("grpc://[::1]:9000", "[::1]:9000", False),
+    ("unix:/run/casd.sock", "unix:/run/casd.sock", False),
+    ("unix:///run/casd.sock", "unix:/run/casd.sock", False),
+])
+def test_endpoint_forms(url: str, target: str, secure: bool) -> None:
+    endpoint = Endpoint.parse(url)
+    assert (endpoint.target, endpoint.secure) == (target, secure)
+
+
+@pytest.mark.parametrize("url", ["http://host:1", "grpc://", "host:8980", "unix:relative",
+                                 "grpc://host:99999", "grpc://host:1/path"])
+def test_bad_endpoints(url: str) -> None:
+    with pytest.raises(RunnerError) as e:
+        Endpoint.parse(url)
+    assert e.value.reason == "bad-remote-url"
+
+
+def test_tree_of_a_path(tmp_path: Path) -> None:
+    assert path_tree(str(_mkdir(tmp_path / "empty"))).node.key == EMPTY_DIR_KEY
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "b").write_text("bee")
+    (tmp_path / "t" / "a").write_text("#!/bin/sh\n")
+    os.chmod(tmp_path / "t" / "a", 0o555)
+    os.symlink("/somewhere", tmp_path / "t" / "link")
+    tree = path_tree(str(tmp_path / "t"))
+    root = re_pb2.Directory.FromString(tree.blobs[tree.node.key].read())
+    assert [(f.name, f.is_executable) for f in root.files] == [("a", True), ("b", False)]
+    assert [(s.name, s.target) for s in root.symlinks] == [("link", "/somewhere")]
+    assert key_of(b"bee") in tree.blobs
+    assert tree.blobs[key_of(b"bee")].read() == b"bee"
+    file_tree = path_tree(str(tmp_path / "t" / "b"))
+    assert (file_tree.node.kind, file_tree.node.key) == ("file", key_of(b"bee"))
+
+
+def test_root_builder_merges_paths() -> None:
+    root = RootBuilder()
+    root.add_dir("tmp")
+    root.add_text("tmp/store/x", "x")
+    root.add_text("etc/hosts", "h")
+    top = re_pb2.Directory.FromString(root.blobs[root.build()].read())
+    assert [d.name for d in top.directories] == ["etc", "tmp"]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _drv(store: str, **env: str) -> Derivation:
+    out = f"{store}/0123456789abcdfghijklmnpqrsvwxyz-x"
+    full = {"name": "x", "builder": "/bin/sh", "system": "x86_64-linux", "out": out, **env}
+    return Derivation({"out": DerivationOutput(out)}, {}, [], "x86_64-linux", "/bin/sh",
+                      ["-c", "echo > $out"], full)
+
+
+def test_action_is_deterministic_and_mirrors_the_sandbox(tmp_path: Path) -> None:
+    settings = Settings.load()
+    store = settings.store_dir
+    dep = _mkdir(Path(store) / "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-dep")
+    (dep / "f").write_text("dep")
+    drv = _drv(store, passAsFile="blob", blob="contents")
+    first = prepare_action(drv, store, [str(dep)], path_tree, settings)
+    again = prepare_action(drv, store, [str(dep)], path_tree, settings)
+    assert first.action_key == again.action_key
+    assert first.command.working_directory == "build"
+    assert list(first.command.arguments) == ["/bin/sh", "-c", "echo > $out"]
+    assert list(first.command.output_paths) == [output_path(drv.outputs["out"].path)]
+    assert first.command.output_paths[0].startswith("../" + store.lstrip("/"))
+    env = {v.name: v.value for v in first.command.environment_variables}
+    assert [v.name for v in first.command.environment_variables] == sorted(env)
+    assert env["NIX_BUILD_TOP"] == env["PWD"] == "/build"
+    assert env["NIX_BUILD_CORES"] == "0"  # the setting as is: no local CPU count
+    assert env["blobPath"].startswith("/build/.attr-")
+    props = {p.name: p.value for p in first.action.platform.properties}
+    assert props == {"ISA": "x86-64", "OSFamily": "linux", "network": "off",
+                     "unixGID": "100", "unixUID": "1000"}
+    assert not first.action.do_not_cache
+    assert first.action.timeout.seconds == 0
+    assert key_of(b"contents") in first.blobs and key_of(b"dep") in first.blobs
+    # A different closure or a derivation timeout gives a different action.
+    other = prepare_action(_drv(store, timeout="7"), store, [], path_tree, settings)
+    assert other.action_key != first.action_key
+    assert other.action.timeout.seconds == 7
+    impure = prepare_action(_drv(store, __impure="1"), store, [], path_tree, settings)
+    assert impure.action.do_not_cache
+
+
+def test_platforms_and_refusals() -> None:
+    assert platform_properties("aarch64-darwin", network=True) == {
+        "ISA": "aarch64", "OSFamily": "macos", "network": "on", "unixGID": "100",
+        "unixUID": "1000"}
+    assert platform_properties("mips-plan9", network=False) is None
+    assert remote_refusal(_drv("/s")) is None
+    assert remote_refusal(_drv("/s", preferLocalBuild="1"))
+    assert remote_refusal(_drv("/s", __noChroot="1"))
+    assert remote_refusal(_drv("/s", __sandboxPaths="/opt"))
+
+
+def _caps(**kw: object) -> re_pb2.ServerCapabilities:
+    caps = re_pb2.ServerCapabilities(
+        cache_capabilities=re_pb2.CacheCapabilities(
+            digest_functions=[re_pb2.DigestFunction.SHA256], max_batch_total_size_bytes=1 << 20),
+        execution_capabilities=re_pb2.ExecutionCapabilities(
+            digest_function=re_pb2.DigestFunction.SHA256, exec_enabled=True),
+        low_api_version={"major": 2}, high_api_version={"major": 2, "minor": 3})
+    for name, value in kw.items():
+        getattr(caps, name).CopyFrom(value)
+    return caps
+
+
+def test_capabilities_are_checked() -> None:
+    assert capabilities.check("u", _caps()).max_batch_bytes == 1 << 20
+    cases = [
+        {"execution_capabilities": re_pb2.ExecutionCapabilities(exec_enabled=False)},
+        {"cache_capabilities": re_pb2.CacheCapabilities(
+            digest_functions=[re_pb2.DigestFunction.SHA1])},
+        {"high_api_version": semver_pb2.SemVer(major=2, minor=0)},
+    ]
+    for case in cases:
+        with pytest.raises(RunnerError) as e:
+            capabilities.check("u", _caps(**case))
+        assert e.value.reason == "remote-unsupported"
+
+
+def test_nothing_listening_fails_at_once(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port that refuses connections
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings.load()
+    for url in (f"grpc://127.0.0.1:{port}", f"unix:{tmp_path}/none.sock"):
+        with RemoteExecutor(url, settings, RemoteOptions(connect_timeout=30)) as executor, \
+                pytest.raises(RunnerError) as e:
+            executor.execute("/s/x.drv", _drv(settings.store_dir), [])
+        assert e.value.reason == "remote-unavailable"
+        assert url in e.value.message
+
+
+def test_silent_server_hits_the_deadline() -> None:
+    # Accepts TCP connections but never speaks HTTP/2: only the deadline ends the wait.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"grpc://127.0.0.1:{server.getsockname()[1]}"
+        with RemoteExecutor(url, Settings.load(), RemoteOptions(connect_timeout=0.5)) as ex, \
+                pytest.raises(RunnerError) as e:
+            ex.server_capabilities()
+    assert e.value.reason == "remote-unavailable"
