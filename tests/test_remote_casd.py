@@ -247,3 +247,19 @@ def test_server_killed_mid_build_fails_clearly(settings: Settings, tmp_path: Pat
     assert isinstance(error, RunnerError), error
     assert error.reason == "remote-unavailable"
     assert server.url in error.message
+
+
+def test_large_blobs_go_over_bytestream(casd: Casd, settings: Settings,
+                                        tmp_path: Path) -> None:
+    # 3 MiB: above the 2 MiB batch limit on the way up and 256 KiB on the way down.
+    big = os.urandom(3 * 1024 * 1024)
+    (tmp_path / "big.bin").write_bytes(big)
+    spec = write_spec(tmp_path, """inputs:
+  big: ./big.bin
+derivations:
+  copy:
+    args: ['-c', 'cat ${{ big }} ${{ big }} > $out']
+""")
+    (result,) = realise(casd.url, settings, spec).values()
+    assert result.status is Status.BUILT, result.log
+    assert Path(result.outputs["out"]).read_bytes() == big + big
