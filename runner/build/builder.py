@@ -65,7 +65,7 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         write_attr_files(job.drv, build_dir)
-        proc = _spawn(job, build_dir, write_fd)
+        proc, release = _spawn(job, build_dir, write_fd)
     except OSError as e:
         os.close(read_fd)
         what = e.strerror or str(e)
@@ -75,7 +75,10 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
         return BuilderOutcome(None, -1, f"building '{job.drv_path}': {e.message}", build_dir)
     finally:
         os.close(write_fd)
-    end = await supervise(proc, read_fd, limits, job.on_output)
+    try:
+        end = await supervise(proc, read_fd, limits, job.on_output)
+    finally:
+        release()
     return BuilderOutcome(end.ending, end.returncode, _describe(job, end.ending, end.returncode,
                                                                 limits), build_dir)
 
@@ -90,21 +93,27 @@ def _tighter(setting: int, attr: str | None) -> int:
     return min(limits) if limits else 0
 
 
-def _spawn(job: BuildJob, build_dir: str, write_fd: int) -> subprocess.Popen[bytes]:
+def _spawn(job: BuildJob, build_dir: str, write_fd: int
+           ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
+    """The builder process, and what to call once it is reaped."""
     argv = [job.drv.builder, *job.drv.args]
-    if job.sandbox.enabled:
+    if job.sandbox.enabled_for(job.drv.env):
         env = build_env(job.drv, SANDBOX_BUILD_TOP, job.settings)
-        return job.sandbox.spawn(
+        built = job.sandbox.spawn(
             argv=argv, env=env, build_dir=build_dir, closure=job.closure,
             outputs=[o.path for o in job.drv.outputs.values()],
-            fixed_output=job.drv.is_fixed_output, settings=job.settings,
-            stdout=write_fd, stderr=write_fd,
+            fixed_output=job.drv.is_fixed_output, stdout=write_fd, stderr=write_fd,
         )
+        return built.proc, built.release
     env = build_env(job.drv, build_dir, job.settings)
     return subprocess.Popen(
         argv, cwd=build_dir, env=env, stdin=subprocess.DEVNULL, stdout=write_fd,
         stderr=write_fd, start_new_session=True, close_fds=True, pass_fds=job.inherit_fds,
-    )
+    ), _nothing
+
+
+def _nothing() -> None:
+    pass
 
 
 def _describe(job: BuildJob, ending: Ending, returncode: int, limits: Limits) -> str:

@@ -1,52 +1,54 @@
-"""Choosing, once per run, whether builds are sandboxed (setting `sandbox`).
+"""Whether each build is sandboxed, and starting it in the sandbox (docs/sandbox.md).
 
-`on` and `relaxed` use `runner.sandbox` when its probe says namespaces work.
-Otherwise `sandbox-fallback` decides: warn once and build unsandboxed, or
-refuse with a clear error.
+The choice is per derivation (`runner.sandbox.use_sandbox`): `relaxed` lets a
+derivation with `__noChroot` build outside, and a machine without namespaces
+falls back to unsandboxed builds (one warning) only when `sandbox-fallback`
+allows it. Its errors reach the builder as set-up failures, which are not cached.
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from runner.errors import RunnerError
+from runner.sandbox import staging
 from runner.sandbox.executor import spawn
 from runner.sandbox.plan import make_plan
-from runner.sandbox.probe import probe
+from runner.sandbox.policy import use_sandbox
 from runner.settings import Settings
 
 
 @dataclass(frozen=True)
+class SandboxedBuild:
+    proc: subprocess.Popen[bytes]
+    release: Callable[[], None]  # call once `proc` is reaped, however it ended
+
+
+@dataclass(frozen=True)
 class SandboxMode:
-    enabled: bool
+    """The run's sandbox policy: the settings, and where the fallback warning goes."""
+
+    settings: Settings
+    warn: Callable[[str], None]
+
+    def enabled_for(self, drv_env: Mapping[str, str]) -> bool:
+        """Raises RunnerError when this derivation may not build under the settings."""
+        return use_sandbox(drv_env, self.settings, self.warn)
 
     def spawn(
         self, *, argv: list[str], env: dict[str, str], build_dir: str,
-        closure: Collection[str], outputs: list[str], fixed_output: bool, settings: Settings,
-        stdout: int, stderr: int,
-    ) -> subprocess.Popen[bytes]:
+        closure: Collection[str], outputs: list[str], fixed_output: bool, stdout: int, stderr: int,
+    ) -> SandboxedBuild:
         plan = make_plan(
-            argv=argv, env=env, build_dir=build_dir, store_dir=settings.store_dir,
-            closure=closure, outputs=outputs, fixed_output=fixed_output, settings=settings,
+            argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
+            closure=closure, outputs=outputs, fixed_output=fixed_output, settings=self.settings,
         )
-        return spawn(plan, stdout=stdout, stderr=stderr)
-
-
-UNSANDBOXED = SandboxMode(False)
-SANDBOXED = SandboxMode(True)
+        proc = spawn(plan, stdout=stdout, stderr=stderr)
+        # A supervisor killed by a timeout or an interrupt leaves its staging dir.
+        return SandboxedBuild(proc, lambda: staging.discard(plan))
 
 
 def choose_sandbox(settings: Settings, warn: Callable[[str], None]) -> SandboxMode:
-    if settings.get("sandbox") == "off":
-        return UNSANDBOXED
-    why = probe()
-    if why is None:
-        return SANDBOXED
-    if not settings.get("sandbox-fallback"):
-        raise RunnerError(
-            f"sandboxing is not available here ({why}); use --sandbox=off or set "
-            "sandbox-fallback = true to build unsandboxed", reason="sandbox-unavailable")
-    warn(f"sandboxing is not available ({why}); building without a sandbox")
-    return UNSANDBOXED
+    """Cheap: nothing is probed until the first build asks."""
+    return SandboxMode(settings, warn)
