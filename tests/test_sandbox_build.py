@@ -303,7 +303,7 @@ def test_spec_sandbox_paths_only_where_allowed(sandbox: Sandbox, tmp_path: Path)
         (shared / "tool" / "data").write_text("tool data")
         os.chmod(shared, 0o755)
         script = "cat /opt/tool/data; (echo x > /opt/tool/new) 2>/dev/null && echo WROTE; true"
-        env = {"sandboxPaths": f"/opt/tool={shared}/tool"}
+        env = {"__sandboxPaths": f"/opt/tool={shared}/tool"}
         allowed = sandbox.run(script=script, env=env,
                               settings={"allowed_spec_sandbox_paths": [str(shared)]})
         refused = sandbox.run(script=script, env=env)

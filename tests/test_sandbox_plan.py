@@ -103,7 +103,7 @@ def test_sandbox_paths_setting_forms() -> None:
 
 
 def test_spec_sandbox_paths_need_permission() -> None:
-    env = {"sandboxPaths": "/srv/data/set1 /tools=/srv/tools"}
+    env = {"__sandboxPaths": "/srv/data/set1 /tools=/srv/tools"}
     with pytest.raises(RunnerError) as e:
         _plan(env=env, settings=_settings(allowed_spec_sandbox_paths=["/srv/data"]))
     assert e.value.reason == "sandbox-path-not-allowed"
@@ -113,7 +113,7 @@ def test_spec_sandbox_paths_need_permission() -> None:
     assert _by_target(plan)["/tools"].source == "/srv/tools"
     assert not _by_target(plan)["/srv/data/set1"].writable
     with pytest.raises(RunnerError):  # a prefix of a name is not a parent
-        _plan(env={"sandboxPaths": "/srv/database"},
+        _plan(env={"__sandboxPaths": "/srv/database"},
               settings=_settings(allowed_spec_sandbox_paths=["/srv/data"]))
 
 

@@ -33,6 +33,8 @@ DEV_LINKS = (("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
              ("/dev/ptmx", "pts/ptmx"))
 # What a fixed-output build gets from the host besides the network.
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/services", "/etc/nsswitch.conf")
+# The derivation attribute a spec's `sandbox-paths` key becomes (docs/spec-format.md).
+SPEC_PATHS_ATTR = "__sandboxPaths"
 
 MountKind = Literal["tmpfs", "bind", "device", "proc", "devpts", "file", "symlink"]
 
@@ -155,7 +157,7 @@ def _host_paths(settings: SettingsLike, env: Mapping[str, str]) -> list[Mount]:
     """Read-only binds from `sandbox-paths`, plus the spec's own where allowed."""
     mounts = [_host_path(entry) for entry in settings.get("sandbox-paths")]
     allowed = [a.rstrip("/") or "/" for a in settings.get("allowed-spec-sandbox-paths")]
-    for entry in env.get("sandboxPaths", "").split():
+    for entry in env.get(SPEC_PATHS_ATTR, "").split():
         mount = _host_path(entry)
         if not any(_is_within(mount.source, a) for a in allowed):
             raise RunnerError(

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from runner.errors import RunnerError
 from runner.sandbox.plan import SettingsLike
 from runner.sandbox.probe import probe
 
-_warned: set[str] = set()
+_warned: set[str] = set()  # the probe's answer is per process, so is its warning
 
 
-def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike) -> bool:
+def _print_warning(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike,
+                warn: Callable[[str], None] = _print_warning) -> bool:
     """True to build in the sandbox; False to build as a plain child process.
 
     Raises `RunnerError` when the derivation or the machine cannot have what
-    the settings demand.
+    the settings demand. The fallback's warning goes to `warn`, once per process.
     """
     mode = settings.get("sandbox")
     if mode == "off":
@@ -25,7 +30,8 @@ def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike) -> bool:
         if mode == "relaxed":
             return False
         raise RunnerError(
-            "derivation sets '__noChroot', which needs 'sandbox = relaxed'",
+            "derivation sets '__noChroot' (spec key 'no-chroot'), which needs "
+            "'sandbox = relaxed' (--sandbox=relaxed)",
             reason="sandbox-not-allowed",
         )
     why = probe()
@@ -33,11 +39,11 @@ def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike) -> bool:
         return True
     if not settings.get("sandbox-fallback"):
         raise RunnerError(
-            f"the build sandbox is unavailable: {why} "
-            "(set 'sandbox-fallback = true' to build without it)",
+            f"the build sandbox is unavailable: {why} (set 'sandbox-fallback = true' "
+            "to build without it, or use '--sandbox=off')",
             reason="sandbox-unavailable",
         )
     if why not in _warned:
         _warned.add(why)
-        print(f"warning: building without a sandbox: {why}", file=sys.stderr)
+        warn(f"building without a sandbox: {why}")
     return False

@@ -10,10 +10,15 @@ by a killed build is cleared when the same derivation is built again.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
 
 from runner.sandbox.plan import SandboxPlan
+
+# What removing a tree that dying processes still write into can meet.
+_RACING = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY)
 
 
 def prepare(plan: SandboxPlan) -> None:
@@ -38,6 +43,24 @@ def collect(plan: SandboxPlan) -> None:
         if not plan.user_namespace:
             chown_tree(out, plan.owner_uid, plan.owner_gid)
     remove_tree(plan.staging_dir)
+
+
+def discard(plan: SandboxPlan, patience: float = 5.0) -> None:
+    """Remove the staging dir a killed supervisor could not collect (its outputs are lost).
+
+    The build's last processes may still be dying and writing into it, so a
+    directory that refills while being removed is retried for `patience`
+    seconds. Best effort: what stays is cleared when the derivation is built again.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            remove_tree(plan.staging_dir)
+            return
+        except OSError as e:
+            if e.errno not in _RACING or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
 
 def chown_tree(path: str, uid: int, gid: int) -> None:
