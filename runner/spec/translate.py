@@ -7,7 +7,7 @@ writes the `.drv` files.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,7 +47,7 @@ class DerivationStore(Protocol):
         self, src: str, name: str | None = None, exclude: Exclude | None = None
     ) -> str: ...
 
-    def write_derivation(self, drv: Derivation) -> str: ...
+    def write_derivations(self, drvs: Sequence[Derivation]) -> list[str]: ...
 
     def is_valid(self, path: str) -> bool: ...
 
@@ -160,10 +160,10 @@ def instantiate(
         else:
             sources[name] = store.add_path(str(entry.path), entry.name, exclude_filter(entry))
     result = translate(spec, store.store_dir, sources, wanted)
-    for key in keys:
-        written = store.write_derivation(result[key].drv)
-        if written != result[key].drv_path:
-            raise RunnerError(f"internal error: '{key}' was written as '{written}', "
+    written = store.write_derivations([result[key].drv for key in keys])
+    for key, path in zip(keys, written, strict=True):
+        if path != result[key].drv_path:
+            raise RunnerError(f"internal error: '{key}' was written as '{path}', "
                               f"expected '{result[key].drv_path}'", reason="bad-drv")
     return {key: result[key] for key in wanted}
 

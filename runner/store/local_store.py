@@ -18,13 +18,13 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from runner.errors import RunnerError
 from runner.store import derivation, nar
-from runner.store.canonicalise import canonicalise, check_file_type, remove_tree
+from runner.store.canonicalise import MTIME_STORE, canonicalise, check_file_type, remove_tree
 from runner.store.db import Database
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
@@ -36,7 +36,7 @@ from runner.store.paths import (
     parse_store_path,
     validate_name,
 )
-from runner.store.roots import add_temp_root
+from runner.store.roots import add_temp_root, add_temp_roots
 
 Exclude = Callable[[str], bool]
 T = TypeVar("T")
@@ -130,8 +130,35 @@ class LocalStore:
         return path
 
     def write_derivation(self, drv: Derivation) -> str:
-        references = [*drv.input_srcs, *drv.input_drvs]
-        return self.add_text(drv.name + ".drv", derivation.unparse(drv), references)
+        return self.write_derivations([drv])[0]
+
+    def write_derivations(self, drvs: Sequence[Derivation]) -> list[str]:
+        """Store `.drv` files (each after the derivations it needs): one lock round and
+        one transaction for all that are missing, so instantiating N costs little more
+        than one query when they are already valid."""
+        texts: dict[str, tuple[bytes, bytes, frozenset[str], Derivation]] = {}
+        paths = []
+        for drv in drvs:
+            data = derivation.unparse(drv).encode("utf-8")
+            digest = hashlib.sha256(data).digest()
+            refs = frozenset((*drv.input_srcs, *drv.input_drvs))
+            path = make_text_path(drv.name + ".drv", digest, refs, self.store_dir)
+            texts[path] = (data, digest, refs, drv)
+            paths.append(path)
+        add_temp_roots(self.state_dir, texts)  # see add_path
+        missing = [p for p in texts if p not in self.valid_paths(texts)]
+        if missing:
+            with PathLocks(missing):
+                valid = self.valid_paths(missing)  # another process may have written some
+                infos = []
+                for path in (p for p in missing if p not in valid):
+                    data, digest, refs, _ = texts[path]
+                    # Invalid, so whatever is there is a leftover of an interrupted write.
+                    _io(f"cannot write '{path}'", _write_text, path, data)
+                    infos.append(PathInfo(path, *nar.hash_regular(data), refs,
+                                          ca=f"text:{Hash('sha256', digest)}"))
+                self._register(infos, {p: texts[p][3] for p in missing})
+        return paths
 
     def read_derivation(self, path: str) -> Derivation:
         try:
@@ -163,6 +190,10 @@ class LocalStore:
         invariant); references among `infos` must not form a cycle. A
         registered path supersedes its cached failure.
         """
+        self._register(infos, {})
+
+    def _register(self, infos: list[PathInfo], drvs: Mapping[str, Derivation]) -> None:
+        """`register_valid_paths`; `drvs` holds `.drv` files already parsed."""
         now = int(time.time())
         batch = {info.path for info in infos}
         with self.db.transaction() as conn:
@@ -188,7 +219,8 @@ class LocalStore:
                     conn.execute("insert or ignore into Refs (referrer, reference) values (?, ?)",
                                  (referrer, reference))
                 if _is_derivation(info):
-                    for output, out in self.read_derivation(info.path).outputs.items():
+                    drv = drvs.get(info.path) or self.read_derivation(info.path)
+                    for output, out in drv.outputs.items():
                         conn.execute(
                             "insert or replace into DerivationOutputs (drv, id, path)"
                             " values (?, ?, ?)", (referrer, output, out.path))
@@ -208,6 +240,13 @@ class LocalStore:
 
     def is_valid(self, path: str) -> bool:
         return self._id(path) is not None
+
+    def valid_paths(self, paths: Iterable[str]) -> set[str]:
+        """Which of `paths` are valid, in one query."""
+        rows = self.db.execute(
+            "select v.path from ValidPaths v join json_each(?) j on v.path = j.value",
+            (json.dumps(list(paths)),))
+        return {row[0] for row in rows}
 
     def query_path_info(self, path: str) -> PathInfo | None:
         row = self.db.execute(
@@ -450,6 +489,18 @@ def _stage(src: str, staged: str, exclude: Exclude | None) -> tuple[Hash, int]:
     copy_tree(src, staged, exclude)
     canonicalise(staged)
     return nar.hash_path(staged)
+
+
+def _write_text(path: str, data: bytes) -> None:
+    """A text file as canonicalise leaves it (0444, mtime 1), without walking it again."""
+    remove_tree(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.utime(fd, (MTIME_STORE, MTIME_STORE))
+    finally:
+        os.close(fd)
 
 
 def _stage_bytes(data: bytes, staged: str) -> tuple[Hash, int]:

@@ -127,6 +127,17 @@ def dump(path: PathArg) -> Iterator[bytes]:
         yield bytes(buffer)
 
 
+def hash_regular(data: bytes) -> tuple[Hash, int]:
+    """SHA-256 and size of the NAR of a non-executable file holding `data`."""
+    head = _field(MAGIC) + _fields(b"(", b"type", b"regular", b"contents")
+    tail = _ZEROS[: _pad(len(data))] + _field(b")")
+    hasher = hashlib.sha256(head)
+    hasher.update(struct.pack("<Q", len(data)))
+    hasher.update(data)
+    hasher.update(tail)
+    return Hash("sha256", hasher.digest()), len(head) + 8 + len(data) + len(tail)
+
+
 def hash_path(path: PathArg, algo: str = "sha256") -> tuple[Hash, int]:
     """Hash of the NAR of `path` (SHA-256 unless told) and the NAR's size."""
     if algo not in SIZES:

@@ -30,7 +30,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 from runner.errors import RunnerError
@@ -106,13 +106,18 @@ class TempRoots:
         Blocks while a collection is running. Call it before checking
         whether `path` is valid, so that the answer stays true.
         """
+        self.add_temp_roots((path,))
+
+    def add_temp_roots(self, paths: Iterable[str]) -> None:
+        """`add_temp_root` for many paths: one GC-lock round and one write."""
         with self._mutex:
-            if path in self._roots:
+            new = [p for p in dict.fromkeys(paths) if p not in self._roots]
+            if not new:
                 return
             with gc_lock(self.state_dir, exclusive=False, notice=sys.stderr):
                 fd = self._fd if self._fd is not None else self._create()
-                _write_all(fd, path.encode() + b"\0")
-            self._roots.add(path)
+                _write_all(fd, b"".join(p.encode() + b"\0" for p in new))
+            self._roots.update(new)
 
     def _create(self) -> int:
         # Called under the shared GC lock, so no collector can see the file
@@ -157,6 +162,11 @@ def process_temp_roots(state_dir: str) -> TempRoots:
 def add_temp_root(state_dir: str, path: str) -> None:
     """Shorthand for `process_temp_roots(state_dir).add_temp_root(path)`."""
     process_temp_roots(state_dir).add_temp_root(path)
+
+
+def add_temp_roots(state_dir: str, paths: Iterable[str]) -> None:
+    """Shorthand for `process_temp_roots(state_dir).add_temp_roots(paths)`."""
+    process_temp_roots(state_dir).add_temp_roots(paths)
 
 
 def read_temp_roots(state_dir: str) -> Roots:
