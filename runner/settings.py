@@ -153,6 +153,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("narinfo-cache-negative-ttl", "int", 3600,
             "Seconds a 'not in this cache' answer is remembered."),
     Setting("auto-optimise", "bool", False, "Hard-link identical files as paths are added."),
+    Setting("remote-builders", "str", "",
+            "REAPI endpoint builds are sent to (`grpc://host:port`, `grpcs://…`, "
+            "`unix:/path`); empty builds locally."),
+    Setting("remote-instance", "str", "", "REAPI instance name on the remote endpoint."),
+    Setting("remote-connect-timeout", "int", 10,
+            "Seconds to wait for the remote endpoint to answer."),
+    Setting("remote-timeout", "int", 60, "Seconds one remote call may take (not the build)."),
+    Setting("remote-fallback", "bool", False,
+            "Build locally when the remote endpoint is unavailable."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
