@@ -1,16 +1,22 @@
-"""Per-build cost of the sandbox: spawn `/bin/true` plainly and sandboxed, same run.
+"""Per-build cost of the sandbox, measured twice in the same run.
 
-    python bench/sandbox_overhead.py [-n RUNS]
+    python bench/sandbox_overhead.py [-n RUNS] [--derivations N] [--jobs J]
 
-Prints milliseconds per build for each and their ratio. Each sandboxed run
-includes everything a build pays: preparing the staging dir, the two forks,
-five or six namespaces, the mounts, pivot_root, and collecting outputs.
+1. spawn: `/bin/true` started plainly and through `runner.sandbox.spawn`.
+   Each sandboxed run includes everything a build pays in the sandbox:
+   preparing the staging dir, the two forks, five or six namespaces, the
+   mounts, pivot_root, and collecting outputs.
+2. runner build: N independent trivial derivations (`echo i > $out`), built
+   by `runner build --sandbox=off` and `--sandbox=on`, each in a fresh store
+   (median of three). The difference divided by N is what a user pays per
+   derivation, with registration, logs and scheduling around it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,13 +40,49 @@ def per_run(runs: int, start: Callable[[], subprocess.Popen[bytes]]) -> float:
     return (time.perf_counter() - began) / runs * 1000
 
 
+def build_seconds(spec: str, sandbox: str, jobs: int) -> float:
+    """Wall time of one `runner build` of every derivation in `spec`, in a fresh store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "RUNNER_STORE_DIR": f"{tmp}/store",
+               "RUNNER_STATE_DIR": f"{tmp}/state", "XDG_CONFIG_HOME": f"{tmp}/config"}
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "runner", "build", "--no-out-link",
+                        f"--sandbox={sandbox}", f"--max-jobs={jobs}", spec], env=env,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       cwd=Path(__file__).parents[1])
+        return time.perf_counter() - began
+
+
+def through_runner(count: int, jobs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = os.path.join(tmp, "spec.yaml")
+        with open(spec, "w") as f:
+            f.write("version: 1\ndefaults: {builder: /bin/sh}\nderivations:\n")
+            for i in range(count):
+                f.write(f'  d{i}: {{args: ["-c", "echo {i} > $out"]}}\n')
+        off = statistics.median(build_seconds(spec, "off", jobs) for _ in range(3))
+        on = statistics.median(build_seconds(spec, "on", jobs) for _ in range(3))
+    print(f"runner build, {count} derivations, --max-jobs={jobs} (median of 3):")
+    print(f"  --sandbox=off: {off:6.2f} s  ({off / count * 1000:6.2f} ms per derivation)")
+    print(f"  --sandbox=on:  {on:6.2f} s  ({on / count * 1000:6.2f} ms per derivation)")
+    print(f"  overhead:      {(on - off) / count * 1000:6.2f} ms per derivation, "
+          f"ratio {on / off:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=200)
+    parser.add_argument("--derivations", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     why = probe()
     if why is not None:
         raise SystemExit(f"sandbox unavailable: {why}")
+    spawn_only(args.runs)
+    through_runner(args.derivations, args.jobs)
+
+
+def spawn_only(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store, build = os.path.join(tmp, "store"), os.path.join(tmp, "build")
         os.mkdir(store)
@@ -50,15 +92,15 @@ def main() -> None:
                          build_dir=build, store_dir=store, closure=[], outputs=[out],
                          fixed_output=False, settings=Settings.load(environ={}))
         dev = subprocess.DEVNULL
-        plain = per_run(args.runs, lambda: subprocess.Popen(
+        plain = per_run(runs, lambda: subprocess.Popen(
             list(plan.argv), env=dict(plan.env), stdin=dev, stdout=dev, stderr=dev,
             start_new_session=True))
-        boxed = per_run(args.runs, lambda: spawn(plan, stdout=dev, stderr=dev))
+        boxed = per_run(runs, lambda: spawn(plan, stdout=dev, stderr=dev))
     who = "root" if os.geteuid() == 0 else "unprivileged (user namespace)"
-    print(f"runs: {args.runs} each, as {who}")
-    print(f"plain spawn:     {plain:7.2f} ms per build")
-    print(f"sandboxed spawn: {boxed:7.2f} ms per build")
-    print(f"overhead:        {boxed - plain:7.2f} ms per build, ratio {boxed / plain:.1f}x")
+    print(f"spawn /bin/true, {runs} runs each, as {who}:")
+    print(f"  plain:     {plain:7.2f} ms per build")
+    print(f"  sandboxed: {boxed:7.2f} ms per build")
+    print(f"  overhead:  {boxed - plain:7.2f} ms per build, ratio {boxed / plain:.1f}x")
 
 
 if __name__ == "__main__":
