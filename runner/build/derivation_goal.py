@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from runner.build import failure_cache
-from runner.build.builder import BuildJob, make_build_dir, remove_build_dir, run_builder
+from runner.build.builder import BuildJob, run_builder
 from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
@@ -203,13 +203,13 @@ class DerivationGoal(Goal[BuildResult]):
         closure = self.store.compute_closure(self.input_paths)
         name = self.drv.name
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
-                       int(self.settings.get("log-lines")))
+                       int(self.settings.get("log-lines")), self.worker.background)
         progress = self.worker.progress
 
         def on_output(data: bytes) -> None:
             progress.build_log(name, sink.write(data))
 
-        build_dir = make_build_dir(self.settings, name)
+        build_dir = self.worker.build_dirs.take(name)
         job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
                        on_output)
         progress.started(self.drv_path, name)
@@ -217,7 +217,7 @@ class DerivationGoal(Goal[BuildResult]):
             outcome = await run_builder(job, build_dir)
         except asyncio.CancelledError:
             sink.discard()
-            remove_build_dir(build_dir)
+            self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
             raise
         if partial := sink.flush_partial():
@@ -230,7 +230,7 @@ class DerivationGoal(Goal[BuildResult]):
             result.log_tail = sink.tail()
             self._after_failure(result, build_dir)
         else:
-            remove_build_dir(build_dir)
+            self.worker.build_dirs.give_back(build_dir)
         return result
 
     def _finish(self, build_drv: Derivation, ending: Ending | None, returncode: int,
@@ -268,7 +268,7 @@ class DerivationGoal(Goal[BuildResult]):
         if self.settings.get("keep-failed"):
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
-            remove_build_dir(build_dir)
+            self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
         if (result.status in PERMANENT and self.settings.get("cache-failures")
                 and not self.drv.is_fixed_output and self.redirect is None):

@@ -10,7 +10,9 @@ import bz2
 import collections
 import contextlib
 import os
+from typing import BinaryIO
 
+from runner.build.background import Background
 from runner.errors import RunnerError
 
 LOG_SUFFIX = ".bz2"
@@ -34,28 +36,51 @@ def read_log(state_dir: str, drv_path: str) -> bytes | None:
 
 
 class LogSink:
-    """Compresses a build's output to its log file and remembers the tail."""
+    """Compresses a build's output to its log file and remembers the tail.
 
-    def __init__(self, path: str, tail_lines: int) -> None:
+    A small log stays in memory and is written when the build ends (by
+    `background` when given, off the event loop); a large one is streamed to
+    a temporary file from the moment it outgrows `SPILL_SIZE`.
+    """
+
+    SPILL_SIZE = 1 << 20  # compressed bytes
+
+    def __init__(self, path: str, tail_lines: int, background: Background | None = None
+                 ) -> None:
         self.path = path
         self.size = 0
         self._tail: collections.deque[bytes] = collections.deque(maxlen=max(tail_lines, 1))
         self._partial = b""
         self._compressor = bz2.BZ2Compressor(9)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._background = background
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._file: BinaryIO | None = None
+        self._closed = False
         # Written under a temporary name: a crash never leaves a truncated log
         # in place of a complete one from an earlier build.
         self._tmp = f"{path}.tmp-{os.getpid()}"
-        self._file = open(self._tmp, "wb")  # noqa: SIM115  (closed in close())
 
     def write(self, data: bytes) -> list[bytes]:
         """Record `data`; returns the complete lines it finished (for -L printing)."""
         self.size += len(data)
-        self._file.write(self._compressor.compress(data))
+        self._store(self._compressor.compress(data))
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         self._tail.extend(lines)
         return lines
+
+    def _store(self, compressed: bytes) -> None:
+        if self._file is not None:
+            self._file.write(compressed)
+            return
+        self._held.append(compressed)
+        self._held_size += len(compressed)
+        if self._held_size > self.SPILL_SIZE:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self._file = open(self._tmp, "wb")  # noqa: SIM115  (closed in close())
+            self._file.writelines(self._held)
+            self._held = []
 
     def tail(self) -> list[str]:
         lines = list(self._tail)
@@ -69,14 +94,30 @@ class LogSink:
         return self._partial
 
     def close(self) -> None:
-        if self._file.closed:
+        if self._closed:
             return
-        self._file.write(self._compressor.flush())
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._closed = True
+        self._store(self._compressor.flush())
+        if self._file is not None:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        elif self._background is not None:
+            self._background.submit(_write_file, self.path, self._tmp, b"".join(self._held))
+        else:
+            _write_file(self.path, self._tmp, b"".join(self._held))
+        self._held = []
 
     def discard(self) -> None:
-        if not self._file.closed:
+        self._closed = True
+        self._held = []
+        if self._file is not None:
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+
+
+def _write_file(path: str, tmp: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

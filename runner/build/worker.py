@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from runner.build.background import Background
+from runner.build.build_dirs import BuildDirs
 from runner.build.derivation_goal import BuildMode, DerivationGoal
 from runner.build.progress import Progress
 from runner.build.result import BuildResult
@@ -55,6 +57,8 @@ class Worker:
         self._lock_released: asyncio.Event | None = None
         self._stopping = False
         self.interrupted: int | None = None
+        self.background = Background(progress.warn)  # logs, build-dir removal
+        self.build_dirs = BuildDirs(settings, self.background)
 
     # -- the goal table
 
@@ -163,6 +167,8 @@ class Worker:
         try:
             return asyncio.run(self._main(drv_paths))
         finally:
+            self.build_dirs.close()
+            self.background.close()
             self.progress.close()
 
     def _all_valid(self, drv_path: str) -> bool:
