@@ -53,9 +53,8 @@ def test_copy_to_and_from_a_file_cache(stores: TwoStores, tmp_path: Path,
     url = f"file://{tmp_path}/cache"
     a_args = _args(stores, str(stores.root / "state-a"))
     assert run(["copy", "--to", url, "--sign-key", sec, app, *a_args]) == 0
-    assert sorted(os.listdir(tmp_path / "cache")) == [
-        *sorted(f"{os.path.basename(p)[:32]}.narinfo" for p in (lib, app)), "nar",
-        "nix-cache-info"]
+    assert sorted(os.listdir(tmp_path / "cache")) == sorted([
+        *(f"{os.path.basename(p)[:32]}.narinfo" for p in (lib, app)), "nar", "nix-cache-info"])
     stores.fresh()
     b_args = _args(stores, stores.state_b)
     capsys.readouterr()
