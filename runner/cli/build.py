@@ -7,22 +7,19 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from runner.build import dry_run
-from runner.build.failure_cache import describe_age
-from runner.build.logs import read_log
-from runner.build.out_links import create_out_links
-from runner.build.progress import make_progress
-from runner.build.result import BuildResult, exit_code
-from runner.build.sandboxing import choose_sandbox
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.spec.load import load_spec
-from runner.spec.model import Spec
-from runner.spec.translate import instantiate, source_paths, translate
-from runner.store.local_store import LocalStore, open_store
-from runner.substituters.base import SubstituterDecl
-from runner.substituters.configure import open_substituters, print_warning
+
+if TYPE_CHECKING:
+    from runner.build.result import BuildResult
+    from runner.spec.model import Spec
+    from runner.store.local_store import LocalStore
+    from runner.substituters.base import SubstituterDecl
+
+# The build machinery is imported by the handlers that use it: `runner --help`,
+# `runner log` and a no-op `runner build` do not pay for it.
 
 S = "setting:"
 
@@ -103,14 +100,31 @@ def _jobs(text: str) -> int:
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the worker pulls in the whole build machinery, which
     # `runner log`, `runner store failed` and every other command do not need.
+    from runner.store.local_store import open_store
+
+    simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed)
+    if simple and _all_valid_from_cache(args, settings):
+        return 0
     from runner.build.derivation_goal import BuildMode
+    from runner.build.out_links import create_out_links
+    from runner.build.progress import make_progress
+    from runner.build.sandboxing import choose_sandbox
     from runner.build.worker import Worker
+    from runner.spec import eval_cache
+    from runner.spec.load import load_spec
+    from runner.spec.translate import instantiate
 
     spec = load_spec(args.spec)
+    digests = eval_cache.digests_of([str(f) for f in spec.files])
     declared = spec_substituters(spec)
     with open_store(settings) as store:
         targets = instantiate(spec, store, args.names or None)
         drv_paths = [inst.drv_path for inst in targets.values()]
+        if not spec.inputs:
+            eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names,
+                              digests, eval_cache.Entry(
+                                  {}, drv_paths, [(i.drv_path, i.outputs)
+                                                  for i in targets.values()]))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
@@ -137,7 +151,35 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _all_valid_from_cache(args: argparse.Namespace, settings: Settings) -> bool:
+    """The no-op fast path: an unchanged spec (eval cache) whose outputs are all valid
+    needs no parsing, no goals and no locks; print and link as a build would."""
+    from runner.spec import eval_cache
+    from runner.store.local_store import open_store
+    from runner.store.roots import add_temp_roots
+
+    entry = eval_cache.lookup(settings.state_dir, settings.store_dir, args.spec, args.names)
+    if entry is None:
+        return False
+    with open_store(settings) as store:
+        paths = entry.paths
+        add_temp_roots(settings.state_dir, paths)  # before checking, as goals do
+        if store.valid_paths(paths) != set(paths):
+            return False
+    for _, outputs in entry.targets:
+        for _, path in sorted(outputs.items()):
+            print(path)
+    if not args.no_out_link:
+        from runner.build.out_links import create_out_links
+
+        create_out_links(settings.store_dir, settings.state_dir, args.out_link,
+                         [outputs for _, outputs in entry.targets])
+    return True
+
+
 def _failure(results: list[BuildResult], everything: list[BuildResult]) -> RunnerError:
+    from runner.build.result import exit_code
+
     failed = [r.drv_path for r in results if not r.status.ok]
     if not failed:  # stopped early: name the builds that failed instead
         failed = [r.drv_path for r in everything if not r.status.ok and not r.failed_dependency]
@@ -149,6 +191,8 @@ def _failure(results: list[BuildResult], everything: list[BuildResult]) -> Runne
 def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
     """A spec's `substituters:`, by `priority` (lower first; unset = list order, after the
     ones that set it). A relative program path (`./fetch`) is relative to the spec file."""
+    from runner.substituters.base import SubstituterDecl
+
     entries = sorted(spec.substituters,
                      key=lambda e: (e.priority is None, e.priority or 0))
     decls = []
@@ -165,6 +209,9 @@ def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
 
 def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
              settings: Settings, declared: list[SubstituterDecl]) -> int:
+    from runner.build import dry_run
+    from runner.substituters.configure import open_substituters, print_warning
+
     use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
     substituters = open_substituters(settings, declared, warn=print_warning)
     p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
@@ -177,6 +224,9 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
 
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.build.logs import read_log
+    from runner.store.local_store import open_store
+
     with open_store(settings) as store:
         drv_path = _log_target(store, args.target, args.name)
     data = read_log(settings.state_dir, drv_path)
@@ -188,6 +238,9 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _log_target(store: LocalStore, target: str, name: str | None) -> str:
+    from runner.spec.load import load_spec
+    from runner.spec.translate import source_paths, translate
+
     in_store = os.path.abspath(target).startswith(store.store_dir + "/")
     if name is not None or not in_store:
         if name is None:
@@ -209,6 +262,9 @@ def _log_target(store: LocalStore, target: str, name: str | None) -> str:
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.build.failure_cache import describe_age
+    from runner.store.local_store import open_store
+
     with open_store(settings) as store:
         records = store.list_failures()
     if args.json:
@@ -223,6 +279,8 @@ def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _failed_clear(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.local_store import open_store
+
     with open_store(settings) as store:
         paths = [os.path.abspath(p) for p in args.paths] if args.paths else None
         count = store.clear_failures(paths)

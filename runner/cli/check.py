@@ -10,15 +10,12 @@ from pathlib import Path
 
 from runner.build.progress import Progress
 from runner.build.result import BuildResult, Status, exit_code
-from runner.build.sandboxing import choose_sandbox
 from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
 from runner.cli.build import spec_substituters
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.spec.load import load_spec
-from runner.spec.translate import instantiate
 from runner.store.local_store import open_store
 
 S = "setting:"
@@ -81,7 +78,11 @@ def _split(args: list[str]) -> tuple[Path, list[str]]:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.build.worker import Worker  # the build machinery, only when building
+    # The build machinery and spec loading, only when checking.
+    from runner.build.sandboxing import choose_sandbox
+    from runner.build.worker import Worker
+    from runner.spec.load import load_spec
+    from runner.spec.translate import instantiate
 
     spec_path, names = _split(list(args.args))
     spec = load_spec(spec_path)

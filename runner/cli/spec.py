@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError, SpecError
 from runner.settings import Settings
-from runner.spec.graph import edges
-from runner.spec.load import load_spec
-from runner.spec.model import Spec
-from runner.spec.translate import instantiate, source_paths, translate
 from runner.store.derivation import Derivation, parse
+
+if TYPE_CHECKING:
+    from runner.spec.model import Spec
+
+# Spec loading (YAML, JSON Schema) is imported by the handlers, not by `runner --help`.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.spec.load import load_spec
+    from runner.spec.translate import source_paths, translate
+
     problems: list[str] = []
     for path in args.specs:
         try:
@@ -58,6 +63,8 @@ def _count(n: int, word: str) -> str:
 
 
 def _instantiate(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.spec.load import load_spec
+    from runner.spec.translate import instantiate
     from runner.store.local_store import open_store
 
     spec = load_spec(args.spec)
@@ -75,6 +82,9 @@ def _instantiate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.spec.load import load_spec
+    from runner.spec.translate import translate
+
     targets: list[str] = args.targets
     shown: dict[str, object] = {}
     if all(t.endswith(".drv") for t in targets):
@@ -91,6 +101,8 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sources(spec: Spec, settings: Settings) -> dict[str, str]:
+    from runner.spec.translate import source_paths
+
     return source_paths(spec, settings.store_dir)
 
 
@@ -123,6 +135,9 @@ def derivation_json(drv: Derivation) -> dict[str, object]:
 
 
 def _graph(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.spec.graph import edges
+    from runner.spec.load import load_spec
+
     spec = load_spec(args.spec)
     links = edges(spec.derivations, spec.inputs)
     if args.format == "json":
