@@ -126,16 +126,32 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+PEAK_RSS_KB = [0]  # the largest peak RSS of any command run since it was reset
+
+
 def run(argv: list[str], env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run(argv, env=env, capture_output=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr.decode(errors="replace")[-2000:])
-        raise SystemExit(f"error: benchmark command failed: {' '.join(argv[:6])} …")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        PEAK_RSS_KB[0] = max(PEAK_RSS_KB[0], usage.ru_maxrss)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.stderr.write(err.read().decode(errors="replace")[-2000:])
+            raise SystemExit(f"error: benchmark command failed: {' '.join(argv[:6])} …")
+
+
+def runner_env(work: Path) -> dict[str, str]:
+    """As installed: byte-code cached (pip compiles it), here in the work dir so the
+    tree stays clean; PYTHONDONTWRITEBYTECODE would recompile every module every run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
 
 
 class Runner:
-    def __init__(self, root: Path, jobs: int) -> None:
-        self.root, self.jobs = root, jobs
+    def __init__(self, root: Path, jobs: int, env: dict[str, str]) -> None:
+        self.root, self.jobs, self.env = root, jobs, env
 
     def fresh(self) -> list[str]:
         if self.root.exists():
@@ -147,13 +163,13 @@ class Runner:
 
     def build(self, spec: Path, dirs: list[str], sandbox: str) -> None:
         run([*RUNNER, "build", str(spec), "--no-out-link", "-j", str(self.jobs),
-             f"--sandbox={sandbox}", *dirs])
+             f"--sandbox={sandbox}", *dirs], self.env)
 
     def instantiate(self, spec: Path, dirs: list[str]) -> None:
-        run([*RUNNER, "instantiate", str(spec), *dirs])
+        run([*RUNNER, "instantiate", str(spec), *dirs], self.env)
 
     def validate(self, spec: Path) -> None:
-        run([*RUNNER, "validate", str(spec)])
+        run([*RUNNER, "validate", str(spec)], self.env)
 
 
 class Nix:
@@ -211,7 +227,7 @@ def bench(w: Workload, args: argparse.Namespace, work: Path, floor: Path | None)
     root = work / w.name
     root.mkdir()
     spec = write_spec(w, root)
-    r = Runner(root / "runner", args.jobs)
+    r = Runner(root / "runner", args.jobs, runner_env(work))
     rows: list[tuple[str, float, float | None, float | None]] = []
 
     def row(label: str, ours: float, floor_t: float | None, nix_t: float | None) -> None:
@@ -242,6 +258,7 @@ def bench(w: Workload, args: argparse.Namespace, work: Path, floor: Path | None)
         nix_noop = median(args.nix_runs, nothing, lambda: nix.build(expr))
         nix_inst = median(args.nix_runs, nix.fresh, lambda: nix.instantiate(expr))
 
+    PEAK_RSS_KB[0] = 0
     for sandbox in args.sandbox:
         full = median(args.runs, nothing, lambda sb=sandbox: r.build(spec, r.fresh(), sb))
         noop = median(args.runs, nothing, lambda sb=sandbox: r.build(spec, r.same(), sb))
@@ -253,6 +270,7 @@ def bench(w: Workload, args: argparse.Namespace, work: Path, floor: Path | None)
         again = median(args.runs, nothing, lambda: r.instantiate(spec, r.same()))
         row("instantiate again (nothing changed)", again, None, None)
     row("validate", median(args.runs, nothing, lambda: r.validate(spec)), None, None)
+    rss_mb = PEAK_RSS_KB[0] / 1024
 
     n = len(w.graph)
     lines = []
@@ -264,6 +282,7 @@ def bench(w: Workload, args: argparse.Namespace, work: Path, floor: Path | None)
         per = f"{ours / n * 1000:.2f}" if not w.files else ""
         lines.append(f"| {w.name} | {label} | {ours:.3f} | {per} | {fl_s} | {ratio_f} "
                      f"| {nx_s} | {ratio_n} |")
+    lines.append(f"| {w.name} | peak RSS of any runner command (MB) | {rss_mb:.0f} | | | | | |")
     return lines
 
 
@@ -282,6 +301,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
         work = Path(tmp)
         floor = floor_binary(work)
+        run([*RUNNER, "--help"], runner_env(work))  # compile the byte code once
         print(f"runner benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
               f"-j{args.jobs}, medians of {args.runs} (Nix: {args.nix_runs})")
         print("\n| workload | measure | runner s | ms/node | floor s | runner/floor "

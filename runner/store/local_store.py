@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from runner.errors import RunnerError
-from runner.store import derivation, nar
+from runner.store import derivation, nar, tree_cache
 from runner.store.canonicalise import MTIME_STORE, canonicalise, check_file_type, remove_tree
 from runner.store.db import Database
 from runner.store.derivation import Derivation
@@ -98,10 +98,20 @@ class LocalStore:
         except OSError as e:
             raise RunnerError(f"cannot add '{src}' to the store: {e.strerror}",
                               reason="not-found") from None
+        # An unchanged tree whose path is valid is neither copied nor read again.
+        key, cacheable = _io(f"cannot add '{src}' to the store", tree_cache.fingerprint, src,
+                             exclude)
+        if cacheable and (known := tree_cache.lookup(self.state_dir, key)) is not None:
+            path = make_source_path(name, known[0].digest, self.store_dir)
+            add_temp_root(self.state_dir, path)  # see below
+            if self.is_valid(path):
+                return path
         with TempDir(self.store_dir) as tmp:
             staged = os.path.join(tmp.path, "x")
             nar_hash, nar_size = _io(f"cannot add '{src}' to the store", _stage, src, staged,
                                      exclude)
+            if cacheable:
+                tree_cache.record(self.state_dir, key, nar_hash, nar_size)
             path = make_source_path(name, nar_hash.digest, self.store_dir)
             # Rooted before the validity check, so a concurrent GC cannot take it
             # away between here and its use by a build of this process.
@@ -146,7 +156,8 @@ class LocalStore:
             texts[path] = (data, digest, refs, drv)
             paths.append(path)
         add_temp_roots(self.state_dir, texts)  # see add_path
-        missing = [p for p in texts if p not in self.valid_paths(texts)]
+        valid = self.valid_paths(texts)
+        missing = [p for p in texts if p not in valid]
         if missing:
             with PathLocks(missing):
                 valid = self.valid_paths(missing)  # another process may have written some
