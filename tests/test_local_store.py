@@ -476,3 +476,19 @@ def test_canonicalise_ownership_check(tmp_path: Path) -> None:
     with pytest.raises(RunnerError) as info:
         canonicalise(str(root), from_uid=os.geteuid())
     assert info.value.reason == "bad-ownership"
+
+
+def test_adding_a_directory_works_without_root_privileges(tmp_path: Path) -> None:
+    """A read-only directory can only be renamed into another parent by its owner if it
+    is writable ('..' changes): the store must lift that for the move. Root ignores
+    permissions, so as root the CLI runs with every capability dropped."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_text("hi\n")
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    proc = subprocess.run([*drop, sys.executable, "-m", "runner", "store", "add", str(src)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip()
+    assert (Path(path) / "sub" / "f").read_text() == "hi\n"
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o555

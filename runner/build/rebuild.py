@@ -11,7 +11,7 @@ import os
 from runner.build.redirect import Redirect, differences
 from runner.errors import RunnerError
 from runner.store import nar
-from runner.store.canonicalise import remove_tree
+from runner.store.canonicalise import remove_tree, rename_tree
 from runner.store.local_store import LocalStore, TempDir, replace_tree
 from runner.store.path_info import PathInfo
 
@@ -41,7 +41,7 @@ def check_outputs(store: LocalStore, infos: list[PathInfo], redirect: Redirect, 
             if keep:
                 kept = real + CHECK_SUFFIX
                 remove_tree(kept)
-                os.rename(staged, kept)
+                rename_tree(staged, kept)
                 message += f"; the new result is kept at '{kept}'"
             problems.append(message)
     return problems

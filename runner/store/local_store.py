@@ -24,7 +24,13 @@ from typing import Any, Protocol, TypeVar
 
 from runner.errors import RunnerError
 from runner.store import derivation, nar, tree_cache
-from runner.store.canonicalise import MTIME_STORE, canonicalise, check_file_type, remove_tree
+from runner.store.canonicalise import (
+    MTIME_STORE,
+    canonicalise,
+    check_file_type,
+    remove_tree,
+    rename_tree,
+)
 from runner.store.db import Database
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
@@ -189,7 +195,7 @@ class LocalStore:
                 return
             # Whatever is there is an unregistered leftover of an interrupted add.
             _io(f"cannot remove the leftover '{info.path}'", remove_tree, info.path)
-            _io(f"cannot move '{info.path}' into place", os.rename, staged, info.path)
+            _io(f"cannot move '{info.path}' into place", rename_tree, staged, info.path)
             self.register_valid_paths([info])
 
     # ------------------------------------------------------------ registering
@@ -489,7 +495,7 @@ def replace_tree(staged: str, path: str) -> None:
         elif os.path.isdir(staged) and os.path.lexists(path):
             _io(f"cannot move '{path}' aside", os.rename, path, old)
         try:
-            _io(f"cannot move a new '{path}' into place", os.rename, staged, path)
+            _io(f"cannot move a new '{path}' into place", rename_tree, staged, path)
         except RunnerError:
             if os.path.lexists(old) and not os.path.lexists(path):
                 os.rename(old, path)  # keep the (broken) old tree rather than nothing

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
-from runner.store.canonicalise import canonicalise, remove_tree
+from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
 from runner.store.local_store import TempDir, replace_tree
 from runner.store.locks import PathLocks
@@ -200,7 +200,7 @@ class _Substitution:
                     if repairing:
                         replace_tree(staged, path)
                     else:
-                        os.rename(staged, path)
+                        rename_tree(staged, path)
                 except OSError as e:
                     raise RunnerError(f"cannot move '{path}' into place: {e.strerror}",
                                       reason="io") from None
