@@ -33,6 +33,7 @@ from runner.errors import RunnerError
 from runner.sandbox import child, libc, staging
 from runner.sandbox.child import Step
 from runner.sandbox.plan import SandboxPlan
+from runner.store.canonicalise import remove_tree
 
 _FD_LIMIT = os.sysconf("SC_OPEN_MAX")
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
@@ -62,11 +63,11 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int) -> subprocess.Popen[by
             os.close(err_w)
     except subprocess.SubprocessError:
         problem = _read_all(err_r) or "unknown error"
-        staging.remove_tree(plan.staging_dir)
+        remove_tree(plan.staging_dir)
         raise RunnerError(f"cannot set up the build sandbox: {problem}",
                           reason="sandbox-setup") from None
     except BaseException:
-        staging.remove_tree(plan.staging_dir)
+        remove_tree(plan.staging_dir)
         raise
     finally:
         os.close(err_r)

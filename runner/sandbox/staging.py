@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 
 from runner.sandbox.plan import SandboxPlan
+from runner.store.canonicalise import remove_tree, rename_tree
 
 # What removing a tree that dying processes still write into can meet.
 _RACING = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY)
@@ -39,7 +39,7 @@ def collect(plan: SandboxPlan) -> None:
             continue
         if os.path.lexists(out):
             remove_tree(out)
-        os.rename(made, out)
+        rename_tree(made, out)
         if not plan.user_namespace:
             chown_tree(out, plan.owner_uid, plan.owner_gid)
     remove_tree(plan.staging_dir)
@@ -70,19 +70,3 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
-def remove_tree(path: str) -> None:
-    """Delete a file or tree, even one whose builder left directories read-only."""
-    if not os.path.lexists(path):
-        return
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-        return
-    os.chmod(path, 0o700)
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            sub = os.path.join(dirpath, name)
-            if not os.path.islink(sub):
-                os.chmod(sub, 0o700)
-    shutil.rmtree(path)
