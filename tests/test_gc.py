@@ -440,3 +440,42 @@ def test_gc_during_a_build_deletes_nothing_the_build_needs(store: LocalStore,
         _, err = proc.communicate()
     assert proc.returncode == 0, err
     assert (tmp_path / "result").read_text() == "dep\nhi\n"
+
+
+def test_a_state_dir_belongs_to_one_store(tmp_path: Path, state_dir: str) -> None:
+    """A second store on the same state dir is refused: otherwise GC would see the first
+    store's paths as dead (their roots point elsewhere) and delete them."""
+    with LocalStore(str(tmp_path / "store-a"), state_dir) as a:
+        kept = a.add_text("kept", "kept")
+    with pytest.raises(RunnerError) as e:
+        LocalStore(str(tmp_path / "store-b"), state_dir)
+    assert e.value.reason == "store-mismatch" and "store-a" in str(e.value)
+    assert run(["gc", "--store-dir", str(tmp_path / "store-b"), "--state-dir", state_dir]) == 1
+    assert os.path.exists(kept)
+
+
+def test_gc_never_deletes_files_for_a_row_outside_the_store(store: LocalStore,
+                                                           tmp_path: Path) -> None:
+    outside = tmp_path / ("0" * 32 + "-outside")
+    outside.write_text("not the store's")
+    _raw_insert_valid(store, str(outside))
+    collect_garbage(store)
+    assert outside.read_text() == "not the store's"
+
+
+def test_gc_removes_the_staging_dir_of_a_killed_sandboxed_build(store: LocalStore) -> None:
+    out = os.path.join(store.store_dir, "1" * 32 + "-slow")
+    staging = os.path.join(store.store_dir, ".sandbox-" + os.path.basename(out))
+    os.makedirs(os.path.join(staging, "x"))
+    os.chmod(os.path.join(staging, "x"), 0o555)
+    with PathLocks([out]):  # its build is still running: keep
+        collect_garbage(store)
+        assert os.path.isdir(staging)
+    result = collect_garbage(store)
+    assert not os.path.lexists(staging) and staging in result.leftovers
+
+
+def _raw_insert_valid(store: LocalStore, path: str) -> None:
+    with store.db.transaction() as conn:
+        conn.execute("insert into ValidPaths (path, hash, registrationTime, narSize)"
+                     " values (?, ?, 1, 0)", (path, "sha256:" + "0" * 64))

@@ -18,11 +18,19 @@ from typing import Any
 from runner.errors import RunnerError
 
 
+def _sql(name: str) -> str:
+    return resources.files("runner.store").joinpath(name).read_text(encoding="utf-8")
+
+
 def _schema_v1() -> str:
-    return resources.files("runner.store").joinpath("schema.sql").read_text(encoding="utf-8")
+    return _sql("schema.sql")
 
 
-MIGRATIONS = (_schema_v1,)
+def _schema_v2() -> str:
+    return _sql("schema_v2.sql")
+
+
+MIGRATIONS = (_schema_v1, _schema_v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # How long a writer waits for another process's transaction before giving up.

@@ -27,6 +27,7 @@ from runner.store.paths import parse_store_path
 from runner.store.roots import Roots, all_roots, gc_lock
 
 LINKS_DIR = ".links"
+SANDBOX_STAGING_PREFIX = ".sandbox-"  # runner/sandbox/plan.py names them so
 TEMP_LINK_PREFIX = ".link-tmp-"  # not ".tmp-": that is the adder's temp dirs
 
 
@@ -141,6 +142,11 @@ def _limit_reached(result: GCResult, options: GCOptions) -> bool:
 
 def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
     """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+    try:
+        parse_store_path(path, store.store_dir)
+    except RunnerError:  # a row that names no path of this store: never delete files for it
+        result.skipped.append(path)
+        return False
     locks = PathLocks()
     if not locks.try_lock([path]):
         result.skipped.append(path)  # someone is adding or building it right now
@@ -174,6 +180,11 @@ def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None
             # Optimising holds the GC lock shared, so no link is in flight now.
             result.bytes_freed += _remove(path)
             continue
+        if name.startswith(SANDBOX_STAGING_PREFIX):
+            # A sandboxed build's staging dir; its build holds the output's lock.
+            _remove_unlocked(os.path.join(store_dir, name[len(SANDBOX_STAGING_PREFIX):]),
+                             path, result)
+            continue
         if name.startswith("."):
             continue  # the links dir and temp dirs of adds in progress
         if name.endswith(".lock"):
@@ -184,15 +195,21 @@ def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None
             continue
         if path in roots or store.is_valid(path):
             continue
-        locks = PathLocks()
-        if not locks.try_lock([path]):
-            continue  # being built or added right now
-        try:
-            if not store.is_valid(path):
-                result.bytes_freed += _remove(path)
-                result.leftovers.append(path)
-        finally:
-            locks.unlock()
+        _remove_unlocked(path, path, result, unless_valid=store)
+
+
+def _remove_unlocked(owner: str, path: str, result: GCResult,
+                     unless_valid: LocalStore | None = None) -> None:
+    """Remove the leftover `path` unless `owner` is locked (being built or added right now)."""
+    locks = PathLocks()
+    if not locks.try_lock([owner]):
+        return
+    try:
+        if unless_valid is None or not unless_valid.is_valid(path):
+            result.bytes_freed += _remove(path)
+            result.leftovers.append(path)
+    finally:
+        locks.unlock()
 
 
 def _remove_unused_links(store_dir: str) -> int:

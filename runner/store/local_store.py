@@ -73,6 +73,22 @@ class LocalStore:
             raise RunnerError(f"cannot create the store '{self.store_dir}': {e.strerror}",
                               reason="store") from None
         self.db = Database.open(self.state_dir)
+        self._claim_state_dir()
+
+    def _claim_state_dir(self) -> None:
+        """One state dir, one store dir: the paths in the database are this store's."""
+        row = self.db.execute("select value from Meta where name = 'storeDir'").fetchone()
+        if row is None:
+            with self.db.transaction() as conn:
+                conn.execute("insert or ignore into Meta (name, value) values ('storeDir', ?)",
+                             (self.store_dir,))
+            row = self.db.execute("select value from Meta where name = 'storeDir'").fetchone()
+        if row[0] != self.store_dir:
+            self.db.close()
+            raise RunnerError(
+                f"the state dir '{self.state_dir}' belongs to the store '{row[0]}', not "
+                f"'{self.store_dir}'; give each store its own state dir (--state-dir)",
+                reason="store-mismatch")
 
     def close(self) -> None:
         self.db.close()
