@@ -115,3 +115,27 @@ def test_sigkill_at_any_point_then_rerun(tmp_path: Path, state_dir: str) -> None
     assert proc.returncode == 0, err
     assert Path(out.strip(), "both").read_text() == "a\na\n"
     _store_is_consistent(state_dir)
+
+
+def test_an_orphaned_builder_keeps_its_outputs_locked(tmp_path: Path, state_dir: str) -> None:
+    """After `kill -9` of runner the unsandboxed builder lives on; it must still hold the
+    output lock, so the next runner waits for it instead of building alongside it."""
+    started = tmp_path / "started"
+    loop = "for i in 1 2 3 4 5 6; do echo $$ >> $out/log; sleep 0.2; done"
+    spec = write_spec(tmp_path, f"""derivations:
+  slow:
+    builder: /bin/sh
+    args: ["-c", "touch {started}; mkdir $out; {loop}"]
+""")
+    first = runner_process("build", "--sandbox=off", "--no-out-link", spec)
+    while not started.exists():
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.01)
+    first.kill()
+    first.communicate()
+    second = runner_process("build", "--sandbox=off", "--no-out-link", spec)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    writers = set(Path(out.strip(), "log").read_text().split())
+    assert len(writers) == 1, f"two builders wrote one output: {writers}"
+    _store_is_consistent(state_dir)

@@ -129,7 +129,7 @@ class DerivationGoal(Goal[BuildResult]):
             scratch = self.redirect.scratch.values() if self.redirect else ()
             locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
             try:
-                return await self._build_locked()
+                return await self._build_locked(locks.fds)
             finally:
                 self.worker.unlock(locks)
 
@@ -191,7 +191,7 @@ class DerivationGoal(Goal[BuildResult]):
             self.input_paths.add(src)
         return None
 
-    async def _build_locked(self) -> BuildResult:
+    async def _build_locked(self, lock_fds: tuple[int, ...]) -> BuildResult:
         if self.redirect is None and self._outputs_valid():  # another process built it
             return self._result(Status.ALREADY_VALID)
         if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
@@ -210,8 +210,10 @@ class DerivationGoal(Goal[BuildResult]):
             progress.build_log(name, sink.write(data))
 
         build_dir = self.worker.build_dirs.take(name)
+        # The builder inherits the output locks: if runner dies, an orphaned builder
+        # still holds them, so no second builder starts on the same outputs meanwhile.
         job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
-                       on_output)
+                       on_output, inherit_fds=lock_fds)
         progress.started(self.drv_path, name)
         try:
             outcome = await run_builder(job, build_dir)

@@ -48,6 +48,12 @@ class PathLocks:
     def paths(self) -> list[str]:
         return [lock_path[: -len(".lock")] for _, lock_path in self._held]
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The lock files' descriptors: a child that inherits them keeps the locks held
+        for as long as it lives, even if this process dies (flock follows the open file)."""
+        return tuple(fd for fd, _ in self._held)
+
     def lock(self, paths: Iterable[str], *, wait: bool = True) -> bool:
         """Lock every path; with `wait=False`, give up (holding nothing) on the first busy one."""
         if self._held:
