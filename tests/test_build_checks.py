@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from base64 import b64encode
@@ -175,3 +176,47 @@ def test_build_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert env["TMPDIR"] == env["TMP"] == env["TEMP"] == env["TEMPDIR"] == top
     assert "big" not in env and lines[-2:] == [top, "from a file"]
     assert not os.path.exists(top)  # the build dir is removed after success
+
+
+def test_an_output_with_a_fifo_fails_that_build_only(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, """derivations:
+  fifo:
+    builder: /bin/sh
+    args: ["-c", "mkdir $out; mkfifo $out/p"]
+  other:
+    builder: /bin/sh
+    args: ["-c", "echo ok > $out"]
+""")
+    code, out, err = build(capsys, "-k", "--json", spec)
+    assert code == 100, err
+    statuses = {r["drvPath"].rsplit("-", 1)[-1]: r["status"] for r in json.loads(out)}
+    assert statuses == {"fifo.drv": "failed", "other.drv": "built"}
+    assert "unsupported file type" in err and "Traceback" not in err
+
+
+def test_a_builder_killed_by_a_signal_is_not_a_cached_failure(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "killed-once"
+    spec = write_spec(tmp_path, f"""derivations:
+  flaky:
+    builder: /bin/sh
+    args: ["-c", "if [ ! -e {marker} ]; then touch {marker}; kill -KILL $$; fi; echo ok > $out"]
+""")
+    code, _, err = build(capsys, spec)
+    assert code == 100 and "signal 9" in err
+    code, _, err = build(capsys, spec)  # no --rebuild-failed needed: nothing was cached
+    assert code == 0, err
+
+
+def test_a_derivation_for_another_system_is_refused(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, """derivations:
+  mac:
+    system: aarch64-darwin
+    builder: /bin/sh
+    args: ["-c", "echo ok > $out"]
+""")
+    code, _, err = build(capsys, spec)
+    assert code != 0
+    assert "a 'aarch64-darwin' is required to build" in err and "but I am a '" in err

@@ -18,6 +18,7 @@ from runner.build.builder import BuildJob, run_builder
 from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
+from runner.build.platform import local_platform_refusal
 from runner.build.process import Ending
 from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
 from runner.build.redirect import Redirect
@@ -121,6 +122,9 @@ class DerivationGoal(Goal[BuildResult]):
     async def _build(self) -> BuildResult:
         if failed := await self._realise_inputs():
             return failed
+        assert self.drv is not None
+        if refusal := local_platform_refusal(self.drv.system, self.drv_path, self.settings):
+            return self._result(Status.SETUP_FAILED, refusal)
         if self.worker.max_jobs == 0:
             raise RunnerError(
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
@@ -272,7 +276,8 @@ class DerivationGoal(Goal[BuildResult]):
         else:
             self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
-        if (result.status in PERMANENT and self.settings.get("cache-failures")
+        killed = result.exit_status is not None and result.exit_status < 0  # by a signal
+        if (result.status in PERMANENT and self.settings.get("cache-failures") and not killed
                 and not self.drv.is_fixed_output and self.redirect is None):
             for path in self.outputs.values():
                 self.store.register_failure(path, exit_status=result.exit_status,

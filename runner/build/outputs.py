@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Collection, Mapping
 
 from runner.build.result import Status
+from runner.errors import RunnerError
 from runner.store import nar, references
 from runner.store.canonicalise import canonicalise
 from runner.store.derivation import Derivation, DerivationOutput
@@ -52,7 +53,11 @@ def collect_outputs(
             raise OutputRejected(
                 f"builder for '{drv_path}' failed to produce output path for output "
                 f"'{name}' at '{path}'")
-        canonicalise(path)
+        try:
+            canonicalise(path)
+        except RunnerError as e:  # a FIFO, socket or device in the output
+            raise OutputRejected(f"output '{path}' of '{drv_path}' is not acceptable: "
+                                 f"{e.message}") from None
         nar_hash, nar_size = nar.hash_path(path)
         found = references.scan(path, candidates)
         refs = frozenset(candidates[h] for h in found)

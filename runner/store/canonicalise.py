@@ -30,27 +30,46 @@ def check_file_type(path: str, st: os.stat_result) -> None:
 def canonicalise(path: str, from_uid: int | None = None) -> None:
     """Make the tree at `path` read-only with mtime 1, owned by us.
 
-    With `from_uid` (a build's uid), refuse files owned by anyone else: a
-    builder could otherwise hard-link a foreign file (say /etc/shadow) into
-    its output and have us chmod it. Hard links inside the tree are fine.
+    A file hard-linked from outside the tree (an unsandboxed builder can
+    `ln /etc/shadow $out`) is replaced by a private copy first, so we never
+    chmod or re-time a file that is not ours. With `from_uid` (a build's
+    uid), files owned by anyone else are refused outright.
     """
     euid = os.geteuid()
-    seen: set[tuple[int, int]] = set()
+    linked: dict[tuple[int, int], list[tuple[str, os.stat_result]]] = {}
     stack = [path]
     while stack:
         current = stack.pop()
         st = os.lstat(current)
         check_file_type(current, st)
-        inode = (st.st_dev, st.st_ino)
         if from_uid is not None and st.st_uid != from_uid:
-            if inode in seen:
-                continue  # another link to a file we already took over
             raise RunnerError(f"invalid ownership on file '{current}'", reason="bad-ownership")
-        seen.add(inode)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            linked.setdefault((st.st_dev, st.st_ino), []).append((current, st))
+            continue  # decided once every link inside the tree is known
         _canonicalise_one(current, st, euid)
         if stat.S_ISDIR(st.st_mode):
             with os.scandir(current) as entries:
                 stack.extend(entry.path for entry in entries)
+    for links in linked.values():
+        if links[0][1].st_nlink > len(links):  # linked from outside: take a copy
+            links = [(p, _private_copy(p)) for p, _ in links]
+        for current, st in links:
+            _canonicalise_one(current, st, euid)
+
+
+def _private_copy(path: str) -> os.stat_result:
+    parent = os.path.dirname(path)
+    before = os.lstat(parent)
+    os.chmod(parent, stat.S_IMODE(before.st_mode) | stat.S_IWUSR)
+    try:
+        tmp = path + ".canonicalise-copy"
+        shutil.copy2(path, tmp, follow_symlinks=False)
+        os.replace(tmp, path)
+    finally:
+        os.chmod(parent, stat.S_IMODE(before.st_mode))
+        os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns))
+    return os.lstat(path)
 
 
 def _canonicalise_one(path: str, st: os.stat_result, euid: int) -> None:
