@@ -6,6 +6,8 @@ import bz2
 import hashlib
 import io
 import lzma
+import subprocess
+import sys
 
 import pytest
 import zstandard
@@ -197,3 +199,68 @@ def test_truncated_corrupt_or_oversized_streams_are_rejected(compression: str) -
             while reader.read(65536):
                 pass
         assert e.value.reason == "corrupt-nar"
+
+
+BOMB = r"""
+import bz2, lzma, resource, sys, zstandard
+from runner.errors import RunnerError
+from runner.substituters.compression import DecompressingReader
+compression, mib = sys.argv[1], int(sys.argv[2])
+zeros = bytes(16 << 20)
+comp = {"zstd": lambda: zstandard.ZstdCompressor(level=1).compressobj(),
+        "xz": lambda: lzma.LZMACompressor(preset=0), "bzip2": lambda: bz2.BZ2Compressor(9)}
+c = comp[compression]()
+bomb = b"".join(c.compress(zeros) for _ in range(mib // 16)) + c.flush()
+del zeros, c
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pos = 0
+def read_raw(n):
+    global pos
+    pos += n
+    return bomb[pos - n:pos]
+reader = DecompressingReader(read_raw, compression, 4 << 20)  # the narinfo claims 4 MiB
+try:
+    while reader.read(65536):
+        pass
+    print("accepted")
+except RunnerError as e:
+    print(e.reason, e.message)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)  # MiB
+"""
+
+
+@pytest.mark.parametrize(("compression", "mib"), [("zstd", 1024), ("xz", 128), ("bzip2", 128)])
+def test_decompression_bomb_is_cut_off_in_bounded_memory(compression: str, mib: int) -> None:
+    proc = subprocess.run([sys.executable, "-c", BOMB, compression, str(mib)],
+                          capture_output=True, text=True, check=True)
+    verdict, growth = proc.stdout.splitlines()
+    assert verdict == "corrupt-nar NAR is larger than the 4194304 bytes announced"
+    assert int(growth) < 32, f"RSS grew by {growth} MiB for a {mib} MiB bomb"
+
+
+@pytest.mark.parametrize("case", ["two-frames", "skippable", "trailing-garbage", "cut-in-header"])
+def test_zstd_frame_structure(case: str) -> None:
+    one = zstandard.ZstdCompressor(write_checksum=True).compress(DATA[:5000])
+    two = zstandard.ZstdCompressor(write_content_size=False).compress(DATA[5000:])
+    data = {"two-frames": one + two,
+            "skippable": one + (0x184D2A53).to_bytes(4, "little") + (3).to_bytes(4, "little")
+            + b"abc" + two,
+            "trailing-garbage": one + two + b"garbage!",
+            "cut-in-header": one + two[:3]}[case]
+    reader = DecompressingReader(io.BytesIO(data).read, "zstd", len(DATA))
+    if case in ("two-frames", "skippable"):
+        assert reader.read(len(DATA) + 1) == DATA
+        return
+    with pytest.raises(RunnerError) as e:
+        reader.read(len(DATA) + 1)
+    assert e.value.reason == "corrupt-nar"
+
+
+@pytest.mark.parametrize("compression, packer", [("xz", lzma.compress), ("bzip2", bz2.compress)])
+def test_data_after_the_stream_is_corrupt(compression: str, packer: object) -> None:
+    packed = packer(DATA) + b"trailing"  # type: ignore[operator]
+    reader = DecompressingReader(io.BytesIO(packed).read, compression, len(DATA))
+    with pytest.raises(RunnerError) as e:
+        while reader.read(65536):
+            pass
+    assert e.value.reason == "corrupt-nar"
