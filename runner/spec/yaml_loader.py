@@ -173,6 +173,10 @@ class _Walker:
             if isinstance(value, float) and not math.isfinite(value):
                 self.problem(pos, f"'{node.value}' is not a finite number; quote it for a string")
                 return Node(None, pos)
+            if isinstance(value, str) and "\0" in value:
+                # An escaped "\0": no argument, environment value or file name can hold it.
+                self.problem(pos, "the value contains a NUL character (\\0)")
+                return Node(None, pos)
             return Node(value, pos)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
