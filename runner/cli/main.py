@@ -98,6 +98,10 @@ def run(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug of ours: still one line, never a traceback
+        print(f"error: internal error: {type(e).__name__}: {e} "
+              "(please report this with the command that caused it)", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:
