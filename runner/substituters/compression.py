@@ -12,7 +12,7 @@ from __future__ import annotations
 import bz2
 import lzma
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from typing import IO, Protocol, cast
 
 import zstandard
 
@@ -174,7 +174,8 @@ class _Zstd:
     def __init__(self, read_raw: Callable[[int], bytes]) -> None:
         self._frames = _ZstdFrames()
         dctx = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
-        self._reader = dctx.stream_reader(_ZstdSource(read_raw, self._frames),
+        source = cast(IO[bytes], _ZstdSource(read_raw, self._frames))  # it only calls read()
+        self._reader = dctx.stream_reader(source,
                                           read_size=_CHUNK, read_across_frames=True)
 
     def next(self) -> bytes:
