@@ -106,3 +106,13 @@ def test_settings_doc_is_generated_from_the_list() -> None:
         assert f"| `{s.name}` |" in text
     committed = (ROOT / "docs" / "settings.md").read_text()
     assert committed == text, "run: python -m runner.settings > docs/settings.md"
+
+
+@pytest.mark.parametrize("command", ["build", "check"])
+def test_dedicated_flags_parse_as_their_setting(command: str) -> None:
+    proc = runner(command, "-j", "-2", "specs/hello.yaml")
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: runner {command}: argument -j/--max-jobs: setting "
+                           "'max-jobs': must not be negative, got -2\n")
+    proc = runner(command, "-j", "auto", "--no-such-flag")
+    assert "argument -j" not in proc.stderr  # 'auto' is a valid value for both

@@ -42,17 +42,6 @@ class BuilderOutcome:
     build_dir: str
 
 
-def make_build_dir(settings: Settings, name: str) -> str:
-    parent = str(settings.get("build-dir")) or None
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"runner-build-{name}-", dir=parent)
-
-
-def remove_build_dir(path: str) -> None:
-    remove_tree(path)
-
-
 async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     """Run the builder in `build_dir` to its end; never raises for builder problems."""
     settings = job.settings

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable
+from typing import Any
 
 from runner.errors import RunnerError
+from runner.settings import lookup
 from runner.store.local_store import LocalStore
 from runner.store.paths import is_in_store, to_store_path
 
@@ -18,3 +22,17 @@ def store_path_arg(store: LocalStore, arg: str) -> str:
         raise RunnerError(f"path '{arg}' is not in the store '{store.store_dir}'",
                           reason="bad-path")
     return to_store_path(path, store.store_dir)
+
+
+def setting_arg(name: str) -> Callable[[str], Any]:
+    """An argparse `type` that parses a dedicated flag exactly as the setting `name`."""
+    setting = lookup(name)
+
+    def parse(text: str) -> Any:
+        try:
+            return setting.parse(text)
+        except RunnerError as e:
+            raise argparse.ArgumentTypeError(e.message) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from runner.cli.args import setting_arg
 from runner.errors import RunnerError
 from runner.settings import Settings
 
@@ -39,15 +40,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rebuild-failed", action="store_true",
                    help="ignore and clear cached failures of the requested builds")
     p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
-    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=_jobs, metavar="N")
-    p.add_argument("--cores", dest=S + "cores", type=_count, metavar="N")
+    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=setting_arg("max-jobs"),
+                   metavar="N")
+    p.add_argument("--cores", dest=S + "cores", type=setting_arg("cores"), metavar="N")
     p.add_argument("-k", "--keep-going", dest=S + "keep-going", action="store_const", const=True)
     p.add_argument("-K", "--keep-failed", dest=S + "keep-failed", action="store_const",
                    const=True)
-    p.add_argument("--timeout", dest=S + "timeout", type=_count, metavar="SECONDS")
-    p.add_argument("--max-silent-time", dest=S + "max-silent-time", type=_count,
+    p.add_argument("--timeout", dest=S + "timeout", type=setting_arg("timeout"),
                    metavar="SECONDS")
-    p.add_argument("--max-log-size", dest=S + "max-log-size", type=_count, metavar="BYTES")
+    p.add_argument("--max-silent-time", dest=S + "max-silent-time",
+                   type=setting_arg("max-silent-time"),
+                   metavar="SECONDS")
+    p.add_argument("--max-log-size", dest=S + "max-log-size", type=setting_arg("max-log-size"),
+                   metavar="BYTES")
     p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
                    action="store_const", const=True)
     p.add_argument("--no-substitute", dest=S + "substitute", action="store_const", const=False,
@@ -81,20 +86,6 @@ def register_failed(actions: argparse._SubParsersAction[argparse.ArgumentParser]
     clear = failed_sub.add_parser("clear", help="forget cached failures (all, or of PATHs)")
     clear.add_argument("paths", nargs="*", metavar="PATH")
     clear.set_defaults(func=_failed_clear)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _jobs(text: str) -> int:
-    return os.cpu_count() or 1 if text == "auto" else _count(text)
 
 
 def _build(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,6 +13,7 @@ from runner.build.result import BuildResult, Status, exit_code
 from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
+from runner.cli.args import setting_arg
 from runner.cli.build import spec_substituters
 from runner.errors import RunnerError
 from runner.settings import Settings
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rebuild-failed", action="store_true",
                    help="run checks again that failed before on the same inputs")
     p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
-    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=int, metavar="N")
+    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=setting_arg("max-jobs"),
+                   metavar="N")
     p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
                    action="store_const", const=True)
     p.set_defaults(func=_check, **{S + "keep-going": True})

@@ -19,6 +19,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from runner import __version__
+
 VERSION = 1
 
 
@@ -34,7 +36,7 @@ class Entry:
 
 
 def _file(state_dir: str, store_dir: str, spec_path: str, names: Sequence[str]) -> str:
-    key = json.dumps([VERSION, store_dir, os.path.abspath(spec_path), list(names)])
+    key = json.dumps([VERSION, __version__, store_dir, os.path.abspath(spec_path), list(names)])
     name = hashlib.sha256(key.encode()).hexdigest()[:32]
     return os.path.join(state_dir, "eval-cache", name + ".json")
 
