@@ -101,5 +101,10 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
                 "/nonexistent"]) == 1
     assert run(["copy", "--to", "ftp://x", "/x"]) == 1
     assert run(["copy", "--from", "file:///x?bogus=1", "/x"]) == 1
+    assert run(["copy", "--to", "http://h:99999/", "/x"]) == 1
+    assert run(["copy", "--from", "http://[::1", "/x"]) == 1
+    assert run(["cache", "serve", str(tmp_path), "--port", "99999"]) == 1
+    assert run(["cache", "serve", str(tmp_path), "--port", "-1"]) == 1
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)
+    assert len(errors) == 7 and all(e.startswith("error: ") for e in errors), errors
+    assert "port 99999 is out of range" in errors[5]

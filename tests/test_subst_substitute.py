@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import RunnerError
-from runner.settings import Settings
+from runner.settings import BY_NAME, Settings
 from runner.store.paths import hash_part
 from runner.substituters import narinfo
 from runner.substituters.base import Substituter, SubstituterDecl
@@ -25,6 +25,7 @@ from runner.substituters.substitute import (
     NO_SUBSTITUTE,
     SUBSTITUTED,
     SubstituteResult,
+    find_offer,
     substitute,
 )
 from runner.substituters.writer import copy_to_cache
@@ -69,19 +70,21 @@ def _fill(stores: TwoStores, paths: list[str], compression: str = "xz",
 
 
 def _subs(stores: TwoStores, *urls: str, warnings: list[str] | None = None,
-          declared: tuple[SubstituterDecl, ...] = (), **options: str
-          ) -> tuple[list[Substituter], Settings]:
+          declared: tuple[SubstituterDecl, ...] = (), programs: tuple[str, ...] = (),
+          **options: str) -> tuple[list[Substituter], Settings]:
     options.setdefault("trusted_public_keys", PUB)
     settings = settings_for(stores.store_dir, stores.state_b, substituters=" ".join(urls),
                             **options)
     warn = (warnings if warnings is not None else []).append
-    return open_substituters(settings, declared, warn=warn), settings
+    return open_substituters(settings, declared, warn=warn, trusted_programs=programs), settings
 
 
 def _run(stores: TwoStores, path: str, *urls: str, warnings: list[str] | None = None,
-         declared: tuple[SubstituterDecl, ...] = (), **options: str) -> SubstituteResult:
+         declared: tuple[SubstituterDecl, ...] = (), programs: tuple[str, ...] = (),
+         **options: str) -> SubstituteResult:
     b = stores.b or stores.fresh()
-    subs, settings = _subs(stores, *urls, warnings=warnings, declared=declared, **options)
+    subs, settings = _subs(stores, *urls, warnings=warnings, declared=declared,
+                           programs=programs, **options)
     warn = (warnings if warnings is not None else []).append
     return substitute(b, path, subs, settings, warn=warn)
 
@@ -352,7 +355,7 @@ def _program(stores: TwoStores, paths: tuple[str, ...]) -> SubstituterDecl:
 def test_substituter_program(stores: TwoStores) -> None:
     src, lib, app = _closure(stores)
     decl = _program(stores, (src, lib, app))
-    result = _run(stores, app, declared=(decl,))
+    result = _run(stores, app, declared=(decl,), programs=(sys.executable,))
     assert result.status == SUBSTITUTED, result.describe()
     assert result.substituted == (src, lib, app)
     assert nar_bytes(app) == nar_bytes(stores.old(app))
@@ -363,10 +366,87 @@ def test_substituter_program_is_verified_like_a_cache(stores: TwoStores) -> None
     decl = _program(stores, (src, lib))
     nar_file = stores.root / "prog-data" / f"{os.path.basename(lib)}.nar"
     nar_file.write_bytes(nar_file.read_bytes().replace(b"library", b"LIBRARY"))
-    result = _run(stores, lib, declared=(decl,))
+    result = _run(stores, lib, declared=(decl,), programs=(sys.executable,))
     assert [r.reason for r in result.rejections] == ["hash-mismatch"]
     assert decl.label in result.describe()
     (stores.root / "prog-data" / "broken").write_text("")
     warnings: list[str] = []
-    assert _run(stores, lib, declared=(decl,), warnings=warnings).status == NO_SUBSTITUTE
+    assert _run(stores, lib, declared=(decl,), warnings=warnings,
+                programs=(sys.executable,)).status == NO_SUBSTITUTE
     assert len(warnings) == 1 and "on fire" in warnings[0]
+
+
+def _marked_program(stores: TwoStores) -> tuple[Path, Path]:
+    """An executable that leaves a mark whenever it is run (and has nothing)."""
+    mark = stores.root / "ran"
+    prog = stores.root / "bin" / "fetch-artifact"
+    prog.parent.mkdir()
+    prog.write_text(f"#!/bin/sh\necho \"$@\" >> '{mark}'\nexit 1\n")
+    prog.chmod(0o755)
+    return prog, mark
+
+
+def test_spec_declared_program_does_not_run_unless_the_user_trusts_it(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    prog, mark = _marked_program(stores)
+    decl = SubstituterDecl(command=(str(prog), "--bucket", "b"), origin="spec.yaml:3:5")
+    b = stores.fresh()
+    warnings: list[str] = []
+    subs, settings = _subs(stores, declared=(decl,), warnings=warnings)
+    assert subs == []
+    assert warnings == [f"ignoring substituter program '{prog}' declared in spec.yaml:3:5: "
+                        "not in trusted-substituter-commands"]
+    assert substitute(b, lib, subs, settings).status == NO_SUBSTITUTE
+    assert find_offer(b, lib, subs, settings) is None  # what --dry-run asks
+    assert not mark.exists()
+    # Listed (here through a symlink to it: paths are compared resolved), it runs.
+    alias = stores.root / "alias"
+    alias.symlink_to(prog)
+    subs, settings = _subs(stores, declared=(decl,), programs=(str(alias),))
+    assert find_offer(b, lib, subs, settings) is None
+    assert mark.read_text() == f"--bucket b query {lib}\n"
+    # The user's own declarations need no allow-list.
+    mark.unlink()
+    own = SubstituterDecl(command=(str(prog),))
+    subs, settings = _subs(stores, declared=(own,))
+    assert substitute(b, lib, subs, settings).status == NO_SUBSTITUTE
+    assert mark.read_text() == f"query {lib}\n"
+
+
+@pytest.mark.skipif("trusted-substituter-commands" not in BY_NAME,
+                    reason="setting not declared yet")
+def test_trusted_substituter_commands_setting(stores: TwoStores) -> None:
+    _, lib, _ = _closure(stores)
+    prog, mark = _marked_program(stores)
+    decl = SubstituterDecl(command=(str(prog),), origin="spec.yaml:3:5")
+    b = stores.fresh()
+    settings = settings_for(stores.store_dir, stores.state_b,
+                            trusted_substituter_commands=str(prog))
+    assert len(open_substituters(settings, (decl,))) == 1
+    assert substitute(b, lib, open_substituters(settings, (decl,)),
+                      settings).status == NO_SUBSTITUTE
+    assert mark.exists()
+
+
+def test_caches_are_asked_by_priority(stores: TwoStores) -> None:
+    _, lib, app = _closure(stores)
+    first = _fill(stores, [app], "zstd")
+    second = _fill(stores, [app], "xz")
+    Path(second[7:], "nix-cache-info").write_text(f"StoreDir: {stores.store_dir}\n"
+                                                  "Priority: 10\n")
+    assert _run(stores, lib, first, second).substituter == second
+    # Equal priorities keep the declared order; ?priority= overrides the cache's own.
+    assert _run(stores, app, f"{first}?priority=10", second).substituter == first
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://h:99999/", "http://cache:80x/",
+                                 "http://h:abc/", "file://[x/y"])
+def test_malformed_urls_are_one_line_errors(stores: TwoStores, url: str) -> None:
+    with pytest.raises(RunnerError) as e:
+        _subs(stores, url)
+    assert e.value.reason == "bad-url"
+    assert e.value.message.startswith(f"setting 'substituters': store URL '{url}' is malformed")
+    with pytest.raises(RunnerError) as e:
+        _subs(stores, declared=(SubstituterDecl(url=url, origin="spec.yaml:4:9"),))
+    assert e.value.message.startswith(f"spec.yaml:4:9: store URL '{url}'")
+    assert "\n" not in e.value.message

@@ -27,6 +27,11 @@ class Substituter(Protocol):
     trusted: bool  # the user vouches for it: signatures are not required
     trusted_keys: frozenset[str]  # public keys (`name:base64`) accepted on its paths
 
+    @property
+    def priority(self) -> int:
+        """Lower is asked first (Nix's `Priority`); may contact the substituter once."""
+        ...
+
     def query(self, path: str) -> NarInfo | None:
         """What the substituter knows about `path`, or None when it does not have it."""
         ...
@@ -77,13 +82,16 @@ class SubstituterDecl:
 
     `origin` is "settings" for the user's own configuration, or where a spec
     declared it (`FILE:LINE:COL`); spec-declared keys are only honoured when
-    the user trusts them too.
+    the user trusts them too, and spec-declared programs only run when they
+    are in the user's `trusted-substituter-commands`. `priority` overrides
+    the cache's own (`nix-cache-info`) when set.
     """
 
     url: str | None = None
     command: tuple[str, ...] | None = None
     trusted_public_keys: tuple[str, ...] = ()
     origin: str = "settings"
+    priority: int | None = None
 
     @property
     def from_spec(self) -> bool:

@@ -20,7 +20,7 @@ from runner.substituters.transport import Stream, Transport
 class BinaryCache(DownState):
     def __init__(self, transport: Transport, store_dir: str, *, trusted: bool = False,
                  trusted_keys: frozenset[str] = frozenset(),
-                 negative: NegativeCache | None = None) -> None:
+                 negative: NegativeCache | None = None, priority: int | None = None) -> None:
         super().__init__()
         self.name = transport.url
         self.transport = transport
@@ -28,12 +28,14 @@ class BinaryCache(DownState):
         self.trusted = trusted
         self.trusted_keys = trusted_keys
         self._negative = negative
+        self._priority = priority
         self._info: cache_info.CacheInfo | None = None
         self._info_lock = threading.Lock()
 
     @property
     def priority(self) -> int:
-        return self.cache_info().priority
+        """The declared priority, else the cache's `Priority` (fetching nix-cache-info)."""
+        return self._priority if self._priority is not None else self.cache_info().priority
 
     def cache_info(self) -> cache_info.CacheInfo:
         """The cache's `nix-cache-info`, fetched once; a cache for another store dir is refused."""

@@ -25,6 +25,7 @@ from runner.errors import RunnerError
 from runner.store import paths
 from runner.store.hashes import Hash
 from runner.substituters.base import DownState, Read
+from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.narinfo import NarInfo
 
 DEFAULT_TIMEOUT = 600.0
@@ -33,7 +34,7 @@ DEFAULT_TIMEOUT = 600.0
 class CommandSubstituter(DownState):
     def __init__(self, argv: tuple[str, ...], store_dir: str, tmp_dir: str, *,
                  trusted: bool = False, trusted_keys: frozenset[str] = frozenset(),
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, priority: int = DEFAULT_PRIORITY) -> None:
         super().__init__()
         if not argv:
             raise RunnerError("a substituter command must not be empty", reason="usage")
@@ -44,6 +45,11 @@ class CommandSubstituter(DownState):
         self.trusted = trusted
         self.trusted_keys = trusted_keys
         self.timeout = timeout
+        self._priority = priority
+
+    @property
+    def priority(self) -> int:
+        return self._priority
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         try:

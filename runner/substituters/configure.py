@@ -2,12 +2,18 @@
 
 Store URLs take Nix-style parameters: `?trusted=1` (signatures not required;
 honoured only in the user's own settings), `?timeout=SECONDS`,
-`?retries=N` (HTTP), `?compression=xz|zstd|none` (when writing).
+`?retries=N` (HTTP), `?priority=N` (instead of the cache's own),
+`?compression=xz|zstd|none` (when writing).
+
+A substituter program declared by a spec runs host code as the user, so,
+like `?trusted=1` and keys, a spec cannot impose it: it is only run when
+its program is in the user's `trusted-substituter-commands`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -16,6 +22,7 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.substituters.base import Substituter, SubstituterDecl, Warn
 from runner.substituters.binary_cache import BinaryCache
+from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.command import CommandSubstituter
 from runner.substituters.http_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient
 from runner.substituters.negative_cache import NegativeCache
@@ -29,8 +36,19 @@ def print_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def check_url(url: str) -> urllib.parse.SplitResult:
+    """`urlsplit`, with a malformed host or port as a RunnerError naming the URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as e:
+        raise RunnerError(f"store URL '{url}' is malformed: {e}", reason="bad-url") from None
+    return parts
+
+
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
     """Split `URL?key=value&…` into the bare URL and its parameters."""
+    check_url(url)
     base, _, query = url.partition("?")
     try:
         params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True))
@@ -56,7 +74,7 @@ def _number(url: str, params: dict[str, str], key: str, default: float) -> float
 
 def open_transport(url: str, client: HttpClient | None = None) -> Transport:
     """The transport for a `file://` or `http(s)://` URL (parameters already removed)."""
-    parts = urllib.parse.urlsplit(url)
+    parts = check_url(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise RunnerError(f"'{url}': file URLs must name a local path (file:///…)",
@@ -90,24 +108,55 @@ def trusted_keys_for(decl: SubstituterDecl, user_keys: Sequence[str], warn: Warn
     return frozenset(k.to_string() for k in user.values())
 
 
+TRUSTED_COMMANDS = "trusted-substituter-commands"
+
+
+def trusted_commands(settings: Settings) -> list[str]:
+    """The programs the user lets specs run as substituters (none when the setting is absent)."""
+    from runner.settings import BY_NAME
+
+    if TRUSTED_COMMANDS not in BY_NAME:
+        return []
+    value = settings.get(TRUSTED_COMMANDS)
+    return [str(v) for v in value] if isinstance(value, list) else str(value).split()
+
+
+def resolve_program(name: str) -> str | None:
+    """The absolute, symlink-free path of a program (`PATH` lookup for a bare name)."""
+    found = name if "/" in name else shutil.which(name)
+    return os.path.realpath(os.path.abspath(found)) if found else None
+
+
 def open_substituters(settings: Settings, declared: Sequence[SubstituterDecl] = (), *,
-                      warn: Warn = print_warning) -> list[Substituter]:
+                      warn: Warn = print_warning,
+                      trusted_programs: Sequence[str] | None = None) -> list[Substituter]:
     """The user's `substituters` setting, then `declared` (e.g. from specs), without repeats.
 
     Nothing is contacted here; each substituter connects on first use.
-    Returns an empty list when the `substitute` setting is off.
+    Returns an empty list when the `substitute` setting is off. A program
+    declared by a spec is left out, with a warning, unless it is one of
+    `trusted_programs` (default: the `trusted-substituter-commands` setting).
     """
     if not settings.get("substitute"):
         return []
+    if trusted_programs is None:
+        trusted_programs = trusted_commands(settings)
+    allowed = {p for p in map(resolve_program, trusted_programs) if p is not None}
     decls = [SubstituterDecl(url=u) for u in settings.get("substituters")]
     decls.extend(declared)
     shared = _Shared(settings)
     result: list[Substituter] = []
     seen: set[str] = set()
     for decl in decls:
-        if decl.label not in seen:
-            seen.add(decl.label)
-            result.append(open_substituter(decl, settings, warn=warn, shared=shared))
+        if decl.label in seen:
+            continue
+        seen.add(decl.label)
+        if decl.command and decl.from_spec and resolve_program(decl.command[0]) not in allowed:
+            program = resolve_program(decl.command[0]) or decl.command[0]
+            warn(f"ignoring substituter program '{program}' declared in {decl.origin}: "
+                 f"not in {TRUSTED_COMMANDS}")
+            continue
+        result.append(open_substituter(decl, settings, warn=warn, shared=shared))
     return result
 
 
@@ -125,11 +174,26 @@ class _Shared:
 
 def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = print_warning,
                      shared: _Shared | None = None) -> Substituter:
+    """One substituter. The caller decides whether a declared program may run at all
+    (`open_substituters` asks `trusted-substituter-commands` for spec-declared ones)."""
     shared = shared or _Shared(settings)
     keys = trusted_keys_for(decl, list(settings.get("trusted-public-keys")), warn)
     if decl.command is not None:
         return CommandSubstituter(decl.command, settings.store_dir,
-                                  os.path.join(settings.state_dir, "tmp"), trusted_keys=keys)
+                                  os.path.join(settings.state_dir, "tmp"), trusted_keys=keys,
+                                  priority=decl.priority if decl.priority is not None
+                                  else DEFAULT_PRIORITY)
+    try:
+        return _open_cache(decl, settings, warn, shared, keys)
+    except RunnerError as e:
+        if e.reason != "bad-url":
+            raise
+        where = decl.origin if decl.from_spec else "setting 'substituters'"
+        raise RunnerError(f"{where}: {e.message}", reason=e.reason) from None
+
+
+def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _Shared,
+                keys: frozenset[str]) -> Substituter:
     url, params = parse_url(decl.url or "")
     trusted = params.get("trusted") in ("1", "true")
     if trusted and decl.from_spec:
@@ -138,8 +202,11 @@ def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = 
         trusted = False
     timeout = _number(url, params, "timeout", DEFAULT_TIMEOUT)
     retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
+    priority = decl.priority
+    if "priority" in params:
+        priority = int(_number(url, params, "priority", DEFAULT_PRIORITY))
     transport = open_transport(url, shared.client(timeout, retries))
     # A file cache is cheap to ask and often freshly written: no negative caching.
     negative = shared.negative if isinstance(transport, HttpTransport) else None
     return BinaryCache(transport, settings.store_dir, trusted=trusted, trusted_keys=keys,
-                       negative=negative)
+                       negative=negative, priority=priority)

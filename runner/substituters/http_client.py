@@ -92,10 +92,13 @@ class HttpClient:
 
     def request(self, method: str, url: str, body: bytes | None = None) -> Response:
         """Send one request, retrying transient failures; raises HttpUnavailable."""
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as e:
+            raise RunnerError(f"URL '{url}' is malformed: {e}", reason="bad-url") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RunnerError(f"not an http(s) URL: '{url}'", reason="bad-url")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         origin = (parts.scheme, parts.hostname, port)
         target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": "runner", "Accept-Encoding": "identity"}

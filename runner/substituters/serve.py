@@ -208,10 +208,13 @@ class _Server(ThreadingHTTPServer):
 def make_server(source: StoreSource | str, *, host: str = "127.0.0.1", port: int = 0,
                 writable: bool = False, verbose: bool = False) -> ThreadingHTTPServer:
     """A server for a store (`StoreSource`) or a cache directory; port 0 picks a free one."""
+    if not 0 <= port <= 65535:
+        raise RunnerError(f"port {port} is out of range (0-65535)", reason="usage")
     try:
         return _Server((host, port), source, writable=writable, verbose=verbose)
-    except OSError as e:
-        raise RunnerError(f"cannot listen on {host}:{port}: {e.strerror}", reason="io") from None
+    except (OSError, OverflowError, UnicodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RunnerError(f"cannot listen on {host}:{port}: {why}", reason="io") from None
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

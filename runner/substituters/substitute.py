@@ -1,8 +1,10 @@
 """Substitution: get a valid store path from the first substituter that has it.
 
-For each substituter in order: ask for the path's info; check that it is
-signed by a trusted key (or content-addressed, or the substituter trusted)
-before downloading anything; substitute its references first, so the
+Substituters are asked by priority (lower first, Nix's `Priority` from
+`nix-cache-info` unless the declaration sets one; equal priorities keep
+their declared order, as Nix's stable sort does). For each: ask for the
+path's info; check that it is signed by a trusted key (or content-addressed,
+or the substituter trusted) before downloading anything; substitute its references first, so the
 closure invariant holds; then, under the path lock, stream the NAR through
 decompression and hashing into a temp dir in the store, check hash and
 size, canonicalise, rename into place and register. Any failure rejects
@@ -26,6 +28,7 @@ from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
 from runner.substituters import content_address
 from runner.substituters.base import Read, Store, Substituter, Warn
+from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.configure import print_warning
 from runner.substituters.narinfo import NarInfo
 from runner.substituters.signing import count_valid_signatures, parse_public_keys, parse_signature
@@ -87,7 +90,7 @@ def find_offer(store: Store, path: str, substituters: list[Substituter], setting
     """The info of the first substituter that has `path` and is trusted for it, without
     downloading anything (what `--dry-run` reports as "will be fetched")."""
     check = _Substitution(store, substituters, settings, warn)
-    for sub in substituters:
+    for sub in check.substituters:
         if sub.is_down:
             continue
         try:
@@ -106,11 +109,26 @@ class _Substitution:
                  warn: Warn, *, repair: str | None = None) -> None:
         self.store = store
         self.repair = repair  # the one path to fetch again although valid
-        self.substituters = substituters
         self.require_sigs = bool(settings.get("require-sigs"))
         self.fail_on_errors = settings.get("substituter-errors") == "fail"
         self.warn = warn
         self.done: list[str] = []
+        self.substituters = self._by_priority(substituters)
+
+    def _by_priority(self, substituters: list[Substituter]) -> list[Substituter]:
+        """Stable sort by priority. A cache's priority is in its nix-cache-info, fetched once
+        per run (as Nix opens every substituter first); one that cannot say is down."""
+        keyed: list[tuple[int, int, Substituter]] = []
+        for i, sub in enumerate(substituters):
+            priority = DEFAULT_PRIORITY
+            if not sub.is_down:
+                try:
+                    priority = sub.priority
+                except RunnerError as e:
+                    self._down(sub, e)
+            keyed.append((priority, i, sub))
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        return [sub for _, _, sub in keyed]
 
     def run(self, path: str) -> SubstituteResult:
         if path != self.repair and self.store.is_valid(path):
