@@ -162,6 +162,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("remote-timeout", "int", 60, "Seconds one remote call may take (not the build)."),
     Setting("remote-fallback", "bool", False,
             "Build locally when the remote endpoint is unavailable."),
+    Setting("remote-max-jobs", "int", 8,
+            "Remote builds run at the same time (they take no local build slot)."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

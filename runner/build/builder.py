@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -17,7 +16,6 @@ from runner.build.process import Ending, Limits, supervise
 from runner.build.sandboxing import SandboxMode
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
 
 SANDBOX_BUILD_TOP = "/build"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from runner.build import failure_cache
-from runner.build.builder import BuildJob, run_builder
+from runner.build.builder import BuilderOutcome, BuildJob, run_builder
 from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
@@ -22,6 +22,7 @@ from runner.build.platform import local_platform_refusal
 from runner.build.process import Ending
 from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
 from runner.build.redirect import Redirect
+from runner.build.remote_builder import RemoteOutcome
 from runner.build.result import PERMANENT, BuildResult, Status
 from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
@@ -123,6 +124,13 @@ class DerivationGoal(Goal[BuildResult]):
         if failed := await self._realise_inputs():
             return failed
         assert self.drv is not None
+        remote = self.worker.remote
+        if remote is not None and self.redirect is None and not remote.refusal(self.drv):
+            async with remote.slots:  # remote builds take no local build slot
+                result = await self._locked(remote=True)
+            if not result.remote_unavailable or not self.settings.get("remote-fallback"):
+                return result
+            self.worker.progress.warn(f"{result.message}; building it locally")
         if refusal := local_platform_refusal(self.drv.system, self.drv_path, self.settings):
             return self._result(Status.SETUP_FAILED, refusal)
         if self.worker.max_jobs == 0:
@@ -130,12 +138,15 @@ class DerivationGoal(Goal[BuildResult]):
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
                 "has its outputs", reason="no-build-slots")
         async with self.worker.build_slot():
-            scratch = self.redirect.scratch.values() if self.redirect else ()
-            locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
-            try:
-                return await self._build_locked(locks.fds)
-            finally:
-                self.worker.unlock(locks)
+            return await self._locked(remote=False)
+
+    async def _locked(self, *, remote: bool) -> BuildResult:
+        scratch = self.redirect.scratch.values() if self.redirect else ()
+        locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
+        try:
+            return await self._build_locked(locks.fds, remote=remote)
+        finally:
+            self.worker.unlock(locks)
 
     def _outputs_valid(self) -> bool:
         return all(self.store.is_valid(path) for path in self.outputs.values())
@@ -195,7 +206,7 @@ class DerivationGoal(Goal[BuildResult]):
             self.input_paths.add(src)
         return None
 
-    async def _build_locked(self, lock_fds: tuple[int, ...]) -> BuildResult:
+    async def _build_locked(self, lock_fds: tuple[int, ...], *, remote: bool) -> BuildResult:
         if self.redirect is None and self._outputs_valid():  # another process built it
             return self._result(Status.ALREADY_VALID)
         if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
@@ -220,7 +231,12 @@ class DerivationGoal(Goal[BuildResult]):
                        on_output, inherit_fds=lock_fds)
         progress.started(self.drv_path, name)
         try:
-            outcome = await run_builder(job, build_dir)
+            if remote:
+                assert self.worker.remote is not None
+                outcome: BuilderOutcome | RemoteOutcome = await self.worker.remote.run(
+                    self.drv_path, build_drv, closure, on_output)
+            else:
+                outcome = await run_builder(job, build_dir)
         except asyncio.CancelledError:
             sink.discard()
             self.worker.build_dirs.give_back(build_dir)
@@ -231,6 +247,10 @@ class DerivationGoal(Goal[BuildResult]):
         sink.close()
         result = self._finish(build_drv, outcome.ending, outcome.returncode, outcome.message,
                               closure)
+        if isinstance(outcome, RemoteOutcome):
+            result.remote_unavailable = outcome.unavailable
+            if outcome.substituted and result.status is Status.BUILT:
+                result.status = Status.SUBSTITUTED  # a remote ActionCache hit
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()

@@ -44,6 +44,7 @@ class BuildResult:
     log_tail: list[str] = field(default_factory=list)
     exit_status: int | None = None
     failed_dependency: str | None = None
+    remote_unavailable: bool = False  # a remote endpoint failed it, not the derivation
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {

@@ -15,6 +15,7 @@ from runner.build.background import Background
 from runner.build.build_dirs import BuildDirs
 from runner.build.derivation_goal import BuildMode, DerivationGoal
 from runner.build.progress import Progress
+from runner.build.remote_builder import RemoteBuilders
 from runner.build.result import BuildResult
 from runner.build.sandboxing import SandboxMode
 from runner.build.substitution_goal import SubstitutionGoal
@@ -59,6 +60,7 @@ class Worker:
         self.interrupted: int | None = None
         self.background = Background(progress.warn)  # logs, build-dir removal
         self.build_dirs = BuildDirs(settings, self.background)
+        self.remote = RemoteBuilders(settings) if settings.get("remote-builders") else None
 
     # -- the goal table
 
@@ -157,7 +159,7 @@ class Worker:
     def run(self, drv_paths: list[str]) -> list[BuildResult]:
         """Realise `drv_paths`; one result per path, in order (every goal's result is in
         `self.results`). Raises RunnerError when interrupted."""
-        if self.max_jobs == 0 and not self.substituters:
+        if self.max_jobs == 0 and not self.substituters and self.remote is None:
             need = [p for p in drv_paths if not self._all_valid(p)]
             if need:
                 raise RunnerError(
@@ -170,6 +172,8 @@ class Worker:
             self.build_dirs.close()
             self.background.close()
             self.progress.close()
+            if self.remote is not None:
+                self.remote.close()
 
     def _all_valid(self, drv_path: str) -> bool:
         drv = self.store.read_derivation(drv_path)

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rebuild-failed", action="store_true",
                    help="ignore and clear cached failures of the requested builds")
     p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
+    p.add_argument("--remote", dest=S + "remote-builders", metavar="URL",
+                   help="build on this REAPI endpoint (grpc://host:port, grpcs://…, "
+                        "unix:/path); see docs/remote.md")
     p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=setting_arg("max-jobs"),
                    metavar="N")
     p.add_argument("--cores", dest=S + "cores", type=setting_arg("cores"), metavar="N")

@@ -1,0 +1,89 @@
+"""Runs one derivation on a REAPI endpoint instead of a local builder.
+
+The goal keeps everything else: locks, leftovers, checking and registering
+the outputs (our store stays the source of truth). The blocking gRPC calls
+run in a thread so the loop goes on; a hit in the remote ActionCache is
+reported as a substitution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from runner.build.process import Ending
+from runner.build.result import Status
+from runner.errors import RunnerError
+from runner.settings import Settings
+from runner.store.derivation import Derivation
+
+if TYPE_CHECKING:
+    from runner.remote.executor import RemoteExecutor, RemoteResult
+
+UNAVAILABLE = ("remote-unavailable", "remote-error")
+
+
+@dataclass(frozen=True)
+class RemoteOutcome:
+    ending: Ending | None  # None: the remote could not run it (not the derivation's fault)
+    returncode: int
+    message: str
+    substituted: bool = False  # served from the remote ActionCache
+    unavailable: bool = False  # the endpoint is down or broken: a local build may stand in
+
+
+class RemoteBuilders:
+    """The worker's one connection to `remote-builders`, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = str(settings.get("remote-builders"))
+        self.settings = settings
+        self.slots = asyncio.Semaphore(max(int(settings.get("remote-max-jobs")), 1))
+        self._executor: RemoteExecutor | None = None
+        self._mutex = threading.Lock()
+
+    def _open(self) -> RemoteExecutor:
+        from runner.remote.executor import RemoteExecutor, RemoteOptions  # grpc: only if used
+
+        with self._mutex:
+            if self._executor is None:
+                options = RemoteOptions(
+                    instance=str(self.settings.get("remote-instance")),
+                    connect_timeout=float(self.settings.get("remote-connect-timeout")),
+                    rpc_timeout=float(self.settings.get("remote-timeout")))
+                self._executor = RemoteExecutor(self.url, self.settings, options)
+            return self._executor
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._executor is not None:
+                self._executor.close()
+                self._executor = None
+
+    def refusal(self, drv: Derivation) -> str | None:
+        from runner.remote.action import remote_refusal
+
+        return remote_refusal(drv)
+
+    async def run(self, drv_path: str, drv: Derivation, closure: Collection[str],
+                  on_output: Callable[[bytes], None]) -> RemoteOutcome:
+        try:
+            result = await asyncio.to_thread(self._execute, drv_path, drv, closure)
+        except RunnerError as e:
+            return RemoteOutcome(None, -1, f"remote build of '{drv_path}' on '{self.url}' "
+                                 f"failed: {e.message}", unavailable=e.reason in UNAVAILABLE)
+        if result.log:
+            on_output(result.log)
+        if result.status is Status.TIMED_OUT:
+            return RemoteOutcome(Ending.TIMED_OUT, -1, result.message)
+        if result.status is Status.FAILED:
+            return RemoteOutcome(Ending.EXITED, result.exit_code or 1, result.message)
+        return RemoteOutcome(Ending.EXITED, 0, "",
+                             substituted=result.status is Status.SUBSTITUTED)
+
+    def _execute(self, drv_path: str, drv: Derivation, closure: Collection[str]
+                 ) -> RemoteResult:
+        return self._open().execute(drv_path, drv, closure)
