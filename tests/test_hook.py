@@ -62,6 +62,17 @@ def test_foreign_hook_is_kept_unless_forced(repo: Path,
     assert hook.exists()  # not ours: left alone
 
 
+def test_force_never_overwrites_a_hook_saved_earlier(repo: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    hooks = repo / ".git" / "hooks"
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho second\n")
+    (hooks / "pre-commit.legacy").write_text("#!/bin/sh\necho first\n")
+    assert run(["hook", "install", "--force"]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert (hooks / "pre-commit.legacy").read_text() == "#!/bin/sh\necho first\n"
+    assert (hooks / "pre-commit").read_text() == "#!/bin/sh\necho second\n"
+
+
 def test_outside_a_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)

@@ -52,7 +52,11 @@ def install(start: Path, spec: str | None, *, force: bool) -> Path:
             raise RunnerError(f"'{hook}' exists and was not written by runner; pass --force "
                               f"to replace it (it is kept as pre-commit{LEGACY_SUFFIX})",
                               reason="hook-exists")
-        os.replace(hook, hook.with_name("pre-commit" + LEGACY_SUFFIX))
+        legacy = hook.with_name("pre-commit" + LEGACY_SUFFIX)
+        if legacy.exists():  # --force replaces the hook, never a hook saved earlier
+            raise RunnerError(f"'{legacy}' exists already; move it away before replacing "
+                              f"'{hook}'", reason="hook-exists")
+        os.replace(hook, legacy)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = hook.with_name(".pre-commit.runner-tmp")
