@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,9 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.settings import BY_NAME, Settings
-from runner.store.paths import hash_part
+from runner.store import nar
+from runner.store.path_info import PathInfo
+from runner.store.paths import hash_part, make_output_path
 from runner.substituters import narinfo
 from runner.substituters.base import Substituter, SubstituterDecl
 from runner.substituters.configure import open_substituters, open_transport
@@ -450,3 +454,51 @@ def test_malformed_urls_are_one_line_errors(stores: TwoStores, url: str) -> None
         _subs(stores, declared=(SubstituterDecl(url=url, origin="spec.yaml:4:9"),))
     assert e.value.message.startswith(f"spec.yaml:4:9: store URL '{url}'")
     assert "\n" not in e.value.message
+
+
+UPLOAD = r"""
+import os, resource, sys
+from runner.substituters.configure import open_transport
+from tests.subst_util import served
+root, mib = sys.argv[1], int(sys.argv[2])
+block = os.urandom(1 << 20)
+with served(root, writable=True) as http:
+    transport = open_transport(http)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    transport.write("nar/" + "1" * 52 + ".nar", (block for _ in range(mib)))
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_http_upload_is_streamed(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    proc = subprocess.run([sys.executable, "-c", UPLOAD, str(tmp_path / "cache"), "96"],
+                          capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).parent.parent)
+    assert int(proc.stdout) < 32, f"RSS grew by {proc.stdout.strip()} MiB for a 96 MiB upload"
+    assert (tmp_path / "cache" / "nar" / f"{'1' * 52}.nar").stat().st_size == 96 << 20
+
+
+def test_nar_that_fails_mid_stream_is_a_broken_transfer(stores: TwoStores) -> None:
+    path = make_output_path("out", bytes(32), "half", stores.store_dir)
+    os.makedirs(path)
+    Path(path, "big").write_bytes(os.urandom(1 << 20))  # sent before "fifo" fails
+    Path(path, "fifo").write_text("")
+    nar_hash, nar_size = nar.hash_path(path)
+    info = PathInfo(path, nar_hash, nar_size, frozenset())
+    stores.a.register_valid_paths([info])
+    os.unlink(Path(path, "fifo"))
+    os.mkfifo(Path(path, "fifo"))  # now the NAR cannot be made past "big"
+    source = StoreSource(stores.store_dir, str(stores.root / "state-a"))
+    with served(source) as http:
+        port = int(http.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            url = f"/nar/{hash_part(path)}-{info.nar_hash.base32()}.nar"
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            received = b""
+            while data := sock.recv(1 << 16):  # the server must close the connection
+                received += data
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {info.nar_size}".encode() in head
+    assert 1 << 20 < len(body) < info.nar_size
+    assert b"HTTP/1.1 500" not in body and b"unsupported type" not in body

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import IO
 
 from runner.errors import RunnerError
 
@@ -25,6 +26,7 @@ DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRIES = 3
 _BACKOFF = 0.25
 _MAX_IDLE_PER_ORIGIN = 8
+_UPLOAD_BLOCK = 64 * 1024  # bytes of a file body sent at a time
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _Origin = tuple[str, str, int]
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
@@ -90,8 +92,12 @@ class HttpClient:
     _idle: dict[_Origin, list[http.client.HTTPConnection]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def request(self, method: str, url: str, body: bytes | None = None) -> Response:
-        """Send one request, retrying transient failures; raises HttpUnavailable."""
+    def request(self, method: str, url: str, body: bytes | IO[bytes] | None = None,
+                length: int | None = None) -> Response:
+        """Send one request, retrying transient failures; raises HttpUnavailable.
+
+        A file `body` is streamed (rewound for every attempt) as `length` bytes.
+        """
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -102,6 +108,8 @@ class HttpClient:
         origin = (parts.scheme, parts.hostname, port)
         target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": "runner", "Accept-Encoding": "identity"}
+        if body is not None and not isinstance(body, bytes):
+            headers["Content-Length"] = str(length)
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -123,13 +131,15 @@ class HttpClient:
         tries = f" (after {self.retries + 1} attempts)" if self.retries else ""
         raise HttpUnavailable(f"{method} {url}: {problem}{tries}")
 
-    def _send(self, origin: _Origin, method: str, target: str, body: bytes | None,
+    def _send(self, origin: _Origin, method: str, target: str, body: bytes | IO[bytes] | None,
               headers: dict[str, str]) -> tuple[http.client.HTTPConnection,
                                                 http.client.HTTPResponse]:
         # A pooled connection may have been closed by the server while idle:
         # that failure says nothing about the server, so retry once on a new one.
         while True:
             conn, reused = self._acquire(origin)
+            if body is not None and not isinstance(body, bytes):
+                body.seek(0)
             try:
                 conn.request(method, target, body=body, headers=headers)
                 return conn, conn.getresponse()
@@ -149,8 +159,10 @@ class HttpClient:
         scheme, host, port = origin
         if scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=ssl.create_default_context()), False
-        return http.client.HTTPConnection(host, port, timeout=self.timeout), False
+                                               context=ssl.create_default_context(),
+                                               blocksize=_UPLOAD_BLOCK), False
+        return http.client.HTTPConnection(host, port, timeout=self.timeout,
+                                          blocksize=_UPLOAD_BLOCK), False
 
     def _release(self, origin: _Origin, conn: http.client.HTTPConnection) -> None:
         with self._lock:

@@ -55,17 +55,9 @@ class StoreSource:
         return CacheInfo(self.store_dir, True, self.priority).to_text().encode()
 
     def lookup(self, part: str) -> PathInfo | None:
-        try:
-            names = [n for n in os.listdir(self.real_dir or self.store_dir)
-                     if n.startswith(part + "-") and not n.endswith(".lock")]
-        except OSError:
-            return None
         with LocalStore(self.store_dir, self.state_dir) as store:
-            for name in names:
-                info = store.query_path_info(f"{self.store_dir}/{name}")
-                if info is not None:
-                    return info
-        return None
+            path = store.query_path_from_hash_part(part)  # an index scan, not a listing
+            return store.query_path_info(path) if path is not None else None
 
     def narinfo(self, info: PathInfo) -> bytes:
         result = NarInfo(
@@ -186,11 +178,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        sent = 0
-        for chunk in chunks:
-            self.wfile.write(chunk)
-            sent += len(chunk)
-        if sent != size:  # the file changed under us: do not let the client trust the rest
+        # Once the headers are out, a failure can only be told by closing the connection
+        # early: the client sees a short (broken) transfer, never a complete-looking body
+        # with an error message in it. (A client would reject a wrong NAR anyway: its
+        # hash and size are checked against the narinfo.)
+        produced = sent = 0
+        try:
+            for chunk in chunks:
+                produced += len(chunk)
+                piece = chunk[:size - sent]  # never more than announced
+                if piece:
+                    self.wfile.write(piece)
+                    sent += len(piece)
+        except (RunnerError, OSError) as e:
+            self.log_error("%s: transfer aborted: %s", self.path,
+                           e.message if isinstance(e, RunnerError) else e)
+            self.close_connection = True
+            return
+        if produced != size:  # the file changed under us: do not let the client trust it
             self.close_connection = True
 
 

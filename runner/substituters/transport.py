@@ -17,6 +17,8 @@ from typing import Protocol
 from runner.errors import RunnerError
 from runner.substituters.http_client import HttpClient
 
+_SPOOL_IN_MEMORY = 1024 * 1024  # larger uploads are staged on disk
+
 
 class Stream(Protocol):
     def read(self, n: int = -1) -> bytes: ...
@@ -137,7 +139,14 @@ class HttpTransport:
         pass  # the server owns its directory
 
     def write(self, rel: str, chunks: Iterable[bytes]) -> None:
-        resp = self._client.request("PUT", self._full(rel), body=b"".join(chunks))
-        resp.read_all()
+        # Spooled to learn the Content-Length (static servers and buckets want one, not
+        # chunked encoding) and to send it again on a retry; sent in blocks from there.
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as body:
+            length = 0
+            for chunk in chunks:
+                body.write(chunk)
+                length += len(chunk)
+            resp = self._client.request("PUT", self._full(rel), body=body, length=length)
+            resp.read_all()
         if resp.status not in (200, 201, 204):
             raise RunnerError(f"PUT {self._full(rel)}: HTTP {resp.status}", reason="io")
