@@ -144,6 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Keys (`name:base64`) whose signatures on substitutes are trusted."),
     Setting("require-sigs", "bool", True, "Refuse unsigned or untrusted substitutes."),
     Setting("substitute", "bool", True, "Use substituters at all."),
+    Setting("trusted-substituter-commands", "list", [],
+            "Substituter programs that specs may declare and runner may run."),
     Setting("fallback", "bool", False,
             "Build locally when a substituter that has a path fails to deliver it."),
     Setting("max-substitution-jobs", "int", 16, "Substitutions run at the same time."),

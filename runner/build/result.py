@@ -31,6 +31,9 @@ class Status(enum.Enum):
 # Failures worth remembering: the same inputs would fail the same way again.
 PERMANENT = frozenset({Status.FAILED})
 
+# Failures that are not the derivation's (no exit-code bit; see `exit_code`).
+MISC = frozenset({Status.DEPENDENCY_FAILED, Status.SETUP_FAILED, Status.SUBSTITUTION_FAILED})
+
 
 @dataclass
 class BuildResult:
@@ -65,14 +68,20 @@ class BuildResult:
 
 
 def exit_code(statuses: Iterable[Status]) -> int:
-    """Nix's worker exit status: 0x60 plus one bit per kind of failure seen.
+    """Nix's worker exit status: 0x60 plus one bit per kind of build failure seen.
 
     100 = build failure, 101 = timeout, 102 = hash mismatch, 104 = not
-    deterministic; under --keep-going the bits combine (e.g. 103).
+    deterministic; under --keep-going the bits combine (e.g. 103). Failures
+    that say nothing about the derivation (set-up, a substituter that did not
+    deliver) exit 1 when nothing else failed, as Nix's miscellaneous failures.
     """
     mask = 0
+    failed = False
     for status in statuses:
-        if status.ok or status is Status.DEPENDENCY_FAILED:
+        if status.ok:
+            continue
+        failed = True
+        if status in MISC:
             continue
         if status is Status.NOT_DETERMINISTIC:
             mask |= 0x08
@@ -82,4 +91,6 @@ def exit_code(statuses: Iterable[Status]) -> int:
             mask |= 0x01
         elif status is Status.HASH_MISMATCH:
             mask |= 0x02
-    return 0x60 | mask if mask else 0
+    if mask:
+        return 0x60 | mask
+    return 1 if failed else 0

@@ -112,13 +112,8 @@ TRUSTED_COMMANDS = "trusted-substituter-commands"
 
 
 def trusted_commands(settings: Settings) -> list[str]:
-    """The programs the user lets specs run as substituters (none when the setting is absent)."""
-    from runner.settings import BY_NAME
-
-    if TRUSTED_COMMANDS not in BY_NAME:
-        return []
-    value = settings.get(TRUSTED_COMMANDS)
-    return [str(v) for v in value] if isinstance(value, list) else str(value).split()
+    """The programs the user lets specs run as substituters."""
+    return [str(v) for v in settings.get(TRUSTED_COMMANDS)]
 
 
 def resolve_program(name: str) -> str | None:
