@@ -151,3 +151,58 @@ def _listening(address: str) -> bool:
         except OSError:
             return False
     return True
+
+
+class BlobServer:
+    """An in-process CAS on 127.0.0.1 (BatchReadBlobs and ByteStream.Read) serving whatever
+    bytes a test puts in `blobs` — including what no honest server would send."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        from runner.remote._protos.build.bazel.remote.execution.v2 import (
+            remote_execution_pb2 as re_pb2,
+        )
+        from runner.remote._protos.build.bazel.remote.execution.v2 import (
+            remote_execution_pb2_grpc as re_grpc,
+        )
+        from runner.remote._protos.google.bytestream import bytestream_pb2, bytestream_pb2_grpc
+        from runner.remote._protos.google.rpc import status_pb2
+
+        self.blobs: dict[tuple[str, int], bytes] = {}
+        blobs = self.blobs
+
+        class Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
+            def BatchReadBlobs(self, request: object, context: object) -> object:
+                responses = []
+                for d in request.digests:  # type: ignore[attr-defined]
+                    data = blobs.get((d.hash, d.size_bytes))
+                    status = status_pb2.Status(code=0 if data is not None else 5)
+                    responses.append(re_pb2.BatchReadBlobsResponse.Response(
+                        digest=d, data=data or b"", status=status))
+                return re_pb2.BatchReadBlobsResponse(responses=responses)
+
+        class ByteStream(bytestream_pb2_grpc.ByteStreamServicer):  # type: ignore[misc]
+            def Read(self, request: object, context: object) -> object:
+                *_, h, size = request.resource_name.split("/")  # type: ignore[attr-defined]
+                data = blobs.get((h, int(size)), b"")
+                for start in range(0, max(len(data), 1), 1 << 16):
+                    yield bytestream_pb2.ReadResponse(data=data[start:start + (1 << 16)])
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(), self._server)
+        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        import hashlib
+
+        k = (hashlib.sha256(data).hexdigest(), len(data))
+        self.blobs[k] = data
+        return k
+
+    def stop(self) -> None:
+        self._server.stop(None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,15 @@ from runner.remote import capabilities
 from runner.remote._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 from runner.remote._protos.build.bazel.semver import semver_pb2
 from runner.remote.action import output_path, platform_properties, prepare_action, remote_refusal
-from runner.remote.digests import key_of
+from runner.remote.cas import Cas
+from runner.remote.digests import digest, key_of
 from runner.remote.endpoint import Endpoint
 from runner.remote.executor import RemoteExecutor, RemoteOptions
+from runner.remote.fetch import materialise
 from runner.remote.merkle import RootBuilder, path_tree
 from runner.settings import Settings
 from runner.store.derivation import Derivation, DerivationOutput
+from tests.remote_server import BlobServer
 
 EMPTY_DIR_KEY = ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0)
 
@@ -174,3 +178,110 @@ def test_silent_server_hits_the_deadline() -> None:
                 pytest.raises(RunnerError) as e:
             ex.server_capabilities()
     assert e.value.reason == "remote-unavailable"
+
+
+def test_tree_of_a_very_deep_path(tmp_path: Path) -> None:
+    here = deep = str(tmp_path / "deep")
+    os.mkdir(deep)
+    for _ in range(1200):  # os.makedirs itself recurses
+        here = os.path.join(here, "d")
+        os.mkdir(here)
+    Path(here, "leaf").write_text("bottom")
+    tree = path_tree(deep)
+    assert key_of(b"bottom") in tree.blobs
+    assert len(tree.blobs) == 1201 + 1  # 1201 directories and the file
+
+
+@pytest.fixture
+def blob_server() -> Iterator[BlobServer]:
+    server = BlobServer()
+    yield server
+    server.stop()
+
+
+def _cas(server: BlobServer) -> Iterator[Cas]:
+    endpoint = Endpoint.parse(f"grpc://127.0.0.1:{server.port}")
+    channel = endpoint.open_channel()
+    try:
+        yield Cas(endpoint, channel, "", 4 << 20, 30)
+    finally:
+        channel.close()
+
+
+OUT = "out"  # the action's output path, relative to its working directory
+
+
+def _result_with_tree(server: BlobServer, tree: bytes) -> re_pb2.ActionResult:
+    k = server.put(tree)
+    return re_pb2.ActionResult(output_directories=[
+        re_pb2.OutputDirectory(path=OUT, tree_digest=digest(k))])
+
+
+def _tree(root: re_pb2.Directory, *children: re_pb2.Directory) -> bytes:
+    return re_pb2.Tree(root=root, children=list(children)).SerializeToString()
+
+
+def test_materialise_a_deep_output_tree(blob_server: BlobServer, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    leaf = re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=digest(
+        blob_server.put(b"bottom")))])
+    dirs = [leaf]
+    for _ in range(1200):
+        below = dirs[-1]
+        dirs.append(re_pb2.Directory(directories=[re_pb2.DirectoryNode(
+            name="d", digest=digest(key_of(below.SerializeToString(deterministic=True))))]))
+    result = _result_with_tree(blob_server, _tree(dirs[-1], *dirs[:-1]))
+    out = f"{store}/{'a' * 32}-deep"
+    for cas in _cas(blob_server):
+        materialise(cas, result, {OUT: out}, str(store))
+    with open(os.path.join(out, *["d"] * 1200, "f"), "rb") as f:
+        assert f.read() == b"bottom"
+
+
+def _bad_trees(server: BlobServer) -> dict[str, bytes]:
+    f = re_pb2.FileNode(name="x", digest=digest(server.put(b"x")))
+    sub = re_pb2.Directory()
+    sub_node = re_pb2.DirectoryNode(name="x", digest=digest(key_of(
+        sub.SerializeToString(deterministic=True))))
+    return {
+        "not-a-tree": b"\xff\xff\xff\xff garbage",
+        "dot-dot": _tree(re_pb2.Directory(files=[re_pb2.FileNode(name="..", digest=f.digest)])),
+        "slash": _tree(re_pb2.Directory(symlinks=[re_pb2.SymlinkNode(name="../../etc",
+                                                                       target="/x")])),
+        "twice": _tree(re_pb2.Directory(files=[f], directories=[sub_node]), sub),
+        "bad-digest": _tree(re_pb2.Directory(files=[re_pb2.FileNode(
+            name="y", digest=re_pb2.Digest(hash="../../x", size_bytes=-1))])),
+        "missing-child": _tree(re_pb2.Directory(directories=[sub_node])),
+    }
+
+
+@pytest.mark.parametrize("case", ["not-a-tree", "dot-dot", "slash", "twice", "bad-digest",
+                                  "missing-child"])
+def test_malformed_output_trees_are_remote_errors(blob_server: BlobServer, tmp_path: Path,
+                                                  case: str) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    before = sorted(os.listdir(tmp_path))
+    result = _result_with_tree(blob_server, _bad_trees(blob_server)[case])
+    for cas in _cas(blob_server):
+        with pytest.raises(RunnerError) as e:
+            materialise(cas, result, {OUT: f"{store}/{'a' * 32}-out"}, str(store))
+        assert e.value.reason == "remote-error"
+    assert os.listdir(store) == [] and sorted(os.listdir(tmp_path)) == before
+
+
+def test_bad_digests_in_an_action_result(blob_server: BlobServer, tmp_path: Path) -> None:
+    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(
+        path=OUT, digest=re_pb2.Digest(hash="A" * 64, size_bytes=3))])
+    for cas in _cas(blob_server):
+        with pytest.raises(RunnerError) as e:
+            materialise(cas, result, {OUT: f"{tmp_path}/{'a' * 32}-out"}, str(tmp_path))
+    assert e.value.reason == "remote-error" and "malformed digest" in e.value.message
+
+
+def test_malformed_endpoint_urls() -> None:
+    for url in ("grpc://[::1", "grpcs://h:99999", "grpc://h:abc"):
+        with pytest.raises(RunnerError) as e:
+            Endpoint.parse(url)
+        assert e.value.reason == "bad-remote-url" and url in e.value.message

@@ -138,6 +138,8 @@ class Cas:
             for reply in self._bytestream.Read(request, timeout=self.timeout + k[1] / 1e6):
                 h.update(reply.data)
                 size += len(reply.data)
+                if size > k[1]:  # never take (or write) more than the digest says
+                    raise self._corrupt(k)
                 yield reply.data
         except grpc.RpcError as e:
             if rpc.is_not_found(e):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from runner.errors import RunnerError
 from runner.remote._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
 # (hex sha256, size): hashable, unlike the Digest message.
@@ -33,6 +35,17 @@ def digest(key: Key) -> re_pb2.Digest:
 
 
 def key(d: re_pb2.Digest) -> Key:
+    return d.hash, d.size_bytes
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def checked_key(d: re_pb2.Digest, what: str) -> Key:
+    """`key` of a digest the server sent, refused unless it is a SHA-256 and a size."""
+    if not _HEX64.fullmatch(d.hash) or d.size_bytes < 0:
+        raise RunnerError(f"remote executor sent a malformed digest for {what}: "
+                          f"{d.hash[:80]!r}/{d.size_bytes}", reason="remote-error")
     return d.hash, d.size_bytes
 
 

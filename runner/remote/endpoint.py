@@ -39,7 +39,11 @@ class Endpoint:
                 raise RunnerError(f"remote URL '{url}': a unix socket path must be absolute",
                                   reason="bad-remote-url")
             return cls(url, f"unix:{path}", secure=False)
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            raise RunnerError(f"remote URL '{url}' is malformed: {e}",
+                              reason="bad-remote-url") from None
         if parts.scheme not in ("grpc", "grpcs") or not parts.hostname:
             raise RunnerError(
                 f"remote URL '{url}' is not grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH",

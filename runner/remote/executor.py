@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.result import Status
@@ -29,7 +30,7 @@ from runner.remote.action import (
     remote_refusal,
 )
 from runner.remote.cas import Cas
-from runner.remote.digests import Key, digest, key, message_blob
+from runner.remote.digests import Key, checked_key, digest, message_blob
 from runner.remote.endpoint import Endpoint
 from runner.remote.fetch import has_outputs, materialise
 from runner.remote.merkle import RootBuilder, Tree, path_tree
@@ -257,7 +258,11 @@ class RemoteExecutor:
             raise RunnerError(f"remote executor '{self.endpoint.url}' could not run "
                               f"'{drv_path}': {last.error.message}", reason="remote-error")
         response = re_pb2.ExecuteResponse()
-        if not last.response.Unpack(response):
+        try:
+            unpacked = last.response.Unpack(response)
+        except DecodeError:
+            unpacked = False
+        if not unpacked:
             raise RunnerError(f"remote executor '{self.endpoint.url}' sent an unexpected "
                               f"reply for '{drv_path}'", reason="remote-error")
         return response
@@ -269,5 +274,6 @@ class RemoteExecutor:
             if raw or not d.size_bytes:
                 parts.append(raw)
             else:
-                parts.append(cas.read([key(d)])[key(d)])
+                k = checked_key(d, "the build log")
+                parts.append(cas.read([k])[k])
         return b"".join(parts)

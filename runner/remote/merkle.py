@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,7 +48,8 @@ def path_tree(path: str) -> Tree:
     return Tree(_walk(path, blobs), blobs)
 
 
-def _walk(path: str, blobs: dict[Key, Blob]) -> Node:
+def _leaf(path: str, blobs: dict[Key, Blob]) -> Node | None:
+    """The node of a file or symlink; None for a directory (its entries come first)."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return Node("symlink", target=_name(os.readlink(path), path))
@@ -59,8 +60,34 @@ def _walk(path: str, blobs: dict[Key, Blob]) -> Node:
     if not stat.S_ISDIR(st.st_mode):
         raise RunnerError(f"'{path}' is not a file, directory or symlink",
                           reason="bad-file-type")
-    entries = {_name(e, path): _walk(os.path.join(path, e), blobs) for e in os.listdir(path)}
-    return _directory(entries, blobs)
+    return None
+
+
+def _walk(root: str, blobs: dict[Key, Blob]) -> Node:
+    """Post-order over the tree with an explicit stack: any depth, no recursion."""
+    node = _leaf(root, blobs)
+    if node is not None:
+        return node
+    # Open directories: (path, name in its parent, entries so far, names still to visit).
+    stack: list[tuple[str, str, dict[str, Node], Iterator[str]]] = [
+        (root, "", {}, iter(os.listdir(root)))]
+    while True:
+        path, name, entries, todo = stack[-1]
+        child = next(todo, None)
+        if child is None:
+            stack.pop()
+            node = _directory(entries, blobs)
+            if not stack:
+                return node
+            stack[-1][2][name] = node
+            continue
+        child_path = os.path.join(path, child)
+        child_name = _name(child, path)
+        leaf = _leaf(child_path, blobs)
+        if leaf is None:
+            stack.append((child_path, child_name, {}, iter(os.listdir(child_path))))
+        else:
+            entries[child_name] = leaf
 
 
 def _directory(entries: Mapping[str, Node], blobs: dict[Key, Blob]) -> Node:
