@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
 from runner.settings import lookup
-from runner.store.local_store import LocalStore
 from runner.store.paths import is_in_store, to_store_path
+
+if TYPE_CHECKING:
+    from runner.store.local_store import LocalStore
 
 
 def store_path_arg(store: LocalStore, arg: str) -> str:

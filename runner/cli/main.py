@@ -14,17 +14,19 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 # Each module exposes `register(sub)`; its parsers set `func(args, settings) -> int`.
-COMMAND_MODULES = (
-    "runner.cli.spec",         # validate, instantiate, show, graph
-    "runner.cli.build",        # build, log
-    "runner.cli.check",        # check, hook
-    "runner.cli.store",        # store add|dump|path-info|failed|delete|add-root|optimise|verify
-    "runner.cli.maintenance",  # gc, why-depends
-    "runner.cli.cache",        # copy, cache serve, key generate
-    "runner.cli.remote",       # remote check
-    "runner.cli.config",       # config show|docs
-    "runner.cli.hash",         # hash path|file
-)
+# The commands each module registers: only the module of the command asked for
+# is imported (start-up time), all of them for help and errors.
+COMMAND_MODULES = {
+    "runner.cli.spec": ("validate", "instantiate", "show", "graph"),
+    "runner.cli.build": ("build", "log"),
+    "runner.cli.check": ("check", "hook"),
+    "runner.cli.store": ("store",),
+    "runner.cli.maintenance": ("gc", "why-depends"),
+    "runner.cli.cache": ("copy", "cache", "key"),
+    "runner.cli.remote": ("remote",),
+    "runner.cli.config": ("config",),
+    "runner.cli.hash": ("hash",),
+}
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
 FLAG_PREFIX = "setting:"
@@ -56,12 +58,14 @@ def _leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", description="A declarative pipeline runner.")
     parser.add_argument("--version", action="version", version=f"runner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    command = argv[0] if argv else None
+    wanted = [m for m, commands in COMMAND_MODULES.items() if command in commands]
+    for name in wanted or COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     for leaf in _leaf_parsers(parser):
         _add_common(leaf)
@@ -85,7 +89,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def run(argv: Sequence[str]) -> int:
     """Parse and run one command; user errors become `error: …` on stderr."""
     try:
-        args = build_parser().parse_args(list(argv))
+        args = build_parser(argv).parse_args(list(argv))
         settings = _settings_from(args)
         code: int = args.func(args, settings)
         return code
