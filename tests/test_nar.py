@@ -224,3 +224,22 @@ def test_hash_path_other_algorithms(tmp_path: Path) -> None:
     with pytest.raises(RunnerError) as info:
         hash_path(tree, "sha3")
     assert info.value.reason == "bad-hash"
+
+
+def test_exclude_leaves_entries_out_as_if_they_were_not_there(tmp_path: Path) -> None:
+    full, trimmed = tmp_path / "full", tmp_path / "trimmed"
+    for root in (full, trimmed):
+        (root / "keep" / "sub").mkdir(parents=True)
+        (root / "keep" / "sub" / "f").write_text("f")
+        (root / "a.py").write_text("a")
+    (full / "a.pyc").write_text("compiled")
+    (full / "__pycache__").mkdir()
+    (full / "__pycache__" / "x").write_text("x")
+    seen: list[str] = []
+
+    def exclude(rel: str) -> bool:
+        seen.append(rel)
+        return rel.endswith(".pyc") or rel == "__pycache__/"
+
+    assert hash_path(full, exclude=exclude) == hash_path(trimmed)
+    assert "__pycache__/" in seen and "keep/sub/" in seen and "keep/sub/f" in seen

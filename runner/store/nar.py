@@ -24,6 +24,7 @@ _MAX_TARGET = 4096
 _ZEROS = bytes(8)
 
 PathArg = str | bytes | os.PathLike[str]
+Exclude = Callable[[str], bool]  # relpath -> leave it out (see `dump`)
 
 
 def _pad(n: int) -> int:
@@ -68,14 +69,15 @@ def _file_chunks(path: bytes, st: os.stat_result) -> Iterator[bytes]:
     yield _ZEROS[: _pad(size)] + _field(b")")
 
 
-def _pieces(root: bytes) -> Iterator[bytes]:
+def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
     """NAR pieces in order: small framing strings and file-content chunks."""
     yield _field(MAGIC)
-    # A stack of pending work: a path to serialise or literal bytes to emit.
-    stack: list[tuple[bytes, bool]] = [(root, True)]
+    # A stack of pending work: a path to serialise (with its path relative to the
+    # root, for `exclude`) or, with `rel` None, literal bytes to emit.
+    stack: list[tuple[bytes, str | None]] = [(root, "")]
     while stack:
-        item, is_path = stack.pop()
-        if not is_path:
+        item, rel = stack.pop()
+        if rel is None:
             yield item
             continue
         try:
@@ -96,11 +98,18 @@ def _pieces(root: bytes) -> Iterator[bytes]:
             except OSError as e:
                 raise _io_error(item, e) from None
             yield _fields(b"(", b"type", b"directory")
-            stack.append((_field(b")"), False))
+            stack.append((_field(b")"), None))
             for name in reversed(names):
-                stack.append((_field(b")"), False))
-                stack.append((os.path.join(item, name), True))
-                stack.append((_fields(b"entry", b"(", b"name", name, b"node"), False))
+                child = os.path.join(item, name)
+                child_rel = rel + os.fsdecode(name)
+                if exclude is not None:
+                    if os.path.isdir(child) and not os.path.islink(child):
+                        child_rel += "/"  # gitignore-style: directories end in '/'
+                    if exclude(child_rel):
+                        continue
+                stack.append((_field(b")"), None))
+                stack.append((child, child_rel))
+                stack.append((_fields(b"entry", b"(", b"name", name, b"node"), None))
         else:
             raise RunnerError(
                 f"file '{_display(item)}' has an unsupported type (only regular files, "
@@ -109,10 +118,14 @@ def _pieces(root: bytes) -> Iterator[bytes]:
             )
 
 
-def dump(path: PathArg) -> Iterator[bytes]:
-    """Serialise `path` as a NAR, in chunks of about CHUNK bytes (bounded memory)."""
+def dump(path: PathArg, exclude: Exclude | None = None) -> Iterator[bytes]:
+    """Serialise `path` as a NAR, in chunks of about CHUNK bytes (bounded memory).
+
+    `exclude(relpath)` leaves entries out; relpaths use '/' and directories end
+    in '/', so gitignore-style patterns apply (inputs' `exclude:`).
+    """
     buffer = bytearray()
-    for piece in _pieces(os.fsencode(path)):
+    for piece in _pieces(os.fsencode(path), exclude):
         if len(piece) >= CHUNK:
             if buffer:
                 yield bytes(buffer)
@@ -138,13 +151,14 @@ def hash_regular(data: bytes) -> tuple[Hash, int]:
     return Hash("sha256", hasher.digest()), len(head) + 8 + len(data) + len(tail)
 
 
-def hash_path(path: PathArg, algo: str = "sha256") -> tuple[Hash, int]:
+def hash_path(path: PathArg, algo: str = "sha256",
+              exclude: Exclude | None = None) -> tuple[Hash, int]:
     """Hash of the NAR of `path` (SHA-256 unless told) and the NAR's size."""
     if algo not in SIZES:
         raise RunnerError(f"unknown hash algorithm '{algo}'", reason="bad-hash")
     hasher = hashlib.new(algo)
     size = 0
-    for chunk in dump(path):
+    for chunk in dump(path, exclude):
         hasher.update(chunk)
         size += len(chunk)
     return Hash(algo, hasher.digest()), size
