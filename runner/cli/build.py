@@ -183,21 +183,20 @@ def _failure(results: list[BuildResult], everything: list[BuildResult]) -> Runne
 
 
 def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
-    """A spec's `substituters:`, by `priority` (lower first; unset = list order, after the
-    ones that set it). A relative program path (`./fetch`) is relative to the spec file."""
+    """A spec's `substituters:` (the priority they declare is applied with the others'
+    when substituters are opened). A relative program path (`./fetch`) is relative to
+    the spec file."""
     from runner.substituters.base import SubstituterDecl
 
-    entries = sorted(spec.substituters,
-                     key=lambda e: (e.priority is None, e.priority or 0))
     decls = []
-    for entry in entries:
+    for entry in spec.substituters:
         command = entry.command
         if command and command[0].startswith(("./", "../")):
             here = os.path.dirname(os.path.abspath(entry.pos.file))
             command = (os.path.normpath(os.path.join(here, command[0])), *command[1:])
         decls.append(SubstituterDecl(url=entry.url, command=command,
                                      trusted_public_keys=entry.trusted_public_keys,
-                                     origin=str(entry.pos)))
+                                     origin=str(entry.pos), priority=entry.priority))
     return decls
 
 
