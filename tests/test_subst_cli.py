@@ -52,7 +52,9 @@ def test_copy_to_and_from_a_file_cache(stores: TwoStores, tmp_path: Path,
     app = make_output(stores.a, "app", "application", (lib,))
     url = f"file://{tmp_path}/cache"
     a_args = _args(stores, str(stores.root / "state-a"))
-    assert run(["copy", "--to", url, "--sign-key", sec, app, *a_args]) == 0
+    link = tmp_path / "result"
+    link.symlink_to(app)  # an out-link names its store path, as everywhere
+    assert run(["copy", "--to", url, "--sign-key", sec, str(link), *a_args]) == 0
     assert sorted(os.listdir(tmp_path / "cache")) == sorted([
         *(f"{os.path.basename(p)[:32]}.narinfo" for p in (lib, app)), "nar", "nix-cache-info"])
     stores.fresh()

@@ -54,18 +54,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.set_defaults(func=_generate)
 
 
-def _store_paths(args_paths: list[str], store_dir: str) -> list[str]:
-    from runner.store.paths import to_store_path
-
-    return [to_store_path(os.path.abspath(p) if not p.startswith("/") else p, store_dir)
-            for p in args_paths]
-
-
 def _copy(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.cli.args import store_path_arg
     from runner.store.local_store import open_store
 
     with open_store(settings) as store:
-        paths = _store_paths(args.paths, store.store_dir)
+        paths = [store_path_arg(store, p) for p in args.paths]  # follows ./result
         if args.to:
             return _copy_to(args, settings, store, paths)
         return _copy_from(args, settings, store, paths)
