@@ -11,33 +11,18 @@ from collections.abc import Callable, Iterable, Iterator
 
 from runner.spec.hints import did_you_mean
 from runner.spec.interpolate import Ref, TemplateError, parse_template
-from runner.spec.model import DerivationEntry, InputEntry
+from runner.spec.model import LITERAL_ATTRS, DerivationEntry, InputEntry
 from runner.spec.yaml_loader import Node, Pos
 
 Report = Callable[[Pos, str], None]
 
-# Attributes whose values are taken literally (no `${{ }}`): they name things.
-LITERAL_ATTRS = ("name", "system", "outputs", "outputHash", "outputHashAlgo", "outputHashMode")
+__all__ = ["LITERAL_ATTRS", "check_references", "closure", "dependencies", "edges",
+           "find_cycle", "order", "template_nodes"]
 
 
 def template_nodes(entry: DerivationEntry) -> Iterator[Node]:
     """Every string node of `entry` that may hold `${{ … }}` references."""
-    for node in entry.args:
-        yield node
-    for attr, node in entry.attrs.items():
-        if attr in LITERAL_ATTRS:
-            continue
-        items = node.value if isinstance(node.value, list) else [node]
-        yield from items
-
-
-def _refs(node: Node) -> list[Ref]:
-    if not isinstance(node.value, str):
-        return []
-    try:
-        return [p for p in parse_template(node.value) if isinstance(p, Ref)]
-    except TemplateError:
-        return []
+    return entry.template_nodes()
 
 
 def check_references(
@@ -83,12 +68,7 @@ def _ref_problem(
 
 def dependencies(entry: DerivationEntry, derivations: dict[str, DerivationEntry]) -> set[str]:
     """Keys of the derivations `entry` refers to."""
-    return {
-        ref.name
-        for node in template_nodes(entry)
-        for ref in _refs(node)
-        if ref.name in derivations
-    }
+    return {ref.name for ref in entry.refs if ref.name in derivations}
 
 
 def find_cycle(derivations: dict[str, DerivationEntry]) -> list[str] | None:
@@ -132,9 +112,8 @@ def edges(
     """`(dependency, dependent, output)` for every distinct reference, in spec order."""
     found: dict[tuple[str, str, str | None], None] = {}
     for key, entry in derivations.items():
-        for node in template_nodes(entry):
-            for ref in _refs(node):
-                if ref.name in derivations or ref.name in inputs:
-                    output = ref.output or ("out" if ref.name in derivations else None)
-                    found[(ref.name, key, output)] = None
+        for ref in entry.refs:
+            if ref.name in derivations or ref.name in inputs:
+                output = ref.output or ("out" if ref.name in derivations else None)
+                found[(ref.name, key, output)] = None
     return list(found)

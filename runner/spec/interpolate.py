@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -31,35 +32,43 @@ class TemplateError(ValueError):
 
 def parse_template(text: str) -> list[Part]:
     """Split `text` into literal strings and `Ref`s."""
+    return list(_parse(text))
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse(text: str) -> tuple[Part, ...]:
+    """Memoised: a spec repeats the same strings (defaults, `${{ dep }}` lists) per entry."""
+    if "${{" not in text:
+        return (text,) if text else ()
     parts: list[Part] = []
     literal: list[str] = []
     i = 0
-    while i < len(text):
-        if text.startswith("$${{", i):
+    while (j := text.find("${{", i)) >= 0:
+        if j > i and text[j - 1] == "$":  # `$${{` is a literal `${{`
+            literal.append(text[i : j - 1])
             literal.append("${{")
-            i += 4
-        elif text.startswith("${{", i):
-            end = text.find("}}", i + 3)
-            if end < 0:
-                raise TemplateError("'${{' is not closed with '}}' (write '$${{' for a literal)")
-            inner = text[i + 3 : end].strip()
-            match = _REF.fullmatch(inner)
-            if not match:
-                what = f"'{inner}'" if inner else "an empty reference"
-                raise TemplateError(
-                    f"{what} inside '${{{{ … }}}}' is not a name or name.output"
-                )
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(Ref(match.group(1), match.group(2)))
-            i = end + 2
-        else:
-            literal.append(text[i])
-            i += 1
-    if literal:
-        parts.append("".join(literal))
-    return parts
+            i = j + 3
+            continue
+        literal.append(text[i:j])
+        end = text.find("}}", j + 3)
+        if end < 0:
+            raise TemplateError("'${{' is not closed with '}}' (write '$${{' for a literal)")
+        inner = text[j + 3 : end].strip()
+        match = _REF.fullmatch(inner)
+        if not match:
+            what = f"'{inner}'" if inner else "an empty reference"
+            raise TemplateError(
+                f"{what} inside '${{{{ … }}}}' is not a name or name.output"
+            )
+        if text_ := "".join(literal):
+            parts.append(text_)
+        literal = []
+        parts.append(Ref(match.group(1), match.group(2)))
+        i = end + 2
+    literal.append(text[i:])
+    if text_ := "".join(literal):
+        parts.append(text_)
+    return tuple(parts)
 
 
 def references(text: str) -> list[Ref]:

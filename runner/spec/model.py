@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from runner.spec.interpolate import Ref, TemplateError, parse_template
 from runner.spec.yaml_loader import Node, Pos
+
+# Attributes whose values are taken literally (no `${{ }}`): they name things.
+LITERAL_ATTRS = ("name", "system", "outputs", "outputHash", "outputHashAlgo", "outputHashMode")
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,29 @@ class DerivationEntry:
     attrs: dict[str, Node]
     args: tuple[Node, ...]
     fixed: FixedOutput | None
+
+    def template_nodes(self) -> Iterator[Node]:
+        """Every string node of the entry that may hold `${{ … }}` references."""
+        yield from self.args
+        for attr, node in self.attrs.items():
+            if attr in LITERAL_ATTRS:
+                continue
+            if isinstance(node.value, list):
+                yield from node.value
+            else:
+                yield node
+
+    @cached_property
+    def refs(self) -> tuple[Ref, ...]:
+        """Every reference in the entry's templates, in order, computed once per entry
+        (cached in the instance dict, which a frozen dataclass allows). Malformed
+        templates are skipped here: loading reports them."""
+        found: list[Ref] = []
+        for node in self.template_nodes():
+            if isinstance(node.value, str):
+                with contextlib.suppress(TemplateError):
+                    found.extend(p for p in parse_template(node.value) if isinstance(p, Ref))
+        return tuple(found)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from typing import Protocol
 from runner.errors import RunnerError
 from runner.spec import git_input
 from runner.spec.coerce import scalar_to_string, to_string
-from runner.spec.graph import LITERAL_ATTRS, closure, order, template_nodes
+from runner.spec.graph import LITERAL_ATTRS, closure, order
 from runner.spec.hints import did_you_mean
 from runner.spec.inputs import Exclude, exclude_filter, source_path
-from runner.spec.interpolate import Ref, references
+from runner.spec.interpolate import Ref
 from runner.spec.model import DerivationEntry, Spec
 from runner.store.derivation import (
     Derivation,
@@ -71,11 +71,9 @@ def needed_inputs(spec: Spec, keys: Iterable[str]) -> list[str]:
     """Inputs referred to by the derivations `keys` (already closed over dependencies)."""
     found: dict[str, None] = {}
     for key in keys:
-        for node in template_nodes(spec.derivations[key]):
-            if isinstance(node.value, str):
-                for ref in references(node.value):
-                    if ref.name in spec.inputs:
-                        found[ref.name] = None
+        for ref in spec.derivations[key].refs:
+            if ref.name in spec.inputs:
+                found[ref.name] = None
     return list(found)
 
 
