@@ -12,8 +12,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from runner.build.environment import build_env, write_attr_files
-from runner.build.process import Ending, Limits, supervise
+from runner.build.process import Ending, Limits, kill_group, supervise
 from runner.build.sandboxing import SandboxMode
+from runner.build.spawner import Spawner
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.derivation import Derivation
@@ -29,6 +30,7 @@ class BuildJob:
     settings: Settings
     sandbox: SandboxMode
     on_output: Callable[[bytes], None]
+    spawner: Spawner  # the worker's long-lived spawn threads
     inherit_fds: tuple[int, ...] = ()  # output locks: held until every builder process ends
 
 
@@ -51,8 +53,17 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     )
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        write_attr_files(job.drv, build_dir)
-        proc, release = _spawn(job, build_dir, write_fd)
+        try:
+            write_attr_files(job.drv, build_dir)
+            if job.sandbox.enabled_for(job.drv.env):
+                # The sandbox set-up runs before Popen returns: off the loop thread,
+                # so sandboxed builds start in parallel.
+                proc, release = await job.spawner.run(
+                    lambda: _spawn_sandboxed(job, build_dir, write_fd), _stop)
+            else:
+                proc, release = _spawn_plain(job, build_dir, write_fd)
+        finally:
+            os.close(write_fd)
     except OSError as e:
         os.close(read_fd)
         what = e.strerror or str(e)
@@ -60,8 +71,9 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     except RunnerError as e:  # sandbox set-up: not the derivation's fault, not cached
         os.close(read_fd)
         return BuilderOutcome(None, -1, f"building '{job.drv_path}': {e.message}", build_dir)
-    finally:
-        os.close(write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
     try:
         end = await supervise(proc, read_fd, limits, job.on_output)
     finally:
@@ -80,23 +92,36 @@ def _tighter(setting: int, attr: str | None) -> int:
     return min(limits) if limits else 0
 
 
-def _spawn(job: BuildJob, build_dir: str, write_fd: int
-           ) -> tuple[subprocess.Popen[bytes], Callable[[], None]]:
-    """The builder process, and what to call once it is reaped."""
+Started = tuple[subprocess.Popen[bytes], Callable[[], None]]  # the process; call once reaped
+
+
+def _spawn_sandboxed(job: BuildJob, build_dir: str, write_fd: int) -> Started:
+    """Runs on a spawner thread (which outlives the build: docs/sandbox.md)."""
     argv = [job.drv.builder, *job.drv.args]
-    if job.sandbox.enabled_for(job.drv.env):
-        env = build_env(job.drv, SANDBOX_BUILD_TOP, job.settings)
-        built = job.sandbox.spawn(
-            argv=argv, env=env, build_dir=build_dir, closure=job.closure,
-            outputs=[o.path for o in job.drv.outputs.values()],
-            fixed_output=job.drv.is_fixed_output, stdout=write_fd, stderr=write_fd,
-        )
-        return built.proc, built.release
+    env = build_env(job.drv, SANDBOX_BUILD_TOP, job.settings)
+    built = job.sandbox.spawn(
+        argv=argv, env=env, build_dir=build_dir, closure=job.closure,
+        outputs=[o.path for o in job.drv.outputs.values()],
+        fixed_output=job.drv.is_fixed_output, stdout=write_fd, stderr=write_fd,
+    )
+    return built.proc, built.release
+
+
+def _spawn_plain(job: BuildJob, build_dir: str, write_fd: int) -> Started:
+    argv = [job.drv.builder, *job.drv.args]
     env = build_env(job.drv, build_dir, job.settings)
     return subprocess.Popen(
         argv, cwd=build_dir, env=env, stdin=subprocess.DEVNULL, stdout=write_fd,
         stderr=write_fd, start_new_session=True, close_fds=True, pass_fds=job.inherit_fds,
     ), _nothing
+
+
+def _stop(started: Started) -> None:
+    """A build cancelled while its sandbox was being set up: end it at once."""
+    proc, release = started
+    kill_group(proc.pid)
+    proc.wait()
+    release()
 
 
 def _nothing() -> None:

@@ -228,7 +228,7 @@ class DerivationGoal(Goal[BuildResult]):
         # The builder inherits the output locks: if runner dies, an orphaned builder
         # still holds them, so no second builder starts on the same outputs meanwhile.
         job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
-                       on_output, inherit_fds=lock_fds)
+                       on_output, self.worker.spawner, inherit_fds=lock_fds)
         progress.started(self.drv_path, name)
         try:
             if remote:

@@ -18,6 +18,7 @@ from runner.build.progress import Progress
 from runner.build.remote_builder import RemoteBuilders
 from runner.build.result import BuildResult
 from runner.build.sandboxing import SandboxMode
+from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
 from runner.errors import RunnerError
 from runner.settings import Settings
@@ -60,6 +61,7 @@ class Worker:
         self.interrupted: int | None = None
         self.background = Background(progress.warn)  # logs, build-dir removal
         self.build_dirs = BuildDirs(settings, self.background)
+        self.spawner = Spawner(self.max_jobs)  # sandboxed builds start off the loop
         self.remote = RemoteBuilders(settings) if settings.get("remote-builders") else None
 
     # -- the goal table
@@ -169,6 +171,7 @@ class Worker:
         try:
             return asyncio.run(self._main(drv_paths))
         finally:
+            self.spawner.close()  # every build has ended: its threads may go
             self.build_dirs.close()
             self.background.close()
             self.progress.close()
