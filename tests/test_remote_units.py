@@ -285,3 +285,54 @@ def test_malformed_endpoint_urls() -> None:
         with pytest.raises(RunnerError) as e:
             Endpoint.parse(url)
         assert e.value.reason == "bad-remote-url" and url in e.value.message
+
+
+def _flaky_server(failures: int, code: str) -> tuple[object, str, list[int]]:
+    """A real gRPC server whose one method answers `code` `failures` times, then b"ok"."""
+    from concurrent import futures
+
+    import grpc
+
+    calls: list[int] = []
+
+    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(1)
+        if len(calls) <= failures:
+            context.abort(getattr(grpc.StatusCode, code), "busy, try later")
+        return b"ok"
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Flaky", {"Do": grpc.unary_unary_rpc_method_handler(handler)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"grpc://127.0.0.1:{port}", calls
+
+
+@pytest.mark.parametrize(("failures", "code", "ok"), [
+    (2, "RESOURCE_EXHAUSTED", True),   # a busy server: retried, then it answers
+    (2, "ABORTED", True),
+    (99, "RESOURCE_EXHAUSTED", False),  # busy for good: one clear error in the end
+    (1, "INVALID_ARGUMENT", False),     # a refusal is not retried
+])
+def test_busy_answers_are_retried_with_backoff(failures: int, code: str, ok: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.remote import rpc
+
+    monkeypatch.setattr(rpc, "BUSY_FIRST_DELAY", 0.001)
+    server, url, calls = _flaky_server(failures, code)
+    endpoint = Endpoint.parse(url)
+    channel = endpoint.open_channel()
+    method = channel.unary_unary("/test.Flaky/Do")
+    try:
+        if ok:
+            assert rpc.call(endpoint, "Do", method, b"", timeout=5) == b"ok"
+            assert len(calls) == failures + 1
+        else:
+            with pytest.raises(RunnerError) as e:
+                rpc.call(endpoint, "Do", method, b"", timeout=5)
+            assert code in str(e.value) and e.value.reason == "remote-error"
+            assert len(calls) == (1 if code == "INVALID_ARGUMENT" else rpc.BUSY_RETRIES + 1)
+    finally:
+        channel.close()
+        server.stop(None)  # type: ignore[attr-defined]

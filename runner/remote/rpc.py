@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -14,6 +15,11 @@ T = TypeVar("T")
 
 # Codes that mean "the service is not there" rather than "it refused this".
 _DOWN = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
+# Codes a busy server answers (BuildGrid's concurrent-RPC limit): retried with
+# backoff, as Bazel does, before they count as failures.
+_BUSY = {"RESOURCE_EXHAUSTED", "ABORTED"}
+BUSY_RETRIES = 5
+BUSY_FIRST_DELAY = 0.1  # seconds, doubled per retry
 
 
 def code_name(error: grpc.RpcError) -> str:
@@ -44,7 +50,13 @@ def is_not_found(error: grpc.RpcError) -> bool:
 def call(endpoint: Endpoint, what: str, fn: Callable[..., T], request: Any,
          timeout: float) -> T:
     """One unary call with a deadline; any gRPC failure becomes a RunnerError."""
-    try:
-        return fn(request, timeout=timeout)
-    except grpc.RpcError as e:
-        raise as_runner_error(endpoint, what, e) from None
+    delay = BUSY_FIRST_DELAY
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            return fn(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if code_name(e) not in _BUSY or attempt == BUSY_RETRIES:
+                raise as_runner_error(endpoint, what, e) from None
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
