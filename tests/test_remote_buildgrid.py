@@ -4,7 +4,6 @@ Workers API bot running actions through buildbox-run). Needs `.ci/setup-buildgri
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli.main import run
-from runner.store.canonicalise import remove_tree
-from runner.store.local_store import LocalStore
 from tests.buildgrid_server import BuildGrid, start_buildgrid, unavailable
+from tests.remote_builds import build_json, output_infos, wipe_store
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,55 +59,32 @@ def _fifty(tmp_path: Path) -> str:
                            "ln -s ${{{{ base }}}} $out/link", DERIVATIONS - 1)
 
 
-def _build(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict], str]:  # type: ignore[type-arg]
-    code = run(["build", "--no-out-link", "--json", "--sandbox=off", *argv])
-    out, err = capsys.readouterr()
-    return code, json.loads(out) if out.strip() else [], err
-
-
-def _infos(store_dir: str, state_dir: str, results: list[dict]) -> dict[str, tuple]:  # type: ignore[type-arg]
-    with LocalStore(store_dir, state_dir) as store:
-        found = {}
-        for r in results:
-            for path in r["outputs"].values():
-                info = store.query_path_info(path)
-                assert info is not None, path
-                found[path] = (info.nar_hash, info.references)
-        return found
-
-
-def _wipe(store_dir: str, state_dir: str) -> None:
-    for top in (store_dir, state_dir):
-        remove_tree(top)
-        os.makedirs(top)
-
-
 def test_fifty_derivations_match_a_local_build_then_come_from_the_action_cache(
         grid: BuildGrid, tmp_path: Path, store_dir: str, state_dir: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     spec = _fifty(tmp_path)
-    code, local, err = _build(capsys, spec)
+    code, local, err = build_json(capsys, spec)
     assert code == 0, err
-    expected = _infos(store_dir, state_dir, local)
+    expected = output_infos(store_dir, state_dir, local)
     assert len(expected) == DERIVATIONS
 
-    _wipe(store_dir, state_dir)
+    wipe_store(store_dir, state_dir)
     jobs = grid.jobs()
     start = time.monotonic()
-    code, remote, err = _build(capsys, "--remote", grid.url, spec)
+    code, remote, err = build_json(capsys, "--remote", grid.url, spec)
     executed = time.monotonic() - start
     assert code == 0, err
     assert {r["status"] for r in remote} == {"built"}
-    assert _infos(store_dir, state_dir, remote) == expected
+    assert output_infos(store_dir, state_dir, remote) == expected
     assert grid.jobs() == jobs + DERIVATIONS
 
-    _wipe(store_dir, state_dir)
+    wipe_store(store_dir, state_dir)
     start = time.monotonic()
-    code, again, err = _build(capsys, "--remote", grid.url, spec)
+    code, again, err = build_json(capsys, "--remote", grid.url, spec)
     cached = time.monotonic() - start
     assert code == 0, err
     assert {r["status"] for r in again} == {"substituted"}  # BuildGrid's ActionCache
-    assert _infos(store_dir, state_dir, again) == expected
+    assert output_infos(store_dir, state_dir, again) == expected
     assert grid.jobs() == jobs + DERIVATIONS  # nothing was executed again
     print(f"{DERIVATIONS} derivations: executed {executed:.1f} s, "
           f"from the ActionCache {cached:.1f} s", file=sys.stderr)
@@ -121,13 +95,13 @@ def test_a_failing_remote_build_shows_its_log_tail(grid: BuildGrid, tmp_path: Pa
     spec = tmp_path / "spec.yaml"
     spec.write_text("version: 1\nderivations:\n  bad: {builder: /bin/sh, "
                     "args: [-c, 'echo tier2-out; echo tier2-oops >&2; exit 3']}\n")
-    code, results, err = _build(capsys, "--remote", grid.url, str(spec))
+    code, results, err = build_json(capsys, "--remote", grid.url, str(spec))
     assert code == 100
     assert results[0]["status"] == "failed" and results[0]["exitStatus"] == 3
     assert "tier2-out" in err and "tier2-oops" in err
     # Like a local failure, it is a cached failure: the second try does not ask the server.
     jobs = grid.jobs()
-    code, results, err = _build(capsys, "--remote", grid.url, str(spec))
+    code, results, err = build_json(capsys, "--remote", grid.url, str(spec))
     assert code == 100 and "tier2-oops" in err
     assert grid.jobs() == jobs
 
