@@ -19,10 +19,11 @@ from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree
 from runner.store.derivation import Derivation, DerivationOutput, derivation_path
 from runner.store.hashes import hash_bytes
-from runner.store.local_store import LocalStore, TempDir, open_store
+from runner.store.local_store import LocalStore, open_store
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
 from runner.store.paths import make_source_path
+from runner.store.staging import TempDir
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from runner.build.redirect import Redirect, differences
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import remove_tree, rename_tree
-from runner.store.local_store import LocalStore, TempDir, replace_tree
+from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
+from runner.store.staging import TempDir, replace_tree
 
 CHECK_SUFFIX = ".check"
 

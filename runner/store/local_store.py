@@ -9,25 +9,18 @@ an unregistered leftover (replaced by the next add, or swept by
 
 from __future__ import annotations
 
-import fcntl
 import graphlib
 import hashlib
 import json
 import os
-import shutil
-import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from runner.errors import RunnerError
 from runner.store import derivation, nar, tree_cache
 from runner.store.canonicalise import (
-    MTIME_STORE,
-    canonicalise,
-    check_file_type,
     remove_tree,
     rename_tree,
 )
@@ -35,6 +28,7 @@ from runner.store.db import Database
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
 from runner.store.locks import PathLocks
+from runner.store.nar import Exclude
 from runner.store.path_info import FailureRecord, PathInfo
 from runner.store.paths import (
     make_source_path,
@@ -43,8 +37,14 @@ from runner.store.paths import (
     validate_name,
 )
 from runner.store.roots import add_temp_root, add_temp_roots
+from runner.store.staging import (
+    TempDir,
+    io_call,
+    stage_bytes,
+    stage_tree,
+    write_text,
+)
 
-Exclude = Callable[[str], bool]
 T = TypeVar("T")
 
 
@@ -121,7 +121,7 @@ class LocalStore:
             raise RunnerError(f"cannot add '{src}' to the store: {e.strerror}",
                               reason="not-found") from None
         # An unchanged tree whose path is valid is neither copied nor read again.
-        key, cacheable = _io(f"cannot add '{src}' to the store", tree_cache.fingerprint, src,
+        key, cacheable = io_call(f"cannot add '{src}' to the store", tree_cache.fingerprint, src,
                              exclude)
         if cacheable and (known := tree_cache.lookup(self.state_dir, key)) is not None:
             path = make_source_path(name, known[0].digest, self.store_dir)
@@ -130,8 +130,8 @@ class LocalStore:
                 return path
         with TempDir(self.store_dir) as tmp:
             staged = os.path.join(tmp.path, "x")
-            nar_hash, nar_size = _io(f"cannot add '{src}' to the store", _stage, src, staged,
-                                     exclude)
+            nar_hash, nar_size = io_call(f"cannot add '{src}' to the store", stage_tree, src,
+                                         staged, exclude)
             if cacheable:
                 tree_cache.record(self.state_dir, key, nar_hash, nar_size)
             path = make_source_path(name, nar_hash.digest, self.store_dir)
@@ -156,7 +156,7 @@ class LocalStore:
                               reason="closure")
         with TempDir(self.store_dir) as tmp:
             staged = os.path.join(tmp.path, "x")
-            nar_hash, nar_size = _io(f"cannot write '{path}'", _stage_bytes, data, staged)
+            nar_hash, nar_size = io_call(f"cannot write '{path}'", stage_bytes, data, staged)
             ca = f"text:{Hash('sha256', digest)}"
             self._install(staged, PathInfo(path, nar_hash, nar_size, references, ca=ca))
         return path
@@ -187,7 +187,7 @@ class LocalStore:
                 for path in (p for p in missing if p not in valid):
                     data, digest, refs, _ = texts[path]
                     # Invalid, so whatever is there is a leftover of an interrupted write.
-                    _io(f"cannot write '{path}'", _write_text, path, data)
+                    io_call(f"cannot write '{path}'", write_text, path, data)
                     infos.append(PathInfo(path, *nar.hash_regular(data), refs,
                                           ca=f"text:{Hash('sha256', digest)}"))
                 self._register(infos, {p: texts[p][3] for p in missing})
@@ -210,8 +210,8 @@ class LocalStore:
             if self.is_valid(info.path):  # someone else finished it meanwhile
                 return
             # Whatever is there is an unregistered leftover of an interrupted add.
-            _io(f"cannot remove the leftover '{info.path}'", remove_tree, info.path)
-            _io(f"cannot move '{info.path}' into place", rename_tree, staged, info.path)
+            io_call(f"cannot remove the leftover '{info.path}'", remove_tree, info.path)
+            io_call(f"cannot move '{info.path}' into place", rename_tree, staged, info.path)
             self.register_valid_paths([info])
 
     # ------------------------------------------------------------ registering
@@ -395,7 +395,7 @@ class LocalStore:
                 with self.db.transaction() as conn:
                     conn.execute("delete from ValidPaths where path = ?", (path,))
             # Invalid first, then gone: a crash in between leaves an invalid leftover.
-            _io(f"cannot delete '{path}'", remove_tree, path)
+            io_call(f"cannot delete '{path}'", remove_tree, path)
 
     def remove_stale_temp(self) -> int:
         """Delete temp dirs of adds whose process died; returns how many."""
@@ -428,140 +428,3 @@ def _check_acyclic(infos: list[PathInfo], batch: set[str]) -> None:
 def _failure(row: tuple[str, int, int | None, str | None, str | None]) -> FailureRecord:
     path, when, exit_status, drv_path, log_tail = row
     return FailureRecord(path, when, exit_status, drv_path, log_tail or "")
-
-
-def _io(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a file operation; an OSError becomes a one-line RunnerError."""
-    try:
-        return func(*args, **kwargs)
-    except OSError as e:
-        raise RunnerError(f"{what}: {e.strerror or e} ('{e.filename}')", reason="io") from None
-
-
-# ---------------------------------------------------------------- staging
-
-
-class TempDir:
-    """A private dir in the store (same filesystem, so the final rename is atomic).
-
-    Its name carries the owner's pid and the owner holds an flock on it, so
-    a sweeper can tell an abandoned one (lock free and owner gone) from one
-    in use, without guessing from times.
-    """
-
-    PREFIX = ".tmp-"
-
-    def __init__(self, store_dir: str) -> None:
-        self.path = _io(f"cannot create a temp dir in '{store_dir}'", tempfile.mkdtemp,
-                              prefix=f"{self.PREFIX}{os.getpid()}-", dir=store_dir)
-        self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __enter__(self) -> TempDir:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            remove_tree(self.path)
-        finally:
-            os.close(self._fd)
-
-    @classmethod
-    def is_abandoned(cls, path: str) -> bool:
-        try:
-            pid = int(os.path.basename(path)[len(cls.PREFIX):].split("-", 1)[0])
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (ValueError, OSError):
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        # The pid lives: it may be between creating the dir and locking it.
-        return False
-
-
-def replace_tree(staged: str, path: str) -> None:
-    """Put `staged` at `path` in place of what is there (repairing a valid path).
-
-    A file or symlink is replaced by one atomic rename. A directory cannot be
-    renamed over, so the old tree is first moved into a temp dir (deleted
-    afterwards): for that instant `path` is missing, never half-written.
-    The caller holds the path's lock; `staged` is on the store's filesystem.
-    """
-    store_dir = os.path.dirname(path)
-    with TempDir(store_dir) as trash:
-        old = os.path.join(trash.path, "old")
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o755)  # renaming a dir to another parent rewrites its '..'
-            _io(f"cannot move '{path}' aside", os.rename, path, old)
-        elif os.path.isdir(staged) and os.path.lexists(path):
-            _io(f"cannot move '{path}' aside", os.rename, path, old)
-        try:
-            _io(f"cannot move a new '{path}' into place", rename_tree, staged, path)
-        except RunnerError:
-            if os.path.lexists(old) and not os.path.lexists(path):
-                os.rename(old, path)  # keep the (broken) old tree rather than nothing
-            raise
-
-
-def _stage(src: str, staged: str, exclude: Exclude | None) -> tuple[Hash, int]:
-    copy_tree(src, staged, exclude)
-    canonicalise(staged)
-    return nar.hash_path(staged)
-
-
-def _write_text(path: str, data: bytes) -> None:
-    """A text file as canonicalise leaves it (0444, mtime 1), without walking it again."""
-    remove_tree(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-        os.utime(fd, (MTIME_STORE, MTIME_STORE))
-    finally:
-        os.close(fd)
-
-
-def _stage_bytes(data: bytes, staged: str) -> tuple[Hash, int]:
-    with open(staged, "wb") as f:
-        f.write(data)
-    canonicalise(staged)
-    return nar.hash_path(staged)
-
-
-def copy_tree(src: str, dest: str, exclude: Exclude | None) -> None:
-    """Copy files, dirs and symlinks (contents and the owner's exec bit only)."""
-    stack = [(src, dest, "")]
-    while stack:
-        from_path, to_path, rel = stack.pop()
-        st = os.lstat(from_path)
-        check_file_type(from_path, st)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(from_path), to_path)
-        elif stat.S_ISREG(st.st_mode):
-            shutil.copyfile(from_path, to_path, follow_symlinks=False)
-            os.chmod(to_path, 0o755 if st.st_mode & stat.S_IXUSR else 0o644)
-        else:
-            os.mkdir(to_path, 0o755)
-            with os.scandir(from_path) as entries:
-                for entry in entries:
-                    child = rel + entry.name
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    if exclude is not None and exclude(child + "/" if is_dir else child):
-                        continue
-                    stack.append((entry.path, os.path.join(to_path, entry.name),
-                                  child + "/" if is_dir else child))

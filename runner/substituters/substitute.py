@@ -23,9 +23,9 @@ from runner.settings import Settings
 from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
-from runner.store.local_store import TempDir, replace_tree
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
+from runner.store.staging import TempDir, replace_tree
 from runner.substituters import content_address
 from runner.substituters.base import Read, Store, Substituter, Warn
 from runner.substituters.cache_info import DEFAULT_PRIORITY
