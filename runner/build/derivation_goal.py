@@ -215,7 +215,7 @@ class DerivationGoal(Goal[BuildResult]):
         self._delete_leftovers()
         assert self.drv is not None
         build_drv = self.redirect.derivation(self.drv) if self.redirect else self.drv
-        closure = self.store.compute_closure(self.input_paths)
+        closure = self.worker.input_closure(self.input_paths)
         name = self.drv.name
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
                        int(self.settings.get("log-lines")), self.worker.background)
@@ -260,7 +260,7 @@ class DerivationGoal(Goal[BuildResult]):
         return result
 
     def _finish(self, build_drv: Derivation, ending: Ending | None, returncode: int,
-                message: str, closure: set[str]) -> BuildResult:
+                message: str, closure: frozenset[str]) -> BuildResult:
         if ending is None:
             return self._result(Status.SETUP_FAILED, message)
         if ending in _ENDINGS:

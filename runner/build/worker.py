@@ -30,6 +30,7 @@ from runner.substituters.configure import open_substituters
 # Retrying a lock held by another process: first after 5 ms, backing off to 1 s.
 LOCK_RETRY_FIRST = 0.005
 LOCK_RETRY_MAX = 1.0
+CLOSURE_CACHE_SIZE = 64  # input closures remembered (see `Worker.input_closure`)
 
 
 class Worker:
@@ -62,6 +63,7 @@ class Worker:
         self.background = Background(progress.warn)  # logs, build-dir removal
         self.build_dirs = BuildDirs(settings, self.background)
         self.spawner = Spawner(self.max_jobs)  # sandboxed builds start off the loop
+        self._closures: dict[frozenset[str], frozenset[str]] = {}
         self.remote = RemoteBuilders(settings) if settings.get("remote-builders") else None
 
     # -- the goal table
@@ -134,6 +136,19 @@ class Worker:
         assert self._slots is not None
         async with self._slots:
             yield
+
+    def input_closure(self, paths: Iterable[str]) -> frozenset[str]:
+        """The closure of valid `paths`. Remembered for the last few input sets: the
+        nodes of a dense layer share one (a closure of valid paths cannot change while
+        they are temp roots)."""
+        key = frozenset(paths)
+        found = self._closures.get(key)
+        if found is None:
+            found = frozenset(self.store.compute_closure(key))
+            if len(self._closures) >= CLOSURE_CACHE_SIZE:
+                del self._closures[next(iter(self._closures))]
+            self._closures[key] = found
+        return found
 
     async def lock_paths(self, paths: Iterable[str]) -> PathLocks:
         """Lock `paths` without blocking the loop: retry when a lock of ours is released,
