@@ -80,7 +80,12 @@ class Derivation:
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
+_SPECIAL = re.compile(r'[\\"\n\r\t]')
+
+
 def _str(s: str) -> str:
+    if _SPECIAL.search(s) is None:  # most strings (store paths, names): nothing to escape
+        return '"' + s + '"'
     return '"' + s.translate(_ESCAPES) + '"'
 
 
