@@ -160,9 +160,14 @@ def _seal_submounts(readonly_targets: list[str]) -> None:
     """Recursive binds bring host submounts along writable; make them read-only too."""
     with open(OLD + "/proc/self/mountinfo", "rb") as f:
         points = [_unescape(line.split()[4]) for line in f]
+    targets = set(readonly_targets)  # one per closure path: thousands in a deep graph
     for point in points:
-        if any(point.startswith(t + "/") for t in readonly_targets):
-            _remount(point, readonly=True, nodev=True)
+        parent = point
+        while (cut := parent.rfind("/")) > 0:
+            parent = parent[:cut]
+            if parent in targets:
+                _remount(point, readonly=True, nodev=True)
+                break
 
 
 def _unescape(field: bytes) -> str:
