@@ -10,6 +10,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.store.nar import CHUNK, dump, hash_path, restore
+from tests.deep_trees import flatten, make_chain
 from tests.golden import assert_golden
 
 
@@ -195,24 +196,14 @@ def test_dump_rejects_special_files_and_missing(tmp_path: Path) -> None:
 
 def test_deep_tree_does_not_recurse(tmp_path: Path) -> None:
     path = tmp_path / "deep"
-    path.mkdir()
-    cur = path
-    for _ in range(1500):
-        cur = cur / "d"
-        cur.mkdir()
+    make_chain(path, 1500)
     try:
         data = nar_bytes(path)
         restore(io.BytesIO(data).read, tmp_path / "copy")
         assert nar_bytes(tmp_path / "copy") == data
     finally:
-        # pytest's recursive cleanup of old tmp dirs would overflow on these trees:
-        # flatten them by moving each level up to tmp_path.
-        for n, top in enumerate((path, tmp_path / "copy")):
-            level = 0
-            while (top / "d").exists():
-                flat = tmp_path / f"flat{n}-{level}"
-                os.rename(top / "d", flat)
-                top, level = flat, level + 1
+        for top in (path, tmp_path / "copy"):
+            flatten(top, tmp_path)
 
 
 def test_hash_path_other_algorithms(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from runner.remote.fetch import materialise
 from runner.remote.merkle import RootBuilder, path_tree
 from runner.settings import Settings
 from runner.store.derivation import Derivation, DerivationOutput
+from tests.deep_trees import flatten, make_chain
 from tests.remote_server import BlobServer
 
 EMPTY_DIR_KEY = ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 0)
@@ -181,15 +182,14 @@ def test_silent_server_hits_the_deadline() -> None:
 
 
 def test_tree_of_a_very_deep_path(tmp_path: Path) -> None:
-    here = deep = str(tmp_path / "deep")
-    os.mkdir(deep)
-    for _ in range(1200):  # os.makedirs itself recurses
-        here = os.path.join(here, "d")
-        os.mkdir(here)
-    Path(here, "leaf").write_text("bottom")
-    tree = path_tree(deep)
-    assert key_of(b"bottom") in tree.blobs
-    assert len(tree.blobs) == 1201 + 1  # 1201 directories and the file
+    deep = tmp_path / "deep"
+    (make_chain(deep, 1200) / "leaf").write_text("bottom")
+    try:
+        tree = path_tree(str(deep))
+        assert key_of(b"bottom") in tree.blobs
+        assert len(tree.blobs) == 1201 + 1  # 1201 directories and the file
+    finally:
+        flatten(deep, tmp_path)
 
 
 @pytest.fixture
@@ -233,10 +233,13 @@ def test_materialise_a_deep_output_tree(blob_server: BlobServer, tmp_path: Path)
             name="d", digest=digest(key_of(below.SerializeToString(deterministic=True))))]))
     result = _result_with_tree(blob_server, _tree(dirs[-1], *dirs[:-1]))
     out = f"{store}/{'a' * 32}-deep"
-    for cas in _cas(blob_server):
-        materialise(cas, result, {OUT: out}, str(store))
-    with open(os.path.join(out, *["d"] * 1200, "f"), "rb") as f:
-        assert f.read() == b"bottom"
+    try:
+        for cas in _cas(blob_server):
+            materialise(cas, result, {OUT: out}, str(store))
+        with open(os.path.join(out, *["d"] * 1200, "f"), "rb") as f:
+            assert f.read() == b"bottom"
+    finally:
+        flatten(Path(out), tmp_path)
 
 
 def _bad_trees(server: BlobServer) -> dict[str, bytes]:
