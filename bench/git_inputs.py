@@ -35,6 +35,11 @@ derivations:
     args: ["-c", "test -d ${{ staged }} && touch $out"]
 """
 
+# What a hook runs: several checks over the staged tree (the issue's 20-check case).
+HOOK_SPEC = "version: 1\ninputs:\n  src: {path: ., git: true}\nderivations:\n" + "".join(
+    f"  check{i}:\n    builder: /bin/sh\n"
+    f"    args: [\"-c\", \"test -d ${{{{ src }}}} && echo {i} > $out\"]\n" for i in range(20))
+
 
 def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
@@ -51,6 +56,7 @@ def make_repo(root: Path, files: int) -> Path:
         path.parent.mkdir(exist_ok=True)
         path.write_text(f"# module {i}\n" + "x = 1\n" * (i % 300))
     (repo / "runner.yaml").write_text(SPEC)
+    (repo / "hook.yaml").write_text(HOOK_SPEC)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "bench")
     noise = repo / "untracked"
@@ -134,6 +140,12 @@ def main() -> None:
         rows.append(("runner check, first run (hash, add, build)", first))
         rows.append(("runner check, same index again (no work)",
                      median_time(run_check, opts.runs)))
+        hook = [*check, "hook.yaml"]
+        rows.append(("20-check hook spec, first run",
+                     median_time(lambda: subprocess.run(hook, cwd=repo, check=True), 1)))
+        rows.append(("20-check hook spec, same index again (no work)",
+                     median_time(lambda: subprocess.run(hook, cwd=repo, check=True),
+                                 opts.runs)))
         rows.append(("python -c pass (process start floor)",
                      median_time(lambda: subprocess.run([sys.executable, "-c", "pass"],
                                                         check=True), opts.runs)))
