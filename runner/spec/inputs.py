@@ -6,8 +6,6 @@ on each input's NAR hash, so the NAR is streamed into SHA-256 here.
 
 from __future__ import annotations
 
-import pathspec
-
 from runner.errors import RunnerError
 from runner.spec.model import InputEntry
 from runner.store import nar
@@ -19,6 +17,8 @@ def exclude_filter(entry: InputEntry) -> Exclude | None:
     """`exclude(relpath)` for the store's `add_path`: dirs end in `/`, as gitignore expects."""
     if not entry.exclude:
         return None
+    import pathspec  # ~30 ms (it imports asyncio): only for inputs with `exclude:`
+
     spec = pathspec.GitIgnoreSpec.from_lines(entry.exclude)
 
     def excluded(relpath: str) -> bool:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 _REF = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_+-]*)(?:\.([A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*))?")
 
+# `${{ name }}` / `${{ name.output }}` as a whole. Names have no `}`, so the first
+# `}}` after `${{` ends it, as in the general case below, which also reports errors.
+_WELL_FORMED = re.compile(r"\$\{\{\s*" + _REF.pattern + r"\s*\}\}")
+
 
 @dataclass(frozen=True)
 class Ref:
@@ -36,6 +40,12 @@ def parse_template(text: str) -> list[Part]:
 
 
 @functools.lru_cache(maxsize=65536)
+def _ref(name: str, output: str | None) -> Ref:
+    """One `Ref` per distinct reference (a dense spec names each dependency 100 times)."""
+    return Ref(name, output)
+
+
+@functools.lru_cache(maxsize=65536)
 def _parse(text: str) -> tuple[Part, ...]:
     """Memoised: a spec repeats the same strings (defaults, `${{ dep }}` lists) per entry."""
     if "${{" not in text:
@@ -50,6 +60,13 @@ def _parse(text: str) -> tuple[Part, ...]:
             i = j + 3
             continue
         literal.append(text[i:j])
+        if (m := _WELL_FORMED.match(text, j)) is not None:  # what the general case finds
+            if text_ := "".join(literal):
+                parts.append(text_)
+            literal = []
+            parts.append(_ref(*m.group(1, 2)))
+            i = m.end()
+            continue
         end = text.find("}}", j + 3)
         if end < 0:
             raise TemplateError("'${{' is not closed with '}}' (write '$${{' for a literal)")
@@ -63,7 +80,7 @@ def _parse(text: str) -> tuple[Part, ...]:
         if text_ := "".join(literal):
             parts.append(text_)
         literal = []
-        parts.append(Ref(match.group(1), match.group(2)))
+        parts.append(_ref(*match.group(1, 2)))
         i = end + 2
     literal.append(text[i:])
     if text_ := "".join(literal):

@@ -85,6 +85,13 @@ def translate(
     Pure: `source_paths` maps each referenced input to its store path.
     """
     keys = order(closure(select(spec, names), spec.derivations), spec.derivations)
+    return _translate(spec, store_dir, source_paths, keys)
+
+
+def _translate(
+    spec: Spec, store_dir: str, source_paths: Mapping[str, str], keys: Sequence[str]
+) -> dict[str, Instantiated]:
+    """`translate` of `keys`, already closed over dependencies and in dependency order."""
     done: dict[str, Instantiated] = {}
     by_path: dict[str, Derivation] = {}
     cache: dict[str, bytes] = {}
@@ -157,7 +164,7 @@ def instantiate(
             sources[name] = git_input.add(store, entry)
         else:
             sources[name] = store.add_path(str(entry.path), entry.name, exclude_filter(entry))
-    result = translate(spec, store.store_dir, sources, wanted)
+    result = _translate(spec, store.store_dir, sources, keys)
     written = store.write_derivations([result[key].drv for key in keys])
     for key, path in zip(keys, written, strict=True):
         if path != result[key].drv_path:

@@ -7,6 +7,7 @@ duplicates, canonical escapes), so parse and unparse round-trip byte for byte.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -70,6 +71,13 @@ class Derivation:
             raise RunnerError("derivation has no 'name' in its environment", reason="bad-drv")
         return name
 
+    @functools.cached_property
+    def text(self) -> str:
+        """The ATerm text (`unparse`), printed once per instance (cached in the
+        instance dict, which a frozen dataclass allows; the fields are not changed
+        after construction)."""
+        return _unparse(self, False, None)
+
     @property
     def is_fixed_output(self) -> bool:
         return list(self.outputs) == ["out"] and self.outputs["out"].is_fixed
@@ -90,7 +98,24 @@ def _str(s: str) -> str:
 
 
 def _list(items: Collection[str]) -> str:
+    if not items:
+        return "[]"
+    if _SPECIAL.search("".join(items)) is None:  # one scan for the whole list
+        return '["' + '","'.join(items) + '"]'
     return "[" + ",".join(_str(i) for i in items) + "]"
+
+
+@functools.lru_cache(maxsize=1024)
+def _outs_list(outs: tuple[str, ...]) -> str:
+    """An input derivation's output names (nearly always `["out"]`), sorted, memoised."""
+    return _list(sorted(outs))
+
+
+def _pairs(items: Sequence[tuple[str, str]]) -> str:
+    """`(k,v),…` with both printed as strings (outputs, env)."""
+    if _SPECIAL.search("".join([k + v for k, v in items])) is None:
+        return ",".join([f'("{k}","{v}")' for k, v in items])
+    return ",".join([f"({_str(k)},{_str(v)})" for k, v in items])
 
 
 def unparse(
@@ -101,6 +126,16 @@ def unparse(
 ) -> str:
     """The ATerm text. `mask_outputs` blanks output paths and their env vars;
     `input_drvs_hashes` replaces the input derivations (used for hashing modulo)."""
+    if not mask_outputs and input_drvs_hashes is None:
+        return drv.text
+    return _unparse(drv, mask_outputs, input_drvs_hashes)
+
+
+def _unparse(
+    drv: Derivation,
+    mask_outputs: bool,
+    input_drvs_hashes: Mapping[str, Collection[str]] | None,
+) -> str:
     outputs = ",".join(
         "("
         + ",".join(
@@ -110,13 +145,19 @@ def unparse(
         for name, o in drv.outputs.items()
     )
     inputs = drv.input_drvs if input_drvs_hashes is None else input_drvs_hashes
-    input_drvs = ",".join(
-        f"({_str(path)},{_list(sorted(outs))})" for path, outs in sorted(inputs.items())
-    )
-    env = ",".join(
-        f"({_str(k)},{_str('' if mask_outputs and k in drv.outputs else v)})"
-        for k, v in drv.env.items()
-    )
+    paths = sorted(inputs)
+    pairs = [
+        (path, _outs_list(outs if type(outs) is tuple else tuple(outs)))
+        for path, outs in [(path, inputs[path]) for path in paths]
+    ]
+    if _SPECIAL.search("".join(paths)) is None:
+        input_drvs = ",".join([f'("{path}",{outs})' for path, outs in pairs])
+    else:
+        input_drvs = ",".join([f"({_str(path)},{outs})" for path, outs in pairs])
+    env_items = list(drv.env.items())
+    if mask_outputs:
+        env_items = [(k, "" if k in drv.outputs else v) for k, v in env_items]
+    env = _pairs(env_items)
     return (
         f"Derive([{outputs}],[{input_drvs}],{_list(drv.input_srcs)},"
         f"{_str(drv.system)},{_str(drv.builder)},{_list(drv.args)},[{env}])"
@@ -295,9 +336,11 @@ def _modulo(drv: Derivation, cache: Mapping[str, bytes]) -> bytes:
         out = drv.outputs["out"]
         text = f"fixed:out:{out.hash_algo}:{out.hash}:{out.path}"
         return hashlib.sha256(text.encode()).digest()
-    inputs: dict[str, set[str]] = {}
+    inputs: dict[str, Collection[str]] = {}
     for path, outs in drv.input_drvs.items():
-        inputs.setdefault(cache[path].hex(), set()).update(outs)
+        key = cache[path].hex()
+        seen = inputs.get(key)  # two inputs may have the same hash (same fixed output)
+        inputs[key] = outs if seen is None else {*seen, *outs}
     return hashlib.sha256(unparse(drv, input_drvs_hashes=inputs).encode()).digest()
 
 
@@ -346,8 +389,8 @@ def fill_output_paths(
         except RunnerError as e:
             raise RunnerError(f"derivation '{name}': {e}", reason="bad-drv") from None
         path = make_fixed_output_path(name, digest, recursive, store_dir)
-        return dataclasses.replace(
-            drv, outputs={"out": dataclasses.replace(out, path=path)}, env={**drv.env, "out": path}
+        return _with_outputs(
+            drv, {"out": dataclasses.replace(out, path=path)}, {**drv.env, "out": path}
         )
     for output_name, output in drv.outputs.items():
         if output.hash_algo or output.hash:
@@ -356,22 +399,37 @@ def fill_output_paths(
                 "is not fixed-output (a fixed output must be the only output, named 'out')",
                 reason="bad-drv",
             )
-    blank = dataclasses.replace(
+    blank = _with_outputs(
         drv,
-        outputs={k: DerivationOutput("") for k in drv.outputs},
-        env={**drv.env, **{k: "" for k in drv.outputs}},
+        {k: DerivationOutput("") for k in drv.outputs},
+        {**drv.env, **{k: "" for k in drv.outputs}},
     )
     drv_hash = hash_derivation_modulo(blank, load, cache)
     paths = {k: make_output_path(k, drv_hash, name, store_dir) for k in drv.outputs}
-    return dataclasses.replace(
-        blank,
-        outputs={k: DerivationOutput(p) for k, p in paths.items()},
-        env={**drv.env, **paths},
+    return _with_outputs(
+        blank, {k: DerivationOutput(p) for k, p in paths.items()}, {**drv.env, **paths}
     )
+
+
+def _with_outputs(
+    drv: Derivation, outputs: Mapping[str, DerivationOutput], env: Mapping[str, str]
+) -> Derivation:
+    """`dataclasses.replace(drv, outputs=…, env=…)` without normalising the inputs again:
+    they are `drv`'s, already sorted (100 input derivations each in a dense graph)."""
+    new: Derivation = object.__new__(Derivation)
+    set_ = object.__setattr__
+    set_(new, "outputs", dict(sorted(outputs.items())))
+    set_(new, "input_drvs", drv.input_drvs)
+    set_(new, "input_srcs", drv.input_srcs)
+    set_(new, "system", drv.system)
+    set_(new, "builder", drv.builder)
+    set_(new, "args", drv.args)
+    set_(new, "env", dict(sorted(env.items())))
+    return new
 
 
 def derivation_path(drv: Derivation, store_dir: str) -> str:
     """The `.drv` store path: a text path referencing the sources and input derivations."""
-    text_hash = hashlib.sha256(unparse(drv).encode()).digest()
+    text_hash = hashlib.sha256(drv.text.encode()).digest()
     references = [*drv.input_srcs, *drv.input_drvs]
     return make_text_path(drv.name + ".drv", text_hash, references, store_dir)

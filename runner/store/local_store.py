@@ -171,7 +171,7 @@ class LocalStore:
         texts: dict[str, tuple[bytes, bytes, frozenset[str], Derivation]] = {}
         paths = []
         for drv in drvs:
-            data = derivation.unparse(drv).encode("utf-8")
+            data = drv.text.encode("utf-8")
             digest = hashlib.sha256(data).digest()
             refs = frozenset((*drv.input_srcs, *drv.input_drvs))
             path = make_text_path(drv.name + ".drv", digest, refs, self.store_dir)
@@ -232,32 +232,45 @@ class LocalStore:
         with self.db.transaction() as conn:
             for info in infos:
                 parse_store_path(info.path, self.store_dir)
-                conn.execute(
-                    "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ca)"
-                    " values (?, ?, ?, ?, ?, ?) on conflict (path) do update set"
-                    " hash = excluded.hash, narSize = excluded.narSize,"
-                    " deriver = coalesce(excluded.deriver, deriver), ca = excluded.ca",
-                    (info.path, f"sha256:{info.nar_hash.hex()}", info.registration_time or now,
-                     info.deriver, info.nar_size, info.ca),
-                )
+            conn.executemany(
+                "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ca)"
+                " values (?, ?, ?, ?, ?, ?) on conflict (path) do update set"
+                " hash = excluded.hash, narSize = excluded.narSize,"
+                " deriver = coalesce(excluded.deriver, deriver), ca = excluded.ca",
+                [(info.path, f"sha256:{info.nar_hash.hex()}", info.registration_time or now,
+                  info.deriver, info.nar_size, info.ca) for info in infos],
+            )
+            # Every id the batch needs (its own paths and all their references) in
+            # one query; a reference missing from it is not valid.
+            wanted = set(batch)
             for info in infos:
-                referrer = self._id(info.path)
+                wanted.update(info.references)
+            rows = conn.execute(
+                "select v.path, v.id from ValidPaths v join json_each(?) j on v.path = j.value",
+                (json.dumps(list(wanted)),))
+            ids: dict[str, int] = {path: int(id_) for path, id_ in rows}
+            refs: list[tuple[int, int]] = []
+            outputs: list[tuple[int, str, str]] = []
+            for info in infos:
+                referrer = ids[info.path]
                 for ref in info.references:
-                    reference = self._id(ref)
+                    reference = ids.get(ref)
                     if reference is None:
                         raise RunnerError(
                             f"cannot register '{info.path}': its reference '{ref}' is not valid",
                             reason="closure",
                         )
-                    conn.execute("insert or ignore into Refs (referrer, reference) values (?, ?)",
-                                 (referrer, reference))
+                    refs.append((referrer, reference))
                 if _is_derivation(info):
                     drv = drvs.get(info.path) or self.read_derivation(info.path)
-                    for output, out in drv.outputs.items():
-                        conn.execute(
-                            "insert or replace into DerivationOutputs (drv, id, path)"
-                            " values (?, ?, ?)", (referrer, output, out.path))
-                conn.execute("delete from FailedPaths where path = ?", (info.path,))
+                    outputs.extend((referrer, output, out.path)
+                                   for output, out in drv.outputs.items())
+            conn.executemany("insert or ignore into Refs (referrer, reference) values (?, ?)",
+                             refs)
+            conn.executemany("insert or replace into DerivationOutputs (drv, id, path)"
+                             " values (?, ?, ?)", outputs)
+            conn.executemany("delete from FailedPaths where path = ?",
+                             [(info.path,) for info in infos])
             _check_acyclic(infos, batch)
         if self.auto_optimise:
             from runner.store.optimise import optimise_path  # imports this module
