@@ -2,12 +2,16 @@
 
     python bench/sandbox_overhead.py [-n RUNS] [--derivations N] [--jobs J]
 
-1. spawn: `/bin/true` started plainly and through `runner.sandbox.spawn`.
+1. spawn: `/bin/true` started plainly and through `runner.sandbox.spawn`,
+   with the fork server and without it (runner forks itself), interleaved.
    Each sandboxed run includes everything a build pays in the sandbox:
    preparing the staging dir, the two forks, five or six namespaces, the
-   mounts, pivot_root, and collecting outputs.
+   mounts, pivot_root, and collecting outputs. `--ballast MB` grows this
+   process first, as big as a runner worker (~60 MB), since forking it costs
+   more the bigger it is.
 2. runner build: N independent trivial derivations (`echo i > $out`), built
-   by `runner build --sandbox=off` and `--sandbox=on`, each in a fresh store
+   by `runner build --sandbox=off`, `--sandbox=on` and `--sandbox=on` with
+   `RUNNER_SANDBOX_FORK_SERVER=0`, each in a fresh store, rounds interleaved
    (median of three). The difference divided by N is what a user pays per
    derivation, with registration, logs and scheduling around it.
 """
@@ -40,10 +44,11 @@ def per_run(runs: int, start: Callable[[], subprocess.Popen[bytes]]) -> float:
     return (time.perf_counter() - began) / runs * 1000
 
 
-def build_seconds(spec: str, sandbox: str, jobs: int) -> float:
+def build_seconds(spec: str, sandbox: str, jobs: int, fork_server: bool = True) -> float:
     """Wall time of one `runner build` of every derivation in `spec`, in a fresh store."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "RUNNER_STORE_DIR": f"{tmp}/store",
+        env = {**os.environ, "RUNNER_SANDBOX_FORK_SERVER": "1" if fork_server else "0",
+               "RUNNER_STORE_DIR": f"{tmp}/store",
                "RUNNER_STATE_DIR": f"{tmp}/state", "XDG_CONFIG_HOME": f"{tmp}/config"}
         began = time.perf_counter()
         subprocess.run([sys.executable, "-m", "runner", "build", "--no-out-link",
@@ -60,13 +65,17 @@ def through_runner(count: int, jobs: int) -> None:
             f.write("version: 1\ndefaults: {builder: /bin/sh}\nderivations:\n")
             for i in range(count):
                 f.write(f'  d{i}: {{args: ["-c", "echo {i} > $out"]}}\n')
-        off = statistics.median(build_seconds(spec, "off", jobs) for _ in range(3))
-        on = statistics.median(build_seconds(spec, "on", jobs) for _ in range(3))
+        times: dict[str, list[float]] = {"off": [], "on": [], "on, no fork server": []}
+        for _ in range(3):
+            times["off"].append(build_seconds(spec, "off", jobs))
+            times["on"].append(build_seconds(spec, "on", jobs))
+            times["on, no fork server"].append(build_seconds(spec, "on", jobs, False))
+    off = statistics.median(times["off"])
     print(f"runner build, {count} derivations, --max-jobs={jobs} (median of 3):")
-    print(f"  --sandbox=off: {off:6.2f} s  ({off / count * 1000:6.2f} ms per derivation)")
-    print(f"  --sandbox=on:  {on:6.2f} s  ({on / count * 1000:6.2f} ms per derivation)")
-    print(f"  overhead:      {(on - off) / count * 1000:6.2f} ms per derivation, "
-          f"ratio {on / off:.2f}x")
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        print(f"  --sandbox={name + ':':20} {median:6.2f} s ({median / count * 1000:6.2f} ms "
+              f"per derivation, overhead {(median - off) / count * 1000:6.2f} ms)")
 
 
 def main() -> None:
@@ -74,11 +83,14 @@ def main() -> None:
     parser.add_argument("-n", "--runs", type=int, default=200)
     parser.add_argument("--derivations", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--ballast", type=int, default=60, help="MB to grow this process by")
     args = parser.parse_args()
+    ballast = [str(i) * 8 for i in range(args.ballast * 7_000)]  # ~1 MB per 7,000
     why = probe()
     if why is not None:
         raise SystemExit(f"sandbox unavailable: {why}")
     spawn_only(args.runs)
+    del ballast
     through_runner(args.derivations, args.jobs)
 
 
@@ -95,12 +107,29 @@ def spawn_only(runs: int) -> None:
         plain = per_run(runs, lambda: subprocess.Popen(
             list(plan.argv), env=dict(plan.env), stdin=dev, stdout=dev, stderr=dev,
             start_new_session=True))
-        boxed = per_run(runs, lambda: spawn(plan, stdout=dev, stderr=dev))
+        served: list[float] = []
+        forked: list[float] = []
+        for _ in range(5):  # interleaved: the machine's load moves
+            served.append(per_run(runs // 5 or 1, lambda: spawn(
+                plan, stdout=dev, stderr=dev, fork_server=True)))
+            forked.append(per_run(runs // 5 or 1, lambda: spawn(
+                plan, stdout=dev, stderr=dev, fork_server=False)))
+    rss = _rss_mb()
     who = "root" if os.geteuid() == 0 else "unprivileged (user namespace)"
-    print(f"spawn /bin/true, {runs} runs each, as {who}:")
-    print(f"  plain:     {plain:7.2f} ms per build")
-    print(f"  sandboxed: {boxed:7.2f} ms per build")
-    print(f"  overhead:  {boxed - plain:7.2f} ms per build, ratio {boxed / plain:.1f}x")
+    print(f"spawn /bin/true, {runs} runs each, as {who}, this process {rss:.0f} MB:")
+    print(f"  plain:                 {plain:7.2f} ms per build")
+    for name, times in (("sandboxed, fork server", served), ("sandboxed, forked", forked)):
+        boxed = statistics.median(times)
+        print(f"  {name + ':':23}{boxed:7.2f} ms per build, overhead {boxed - plain:6.2f} ms, "
+              f"ratio {boxed / plain:.1f}x")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 if __name__ == "__main__":

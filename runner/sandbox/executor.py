@@ -2,76 +2,250 @@
 
 Process shape (Python < 3.12 has no os.unshare, so libc is called by ctypes):
 
-    runner ── Popen ──▶ supervisor ── fork ──▶ builder (PID 1 of the new PID namespace)
+    runner ─┬─ fork server ── clone(CLONE_PARENT) ─┐
+            └─ (parent of) ◀───────────────────────┴─ supervisor ── fork ──▶ builder
 
-`subprocess.Popen(preexec_fn=…)` forks the supervisor, which unshares the PID
-namespace (and the user namespace when not root) and forks again: only
-children of the unsharing process enter a new PID namespace. The builder
-unshares mount, IPC, UTS and network namespaces, assembles its root and
-returns to Popen, which execs the builder program. The supervisor closes every
-inherited descriptor (so Popen's exec-error pipe closes once the builder has
-exec'd), waits, moves the outputs out of the staging dir and exits with the
-builder's status: the same exit code, or death by the same signal.
+By default each runner thread that spawns sandboxed builds has its own fork
+server (`forkserver.py`): a small Python process that creates each
+supervisor as a child of that runner thread, so runner does not fork its own
+50-60 MB address space per build. Without it (`fork_server=False`, the
+environment variable `RUNNER_SANDBOX_FORK_SERVER=0`, or an architecture it
+does not know) `subprocess.Popen(preexec_fn=…)` forks the supervisor from
+runner itself. Either way the supervisor (`supervisor.py`) unshares the PID
+(and user) namespace, forks the builder (PID 1 of the new PID namespace),
+which builds its root (`child.py`) and execs; the supervisor waits, moves
+the outputs out of the staging dir and exits with the builder's status.
 
-Killing the supervisor (or the process group Popen made) ends the build: the
-builder has a parent-death signal, and when PID 1 of a PID namespace dies the
-kernel kills every other process in it. All mounts live in the build's own
-mount namespace and vanish with it.
+Killing the supervisor (or its process group) ends the build: the builder
+has a parent-death signal, and when PID 1 of a PID namespace dies the kernel
+kills every other process in it. All mounts live in the build's own mount
+namespace and vanish with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import signal
+import pickle
+import socket
 import stat
 import subprocess
+import sys
+import threading
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any
 
 from runner.errors import RunnerError
-from runner.sandbox import child, libc, staging
+from runner.sandbox import forkserver, staging, supervisor
 from runner.sandbox.child import Step
 from runner.sandbox.plan import SandboxPlan
 from runner.store.canonicalise import remove_tree
 
-_FD_LIMIT = os.sysconf("SC_OPEN_MAX")
-_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                  signal.SIGCHLD, signal.SIGPIPE)
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The fork server skips runner/sandbox/__init__.py (executor, policy, settings…):
+# an empty package module stands in for it.
+_BOOT = ("import sys, types; root = sys.argv.pop(1); sys.path.insert(0, root); import runner; "
+         "package = types.ModuleType('runner.sandbox'); "
+         "package.__path__ = [root + '/runner/sandbox']; "
+         "sys.modules['runner.sandbox'] = runner.sandbox = package; "
+         "from runner.sandbox.forkserver import main; main(sys.argv)")
 
 
-def spawn(plan: SandboxPlan, *, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+class _SetupError(Exception):
+    pass
+
+
+def use_fork_server() -> bool:
+    return (os.environ.get("RUNNER_SANDBOX_FORK_SERVER", "1") != "0"
+            and forkserver.supported())
+
+
+def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
+          fork_server: bool | None = None) -> subprocess.Popen[bytes]:
     """Run `plan.argv` in the sandbox; stdin is /dev/null.
 
-    The returned process leads a new session and process group. When it has
-    exited, the outputs the build created are at their real paths, owned by
-    the invoking user. Sandbox set-up failures raise
-    `RunnerError(reason="sandbox-setup")`; a builder that cannot be executed
-    raises `OSError` as `Popen` does. Call from a thread that lives as long as
-    the build: the build is killed when that thread (its parent) exits.
+    The returned process (the supervisor, a child of the calling thread)
+    leads a new session and process group. When it has exited, the outputs
+    the build created are at their real paths, owned by the invoking user.
+    Sandbox set-up failures raise `RunnerError(reason="sandbox-setup")`; a
+    builder that cannot be executed raises `OSError` as `Popen` does. Call
+    from a thread that lives as long as the build: the build is killed when
+    that thread (its parent) exits. `fork_server` None: `use_fork_server()`.
     """
     staging.prepare(plan)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        try:
-            launcher = _Launcher(plan, resolve(plan), err_w)
-            proc = subprocess.Popen(
-                plan.argv, env=dict(plan.env), stdin=subprocess.DEVNULL, stdout=stdout,
-                stderr=stderr, start_new_session=True, preexec_fn=launcher.run,
-            )
-        finally:
-            os.close(err_w)
-    except subprocess.SubprocessError:
-        problem = _read_all(err_r) or "unknown error"
+        steps = resolve(plan)
+        server = None
+        if fork_server if fork_server is not None else use_fork_server():
+            server = _thread_server()
+        if server is not None:
+            proc: subprocess.Popen[bytes] = _ServedPopen(
+                server, plan, steps, stdout=stdout, stderr=stderr)
+        else:
+            proc = _forked(plan, steps, stdout=stdout, stderr=stderr)
+    except _SetupError as e:
         remove_tree(plan.staging_dir)
-        raise RunnerError(f"cannot set up the build sandbox: {problem}",
+        raise RunnerError(f"cannot set up the build sandbox: {e}",
                           reason="sandbox-setup") from None
     except BaseException:
         remove_tree(plan.staging_dir)
         raise
+    return proc
+
+
+def _forked(plan: SandboxPlan, steps: list[Step], *, stdout: int,
+            stderr: int) -> subprocess.Popen[bytes]:
+    """The supervisor as a fork of runner itself."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            return subprocess.Popen(
+                plan.argv, env=dict(plan.env), stdin=subprocess.DEVNULL, stdout=stdout,
+                stderr=stderr, start_new_session=True,
+                preexec_fn=functools.partial(supervisor.launch, plan, steps, err_w),
+            )
+        finally:
+            os.close(err_w)
+    except subprocess.SubprocessError:
+        raise _SetupError(_read_all(err_r) or "unknown error") from None
     finally:
         os.close(err_r)
-    return proc
+
+
+class _ForkServer:
+    """One runner thread's fork server; it dies with that thread (parent-death signal)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOT, _ROOT, str(os.getpid()),
+                 str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        try:
+            ready = forkserver.recv_exact(ours, 1)
+        except (EOFError, OSError):
+            ready = b""
+        if ready != forkserver.READY:
+            self.close()
+            raise OSError(0, "the sandbox fork server did not start")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def request(self, plan: SandboxPlan, steps: list[Step], fds: list[int]) -> int:
+        """Have the server clone a supervisor for `plan`; its pid."""
+        data = pickle.dumps((os.getpid(), plan, steps), pickle.HIGHEST_PROTOCOL)
+        try:
+            header = forkserver.HEADER.pack(len(data))
+            socket.send_fds(self.sock, [header], fds, socket.MSG_NOSIGNAL)
+            self.sock.sendall(data, socket.MSG_NOSIGNAL)
+            (pid,) = forkserver.HEADER.unpack(forkserver.recv_exact(self.sock,
+                                                                    forkserver.HEADER.size))
+            if pid == 0:
+                (errno,) = forkserver.HEADER.unpack(
+                    forkserver.recv_exact(self.sock, forkserver.HEADER.size))
+                raise _SetupError(f"clone: {os.strerror(errno)}")
+        except (EOFError, OSError) as e:
+            self.close()
+            raise _SetupError(f"the sandbox fork server died ({e or 'EOF'})") from None
+        return int(pid)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.proc.returncode is None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+_local = threading.local()
+_unavailable: list[str] = []  # why no fork server starts in this process
+
+
+def _thread_server() -> _ForkServer | None:
+    """The calling thread's fork server, started (again) if need be; None if none starts
+    (e.g. `sys.executable` is not executable by this user): runner forks itself then."""
+    server: _ForkServer | None = getattr(_local, "server", None)
+    if server is not None and server.alive():
+        return server
+    if server is not None:
+        server.close()
+        _local.server = None
+    if _unavailable:
+        return None
+    try:
+        server = _local.server = _ForkServer()
+    except OSError as e:
+        _unavailable.append(str(e))
+        return None
+    return server
+
+
+def thread_server_pid() -> int | None:
+    """The calling thread's fork server, if it has one (for tests)."""
+    server: _ForkServer | None = getattr(_local, "server", None)
+    return server.proc.pid if server is not None else None
+
+
+class _ServedPopen(subprocess.Popen[bytes]):
+    """A Popen whose child the fork server cloned: runner's own child all the same,
+    so `wait`, `poll`, `send_signal` and pidfds work as for any Popen."""
+
+    def __init__(self, server: _ForkServer, plan: SandboxPlan, steps: list[Step], *,
+                 stdout: int, stderr: int) -> None:
+        self._server = server
+        self._plan = plan
+        self._steps = steps
+        super().__init__(plan.argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+    def _execute_child(self, *args: Any) -> None:
+        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = args[10:16]
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                fds = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
+                       errwrite if errwrite != -1 else 2, err_w]
+                self.pid = self._server.request(self._plan, self._steps, fds)
+                self._child_created = True
+            finally:
+                os.close(err_w)
+                for fd, other in ((p2cread, p2cwrite), (c2pwrite, c2pread),
+                                  (errwrite, errread)):
+                    if fd != -1 and other != -1:
+                        os.close(fd)
+                devnull = getattr(self, "_devnull", None)
+                if devnull is not None:
+                    os.close(devnull)
+                self._closed_child_pipe_fds = True
+            problem = _read_all_bytes(err_r)
+        finally:
+            os.close(err_r)
+        if not problem:
+            return
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        if problem.startswith(supervisor.EXEC_ERROR):
+            number, _, name = problem[len(supervisor.EXEC_ERROR):].decode(
+                errors="replace").partition(":")
+            errno = int(number) if number.isdigit() else 2
+            raise OSError(errno, os.strerror(errno), name)
+        raise _SetupError(problem.decode(errors="replace").strip() or "unknown error")
 
 
 def resolve(plan: SandboxPlan) -> list[Step]:
@@ -107,90 +281,15 @@ def resolve(plan: SandboxPlan) -> list[Step]:
     return steps
 
 
-class _Launcher:
-    """The preexec_fn: runs in the supervisor, and (returning) in the builder."""
-
-    def __init__(self, plan: SandboxPlan, steps: list[Step], err_fd: int) -> None:
-        self.plan = plan
-        self.steps = steps
-        self.err_fd = err_fd
-
-    def run(self) -> None:
-        try:
-            libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            for sig in _RESET_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            flags = libc.CLONE_NEWPID
-            if self.plan.user_namespace:
-                flags |= libc.CLONE_NEWUSER
-            libc.unshare(flags)
-            if self.plan.user_namespace:
-                _write("/proc/self/setgroups", "deny")
-                _write("/proc/self/uid_map", self.plan.uid_map)
-                _write("/proc/self/gid_map", self.plan.gid_map)
-            alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
-            if pid == 0:
-                os.close(alive_w)
-                child.enter(self.plan, self.steps, alive_r)
-                return
-        except BaseException as e:
-            _report(self.err_fd, e)
-            raise
-        _supervise(self.plan, pid, alive_w)
-
-
-def _supervise(plan: SandboxPlan, pid: int, alive_fd: int) -> NoReturn:
-    status = 1 << 8
-    try:
-        os.closerange(3, alive_fd)
-        os.closerange(alive_fd + 1, _FD_LIMIT)
-        _, status = os.waitpid(pid, 0)
-        staging.collect(plan)
-    except BaseException as e:
-        _report(2, e, prefix="sandbox: cannot collect the outputs: ")
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            status = 1 << 8
-    finally:
-        _exit_like(status)
-
-
-def _exit_like(status: int) -> NoReturn:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _report(fd: int, e: BaseException, prefix: str = "") -> None:
-    if isinstance(e, OSError) and e.filename is not None:
-        text = f"{e.strerror}: {e.filename}"
-    elif isinstance(e, OSError) and e.strerror:
-        text = e.strerror
-    else:
-        text = str(e) or type(e).__name__
-    with contextlib.suppress(OSError):
-        os.write(fd, f"{prefix}{text}\n".encode())
-
-
-def _read_all(fd: int) -> str:
+def _read_all_bytes(fd: int) -> bytes:
     chunks = []
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace").strip()
+    return b"".join(chunks)
+
+
+def _read_all(fd: int) -> str:
+    return _read_all_bytes(fd).decode(errors="replace").strip()
 
 
 def _within(path: str, parent: str) -> bool:

@@ -34,7 +34,9 @@ def probe() -> str | None:
         plan = make_plan(argv=["/bin/true"], env={}, build_dir=build, store_dir=store,
                          closure=[], outputs=[], fixed_output=False, settings=_Defaults())
         try:
-            proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # Popen forks runner here: no fork server for one build on this thread.
+            proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         fork_server=False)
         except RunnerError as e:
             return e.message
         except OSError as e:
