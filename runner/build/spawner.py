@@ -7,9 +7,12 @@ sandboxed build. The worker owns one `Spawner` for the whole run: a small
 pool of threads that start builders while the loop goes on.
 
 The threads must outlive every build they start: the sandbox supervisor has a
-parent-death signal, which the kernel sends when the *thread* that forked it
-exits (docs/sandbox.md, "Lifetime"). `ThreadPoolExecutor` threads never exit
-before `shutdown`, and the worker calls `close` only after every build ended.
+parent-death signal, which the kernel sends when the *thread* that is its
+parent exits (docs/sandbox.md, "Lifetime"). Each thread starts its own sandbox
+fork server at its first sandboxed spawn; the supervisors it clones are that
+thread's children, and the server ends with the thread. `ThreadPoolExecutor`
+threads never exit before `shutdown`, and the worker calls `close` only after
+every build ended.
 """
 
 from __future__ import annotations
