@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -118,13 +119,29 @@ def _connect(path: str) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
                                cached_statements=256)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         # NORMAL in WAL mode syncs at checkpoints, not on every commit.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.Error as e:
         raise RunnerError(f"cannot open the store database '{path}': {e}", reason="db") from None
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switching the journal mode can answer SQLITE_BUSY at once, without the busy
+    handler, while another process opens the same new database: retry for a while."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _current_version(conn: sqlite3.Connection, path: str) -> int:
