@@ -12,7 +12,14 @@ from runner.errors import SpecError
 from runner.spec.coerce import scalar_to_string, to_string
 from runner.spec.interpolate import Ref, TemplateError, parse_template
 from runner.spec.validate import nix_attributes, spec_schema
-from runner.spec.yaml_loader import ALIAS_BUDGET, Node, load_yaml, parse_yaml
+from runner.spec.yaml_loader import (
+    ALIAS_BUDGET,
+    MAX_DEPTH,
+    TOO_DEEP,
+    Node,
+    load_yaml,
+    parse_yaml,
+)
 
 
 def problems(text: str) -> list[str]:
@@ -76,11 +83,24 @@ def test_alias_bomb_is_refused_without_expanding() -> None:
     assert "expand to too many values" in problem
 
 
+@pytest.mark.parametrize("depth", [65, 999, 1001, 5000])  # libyaml has a limit of its own at 1000
 @pytest.mark.parametrize("open_close", [("[", "]"), ("{a: ", "}")])
-def test_deep_nesting_is_refused(open_close: tuple[str, str]) -> None:
+def test_deep_nesting_is_refused(open_close: tuple[str, str], depth: int) -> None:
     opening, closing = open_close
-    (problem,) = problems("x: " + opening * 5000 + "1" + closing * 5000 + "\n")
-    assert "nested more than 64 levels deep" in problem
+    with pytest.raises(SpecError) as info:
+        parse_yaml("x: " + opening * depth + "1" + closing * depth + "\n", "f.yaml")
+    assert info.value.reason == TOO_DEEP
+    (problem,) = info.value.problems
+    column = 4 + (MAX_DEPTH - 1) * len(opening)  # the mapping of `x` is level 1
+    assert problem.startswith(f"f.yaml:1:{column}: ")
+
+
+def test_nesting_at_the_limit_is_fine() -> None:
+    levels = MAX_DEPTH - 2  # the mapping of `x` and the scalar are levels too
+    text = "x: " + "[" * levels + "1" + "]" * levels + "\n"
+    assert parse_yaml(text, "f.yaml").at("x") is not None
+    with pytest.raises(SpecError):
+        parse_yaml("x: " + "[" * (levels + 1) + "1" + "]" * (levels + 1) + "\n", "f.yaml")
 
 
 def test_recursive_alias() -> None:

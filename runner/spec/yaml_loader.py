@@ -24,6 +24,7 @@ from runner.errors import SpecError
 ALIAS_BUDGET = 10_000
 # Specs are shallow; refusing deep nesting keeps the recursive walk safe.
 MAX_DEPTH = 64
+TOO_DEEP = "spec-too-deep"  # the reason of the SpecError for MAX_DEPTH
 
 Scalar = str | int | float | bool | None
 Value = Union[Scalar, "dict[str, Node]", "list[Node]"]
@@ -259,6 +260,10 @@ def parse_yaml(text: str, file: str) -> Node:
         _check_depth(text, file)  # before composing: libyaml's composer recurses in C
         composed = loader.get_single_node()
     except yaml.MarkedYAMLError as err:
+        if "nesting depth" in str(err.problem):
+            # libyaml (>= 0.2.6) has a nesting limit of its own and scans ahead, so it can
+            # refuse before our check sees level 65; find that level with the pure parser.
+            _check_depth(text, file, yaml.SafeLoader)
         raise SpecError([_yaml_error(err, file)]) from None
     except yaml.YAMLError as err:
         raise SpecError([f"{file}:1:1: invalid YAML: {err}"]) from None
@@ -270,7 +275,7 @@ def parse_yaml(text: str, file: str) -> Node:
     try:
         root = walker.walk(composed)
     except _TooDeep as err:
-        raise SpecError([_too_deep(err.pos)]) from None
+        raise SpecError([_too_deep(err.pos)], reason=TOO_DEEP) from None
     except _TooManyAliases as err:
         raise SpecError(
             [f"{err.pos}: YAML aliases here expand to too many values (more than "
@@ -285,9 +290,9 @@ def _too_deep(pos: Pos) -> str:
     return f"{pos}: values are nested more than {MAX_DEPTH} levels deep"
 
 
-def _check_depth(text: str, file: str) -> None:
+def _check_depth(text: str, file: str, loader: type = _CoreLoader) -> None:
     """Refuse deep nesting using the parser's flat event stream."""
-    events = _CoreLoader(text)
+    events = loader(text)
     depth = 0
     try:
         while events.check_event():
@@ -297,7 +302,7 @@ def _check_depth(text: str, file: str) -> None:
                 if depth > MAX_DEPTH:
                     mark = event.start_mark
                     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-                    raise SpecError([_too_deep(Pos(file, line, col))])
+                    raise SpecError([_too_deep(Pos(file, line, col))], reason=TOO_DEEP)
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
     finally:
