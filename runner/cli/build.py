@@ -217,41 +217,16 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
 
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.build.logs import read_log
+    from runner.build.log_target import find_log
     from runner.store.local_store import open_store
 
     with open_store(settings) as store:
-        drv_path = _log_target(store, args.target, args.name)
-    data = read_log(settings.state_dir, drv_path)
-    if data is None:
-        raise RunnerError(f"no build log available for '{drv_path}'", reason="no-log")
+        data = find_log(store, settings.state_dir, args.target, args.name)
+    if not data:  # said on stderr: stdout stays the log's exact (empty) contents
+        print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
-
-
-def _log_target(store: LocalStore, target: str, name: str | None) -> str:
-    from runner.spec.load import load_spec
-    from runner.spec.translate import source_paths, translate
-
-    in_store = os.path.abspath(target).startswith(store.store_dir + "/")
-    if name is not None or not in_store:
-        if name is None:
-            raise RunnerError(f"'{target}' is not a store path; to see a log of a spec's "
-                              "derivation, name it: runner log SPEC NAME", reason="usage")
-        spec = load_spec(target)
-        sources = source_paths(spec, store.store_dir, [name])
-        return translate(spec, store.store_dir, sources, [name])[name].drv_path
-    path = os.path.abspath(target)
-    if path.endswith(".drv"):
-        return path
-    deriver = store.query_deriver(path)
-    derivers = store.query_valid_derivers(path)
-    if deriver is None and derivers:
-        deriver = sorted(derivers)[0]
-    if deriver is None:
-        raise RunnerError(f"'{path}' is not a known output of any derivation", reason="no-log")
-    return deriver
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -174,6 +174,12 @@ def instantiate(
 
 
 def source_paths(spec: Spec, store_dir: str, keys: Iterable[str] | None = None) -> dict[str, str]:
-    """Store paths the inputs would get, computed without writing (for `validate`, `show`)."""
-    names = needed_inputs(spec, keys) if keys is not None else list(spec.inputs)
+    """Store paths the inputs would get, computed without writing (for `validate`, `show`).
+
+    With `keys`, only the inputs that they and their dependencies refer to; an unknown key
+    is refused with a did-you-mean."""
+    if keys is None:
+        names = list(spec.inputs)
+    else:
+        names = needed_inputs(spec, closure(select(spec, keys), spec.derivations))
     return {name: source_path(spec.inputs[name], store_dir) for name in names}
