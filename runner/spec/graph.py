@@ -114,6 +114,7 @@ def edges(
     for key, entry in derivations.items():
         for ref in entry.refs:
             if ref.name in derivations or ref.name in inputs:
-                output = ref.output or ("out" if ref.name in derivations else None)
+                output = ref.output or (derivations[ref.name].default_output
+                                        if ref.name in derivations else None)
                 found[(ref.name, key, output)] = None
     return list(found)
