@@ -106,19 +106,22 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.worker import Worker
     from runner.spec import eval_cache
     from runner.spec.load import load_spec
+    from runner.spec.targets import parse_targets
     from runner.spec.translate import instantiate
 
     spec = load_spec(args.spec)
+    wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
     digests = eval_cache.digests_of([str(f) for f in spec.files])
     declared = spec_substituters(spec)
     with open_store(settings) as store:
-        targets = instantiate(spec, store, args.names or None)
+        targets = instantiate(spec, store, list(wanted) or None)
         drv_paths = [inst.drv_path for inst in targets.values()]
+        picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
+                  for k, i in targets.items()]  # the outputs printed and linked
         if not spec.inputs:
             eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names,
                               digests, eval_cache.Entry(
-                                  {}, drv_paths, [(i.drv_path, i.outputs)
-                                                  for i in targets.values()]))
+                                  {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
@@ -134,12 +137,11 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps([r.to_json() for r in everything], indent=2))
         elif ok:
-            for result in results:
-                for _, path in sorted(result.outputs.items()):
+            for outputs in picked:
+                for _, path in sorted(outputs.items()):
                     print(path)
         if ok and not args.no_out_link:
-            create_out_links(settings.store_dir, settings.state_dir, args.out_link,
-                             [r.outputs for r in results])
+            create_out_links(settings.store_dir, settings.state_dir, args.out_link, picked)
         if not ok:
             raise _failure(results, everything)
     return 0
