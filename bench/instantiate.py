@@ -2,7 +2,8 @@
 
     python bench/instantiate.py                # medians of 15 runs
     python bench/instantiate.py --runs 31 --workloads wide-1000,specs
-    python bench/instantiate.py --tree /tmp/old    # another checkout (git archive REV)
+    python bench/instantiate.py --tree /tmp/old --tree .   # compare with another checkout
+                                                           # (git archive REV | tar -x -C /tmp/old)
 
 Rows: the whole command (a fresh store each run), and in a fresh process the schema
 check alone: first call (imports and set-up included, what one command pays) and a
@@ -50,32 +51,28 @@ print(json.dumps([t1 - t0, t2 - t1]))
 """
 
 
-def _median(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
 def _timed(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
-def measure(specs: list[Path], runs: int, work: Path, env: dict[str, str]) -> dict[str, float]:
-    inst, val, first, again = [], [], [], []
-    for i in range(runs):
-        dirs = ["--store-dir", str(work / f"s{i}" / "store"),
-                "--state-dir", str(work / f"s{i}" / "state")]
-        inst.append(sum(_timed([*bench_run.RUNNER, "instantiate", str(s), *dirs], env)
-                        for s in specs))
-        val.append(_timed([*bench_run.RUNNER, "validate", *map(str, specs)], env))
-        out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, specs)], env=env,
-                             check=True, capture_output=True, text=True).stdout
-        a, b = json.loads(out)
-        first.append(a)
-        again.append(b)
-    return {"instantiate": _median(inst), "validate": _median(val),
-            "schema check, first call": _median(first),
-            "schema check, later call": _median(again)}
+def measure_once(specs: list[Path], work: Path, env: dict[str, str]) -> dict[str, float]:
+    dirs = ["--store-dir", str(work / "store"), "--state-dir", str(work / "state")]
+    inst = sum(_timed([*bench_run.RUNNER, "instantiate", str(s), *dirs], env) for s in specs)
+    val = _timed([*bench_run.RUNNER, "validate", *map(str, specs)], env)
+    out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, specs)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    first, again = json.loads(out)
+    return {"instantiate": inst, "validate": val, "schema check, first call": first,
+            "schema check, later call": again}
+
+
+def _env(work: Path, tree: Path) -> dict[str, str]:
+    env = bench_run.runner_env(work)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree.resolve()),
+                                                      env.get("PYTHONPATH")]))
+    return env
 
 
 def main() -> None:
@@ -83,19 +80,23 @@ def main() -> None:
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--workloads", default="specs,wide-1000,sparse-10x100")
-    p.add_argument("--tree", type=Path, default=ROOT,
-                   help="the runner source tree to measure (default: this one)")
+    p.add_argument("--tree", type=Path, action="append",
+                   help="a runner source tree to measure; repeat to compare trees, whose "
+                        "runs are interleaved (default: this one)")
     args = p.parse_args()
+    trees: list[Path] = args.tree or [ROOT]
     with tempfile.TemporaryDirectory(prefix="runner-bench-inst-") as tmp:
         work = Path(tmp)
-        env = bench_run.runner_env(work)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.tree.resolve()),
-                                                          env.get("PYTHONPATH")]))
-        bench_run.run([*bench_run.RUNNER, "--help"], env)  # byte-compile once
-        print(f"schema validation cost of {args.tree}, {time.strftime('%Y-%m-%d')}, "
-              f"{os.cpu_count()} cores, medians of {args.runs} runs (seconds)\n")
-        print("| workload | measure | s |")
-        print("| --- | --- | --- |")
+        envs = [_env(work, tree) for tree in trees]
+        for env in envs:
+            bench_run.run([*bench_run.RUNNER, "--help"], env)  # byte-compile once
+        print(f"schema validation cost, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+              f"{args.runs} runs interleaved, median (min) in seconds\n")
+        for i, tree in enumerate(trees):
+            print(f"- tree {i + 1}: {tree}")
+        print("\n| workload | measure | " + " | ".join(f"tree {i + 1}" for i in range(len(trees)))
+              + " |")
+        print("| --- | --- |" + " --- |" * len(trees))
         for name in args.workloads.split(","):
             if name == "specs":
                 specs = sorted((ROOT / "specs").glob("*.yaml"))
@@ -103,8 +104,16 @@ def main() -> None:
                 root = work / name
                 root.mkdir()
                 specs = [bench_run.write_spec(bench_run.parse_workload(name), root)]
-            for label, value in measure(specs, args.runs, work / f"run-{name}", env).items():
-                print(f"| {name} | {label} | {value:.4f} |", flush=True)
+            samples: list[dict[str, list[float]]] = [{} for _ in trees]
+            for run in range(args.runs):
+                for t, env in enumerate(envs):
+                    figures = measure_once(specs, work / f"{name}-{t}-{run}", env)
+                    for label, value in figures.items():
+                        samples[t].setdefault(label, []).append(value)
+            for label in samples[0]:
+                cells = [f"{statistics.median(s[label]):.4f} ({min(s[label]):.4f})"
+                         for s in samples]
+                print(f"| {name} | {label} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":
