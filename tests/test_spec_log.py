@@ -53,6 +53,8 @@ def test_log_of_a_derivation_whose_dependency_uses_an_input(
     assert code == 0 and out.startswith("testing ") and out.rstrip().endswith("-package")
     code, out, _ = _log(capsys, built, "package")
     assert (code, out) == (0, "packaging\n")
+    code, out, _ = _log(capsys, built, "package^out")  # as `runner build` names outputs
+    assert (code, out) == (0, "packaging\n")
 
 
 def test_unknown_name_is_a_clean_error_with_a_hint(

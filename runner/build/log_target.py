@@ -71,11 +71,13 @@ def derivation_candidates(store: DeriverStore, target: str, name: str | None) ->
 
 def _spec_drv(store_dir: str, spec_path: str, name: str) -> str:
     from runner.spec.load import load_spec
+    from runner.spec.targets import parse_target
     from runner.spec.translate import source_paths, translate
 
     spec = load_spec(spec_path)
-    sources = source_paths(spec, store_dir, [name])  # refuses an unknown name, with a hint
-    return translate(spec, store_dir, sources, [name])[name].drv_path
+    key = parse_target(spec, name).key  # `tests^junit` is `tests`'s log; unknown: a hint
+    sources = source_paths(spec, store_dir, [key])
+    return translate(spec, store_dir, sources, [key])[key].drv_path
 
 
 def find_log(store: DeriverStore, state_dir: str, target: str, name: str | None) -> bytes:
