@@ -243,6 +243,7 @@ class _Walker:
                 # (its first token is its first child's); an alias's own position is
                 # lost in composing. Point at the key that introduces the value.
                 value.pos = key_pos
+                value.source = None  # its text is the anchor's, elsewhere in the file
             result.value[key] = value
             result.key_pos[key] = key_pos
         # `<<: *base` fills in keys the mapping does not set itself.
