@@ -106,19 +106,22 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.worker import Worker
     from runner.spec import eval_cache
     from runner.spec.load import load_spec
+    from runner.spec.targets import parse_targets
     from runner.spec.translate import instantiate
 
     spec = load_spec(args.spec)
+    wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
     digests = eval_cache.digests_of([str(f) for f in spec.files])
     declared = spec_substituters(spec)
     with open_store(settings) as store:
-        targets = instantiate(spec, store, args.names or None)
+        targets = instantiate(spec, store, list(wanted) or None)
         drv_paths = [inst.drv_path for inst in targets.values()]
+        picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
+                  for k, i in targets.items()]  # the outputs printed and linked
         if not spec.inputs:
             eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names,
                               digests, eval_cache.Entry(
-                                  {}, drv_paths, [(i.drv_path, i.outputs)
-                                                  for i in targets.values()]))
+                                  {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
@@ -134,12 +137,11 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps([r.to_json() for r in everything], indent=2))
         elif ok:
-            for result in results:
-                for _, path in sorted(result.outputs.items()):
+            for outputs in picked:
+                for _, path in sorted(outputs.items()):
                     print(path)
         if ok and not args.no_out_link:
-            create_out_links(settings.store_dir, settings.state_dir, args.out_link,
-                             [r.outputs for r in results])
+            create_out_links(settings.store_dir, settings.state_dir, args.out_link, picked)
         if not ok:
             raise _failure(results, everything)
     return 0
@@ -217,41 +219,16 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
 
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.build.logs import read_log
+    from runner.build.log_target import find_log
     from runner.store.local_store import open_store
 
     with open_store(settings) as store:
-        drv_path = _log_target(store, args.target, args.name)
-    data = read_log(settings.state_dir, drv_path)
-    if data is None:
-        raise RunnerError(f"no build log available for '{drv_path}'", reason="no-log")
+        data = find_log(store, settings.state_dir, args.target, args.name)
+    if not data:  # said on stderr: stdout stays the log's exact (empty) contents
+        print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
-
-
-def _log_target(store: LocalStore, target: str, name: str | None) -> str:
-    from runner.spec.load import load_spec
-    from runner.spec.translate import source_paths, translate
-
-    in_store = os.path.abspath(target).startswith(store.store_dir + "/")
-    if name is not None or not in_store:
-        if name is None:
-            raise RunnerError(f"'{target}' is not a store path; to see a log of a spec's "
-                              "derivation, name it: runner log SPEC NAME", reason="usage")
-        spec = load_spec(target)
-        sources = source_paths(spec, store.store_dir, [name])
-        return translate(spec, store.store_dir, sources, [name])[name].drv_path
-    path = os.path.abspath(target)
-    if path.endswith(".drv"):
-        return path
-    deriver = store.query_deriver(path)
-    derivers = store.query_valid_derivers(path)
-    if deriver is None and derivers:
-        deriver = sorted(derivers)[0]
-    if deriver is None:
-        raise RunnerError(f"'{path}' is not a known output of any derivation", reason="no-log")
-    return deriver
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
