@@ -61,6 +61,19 @@ def test_pipeline_keeps_junit_and_coverage(capsys: pytest.CaptureFixture[str]) -
 
 
 @needs_pytest
+def test_pipeline_is_reproducible(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--check` rebuilds the reports bit for bit: no clock in the JUnit XML, coverage.xml
+    or pytest's summary line (all pinned to SOURCE_DATE_EPOCH by the builder script)."""
+    spec = str(SPECS / "python-tests.yaml")
+    code, results = build(capsys, spec, "tests")
+    assert code == 0, results
+    code = run(["build", "--check", "--no-out-link", spec, "tests"])
+    assert code == 0, capsys.readouterr().err
+    junit = ET.parse(results["tests"]["outputs"]["junit"]).getroot().find("testsuite")
+    assert junit is not None and junit.get("timestamp") == "1970-01-01T00:00:01"
+
+
+@needs_pytest
 def test_failing_run_is_cached_and_a_test_change_reruns_only_the_tests(
         pipeline: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert build(capsys, str(pipeline))[0] == 0
