@@ -114,3 +114,31 @@ def test_checks_example_on_a_small_repository(tmp_path: Path,
     git(repo, "add", "-A")
     assert run(["check", "specs/checks.yaml", "typecheck"]) != 0
     assert "Incompatible return value" in capsys.readouterr().out
+
+
+@needs_pytest
+def test_checks_example_tests_run_as_in_a_checkout(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """What this repository's own suite needs from specs/checks.yaml's `tests` check in
+    the sandbox: `python3 -m pkg` from any directory imports the checked copy, the copy is
+    a git repository, and temp dirs lie outside the build dir the tests inspect."""
+    repo = make_repo(tmp_path / "repo")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "__main__.py").write_text("print('the checked copy')\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_env.py").write_text(
+        "import os, subprocess, sys, tempfile\n\n\n"
+        "def test_env(tmp_path):\n"
+        "    out = subprocess.run([sys.executable, '-m', 'pkg'], cwd=tmp_path,\n"
+        "                         capture_output=True, text=True)\n"
+        "    assert out.stdout == 'the checked copy\\n', out.stderr\n"
+        "    git = subprocess.run(['git', 'ls-files'], capture_output=True, text=True)\n"
+        "    assert 'pkg/__main__.py' in git.stdout.split(), git.stderr\n"
+        "    assert not str(tmp_path).startswith(os.getcwd()), tmp_path\n")
+    (repo / "specs").mkdir()
+    shutil.copy(SPECS / "checks.yaml", repo / "specs" / "checks.yaml")
+    git(repo, "add", "-A")
+    monkeypatch.chdir(repo)
+    assert run(["check", "specs/checks.yaml", "tests"]) == 0, capsys.readouterr()
