@@ -1,6 +1,7 @@
 """Every example in README.md and docs/*.md works as written, as a new user runs it: from a
 fresh clone (the checkout's tracked files, `git init`ed), with a fresh HOME and so the
-default store, the sandbox on (its default; a fallback to unsandboxed fails the test).
+default store, the sandbox on (its default; a fallback to building without one fails the
+test).
 
 What counts as an example, by its fence:
 - ```yaml: a spec (`version:` at the top; a `# path` header naming a file of the checkout
@@ -188,7 +189,7 @@ class World:
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd,
                               env=self.env, capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 0, f"{command!r} exited {proc.returncode}:\n{proc.stderr}"
-        assert "unsandboxed" not in proc.stderr, proc.stderr  # the sandbox stays on
+        assert "without a sandbox" not in proc.stderr, proc.stderr  # the sandbox stays on
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc.stdout
 
