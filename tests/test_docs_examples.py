@@ -65,7 +65,6 @@ EXCLUDED = {
 # What a reader substitutes: a team's shared directory, a cache host, their own key.
 PLACEHOLDERS = {
     "/srv/runner-cache": "{tmp}/srv/runner-cache",
-    "/srv/cache": "{tmp}/srv/cache",
     "/var/tmp/runner": "{tmp}/var/tmp/runner",
     "http://cache:8080": "http://127.0.0.1:{port}",
     "--port 8080": "--port {port}",
@@ -195,7 +194,6 @@ class World:
 
     def serve(self, command: str, cwd: Path) -> None:
         """Start `runner cache serve` and wait for its "serving … on" line."""
-        (self.tmp / "srv" / "cache").mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=cwd, env=self.env,
                                 stderr=subprocess.PIPE, text=True)
         self.servers.append(proc)
