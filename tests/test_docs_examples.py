@@ -49,7 +49,7 @@ TIMEOUT = 120
 # A line or block containing the key is not run, for the reason given. Keep this short.
 EXCLUDED = {
     "pip install .": "installs into the test's own Python; the test puts this checkout's "
-                     "`runner` on PATH instead (a fresh clone runs it in .ci/run)",
+                     "`runner` on PATH instead (tox installs it so)",
     "pip install tox && tox": "the test suite itself",
     "-m pip install --break-system-packages": "changes the host's python3 for every user "
                                               "(a step for the machine's owner, not for a test)",
