@@ -90,8 +90,9 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     # `runner log`, `runner store failed` and every other command do not need.
     from runner.store.local_store import open_store
 
+    started = time.monotonic()
     simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed)
-    if simple and _all_valid_from_cache(args, settings):
+    if simple and _all_valid_from_cache(args, settings, started):
         return 0
     from runner.build.derivation_goal import BuildMode
     from runner.build.out_links import create_out_links
@@ -123,6 +124,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
                         mode=mode)
         results = worker.run(drv_paths)
+        print(progress.summary(), file=sys.stderr)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
         if args.json:
@@ -139,7 +141,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _all_valid_from_cache(args: argparse.Namespace, settings: Settings) -> bool:
+def _all_valid_from_cache(args: argparse.Namespace, settings: Settings,
+                          started: float) -> bool:
     """The no-op fast path: an unchanged spec (eval cache) whose outputs are all valid
     needs no parsing, no goals and no locks; print and link as a build would."""
     from runner.spec import eval_cache
@@ -157,6 +160,8 @@ def _all_valid_from_cache(args: argparse.Namespace, settings: Settings) -> bool:
     for _, outputs in entry.targets:
         for _, path in sorted(outputs.items()):
             print(path)
+    print(f"0 built, 0 substituted, {len(entry.targets)} cached, 0 failed "
+          f"in {time.monotonic() - started:.2f}s", file=sys.stderr)
     if not args.no_out_link:
         from runner.build.out_links import create_out_links
 

@@ -58,6 +58,14 @@ def cli_markdown() -> str:
         "A flag that sets a setting (`-j`, `-k`, `--sandbox`, …) takes its type, choices "
         "and help from the settings table, and names the setting in its help.",
         "",
+        "`runner build` ends with one summary line on stderr: "
+        "`2 built, 0 substituted, 1 cached, 0 failed in 1.52s` (`cached`: outputs that "
+        "were already valid; `N not built (a dependency failed)` is added when some were "
+        "skipped). On a terminal it shows one status line while building, drawn with "
+        "[rich](https://github.com/Textualize/rich) and redrawn after every start and end "
+        "of a build, so its counts are exact; messages and `-L` log lines print above it. "
+        "Off a terminal (or with `TERM=dumb`) each event is one plain line.",
+        "",
         "## Shell completion",
         "",
         "`runner completion bash|zsh|fish` prints a completion script generated from these "
