@@ -133,3 +133,26 @@ def test_spec_found_at_the_repository_root(repo: Path, capsys: pytest.CaptureFix
     code, _, err = check(capsys)
     assert code == 1
     assert err.startswith("error: no spec given") and len(err.splitlines()) == 1
+
+
+def test_fail_fast_counts_skipped_checks_apart_from_failures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "ff.yaml"
+    spec.write_text("""version: 1
+derivations:
+  lint:
+    builder: /bin/sh
+    args: ["-c", "echo lint is unhappy; exit 1"]
+  tests:
+    builder: /bin/sh
+    args: ["-c", "cat ${{ lint }} > $out"]
+""")
+    code, out, _ = check(capsys, "--fail-fast", str(spec))
+    assert code == 100
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[-3:-1]}
+    assert rows["lint"][0] == "FAIL" and rows["tests"][-1] == "skipped"
+    assert out.splitlines()[-1] == "0 passed, 1 failed, 1 skipped"
+    code, out, _ = check(capsys, "--fail-fast", "--json", str(spec))
+    assert code == 100
+    shown = {o["name"]: (o["passed"], o["failed"], o["skipped"]) for o in json.loads(out)}
+    assert shown == {"lint": (False, True, False), "tests": (False, False, True)}

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inst.add_argument("spec", nargs="?", metavar="SPEC",
                       help="spec the hook checks (default: found at each run)")
     inst.add_argument("-f", "--force", action="store_true",
-                      help="replace a hook runner did not write (kept as pre-commit.legacy)")
+                      help="replace a hook runner did not write (it is kept as "
+                           "pre-commit.before-runner and run before the checks)")
     inst.set_defaults(func=_hook_install)
     rm = actions.add_parser("uninstall", help="remove the hook runner installed")
     rm.set_defaults(func=_hook_uninstall)
@@ -128,15 +129,21 @@ def _hook_install(args: argparse.Namespace, settings: Settings) -> int:
         full = (cwd / spec).resolve()
         spec = os.path.relpath(full, root.resolve()) if full.is_relative_to(root.resolve()) \
             else str(full)
-    path = hook.install(cwd, spec, force=args.force)
-    print(f"installed the pre-commit hook at '{path}'", file=sys.stderr)
+    installed = hook.install(cwd, spec, force=args.force)
+    print(f"installed the pre-commit hook at '{installed.hook}'", file=sys.stderr)
+    if installed.saved is not None:
+        print(f"{installed.saved_kind} is kept as '{installed.saved}' and runs first at every "
+              "commit; its failure fails the commit", file=sys.stderr)
     return 0
 
 
 def _hook_uninstall(args: argparse.Namespace, settings: Settings) -> int:
-    path = hook.uninstall(Path.cwd())
-    if path is None:
+    removed = hook.uninstall(Path.cwd())
+    if removed is None:
         print("no pre-commit hook installed by runner", file=sys.stderr)
+    elif removed.restored is None:
+        print(f"removed the pre-commit hook '{removed.hook}'", file=sys.stderr)
     else:
-        print(f"removed the pre-commit hook '{path}'", file=sys.stderr)
+        print(f"removed runner's pre-commit hook and restored '{removed.hook}' from "
+              f"'{removed.restored}' ({hook.kind_of(removed.hook)})", file=sys.stderr)
     return 0
