@@ -8,7 +8,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__
@@ -172,6 +172,14 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return Settings.load(options=dict(args.option or []), flags=flags)
 
 
+def _hand_to_sandbox(settings: Settings, environ: MutableMapping[str, str]) -> None:
+    """The sandbox executor reads `sandbox-fork-server` from its environment variable
+    (it also runs outside the CLI): a value from the config file or --option goes
+    there too."""
+    if not settings.get("sandbox-fork-server"):
+        environ["RUNNER_SANDBOX_FORK_SERVER"] = "0"
+
+
 def _wants_trace(argv: Sequence[str]) -> bool:
     return TRACE_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
@@ -181,6 +189,7 @@ def run(argv: Sequence[str]) -> int:
     try:
         args = build_parser(argv).parse_args(list(argv))
         settings = _settings_from(args)
+        _hand_to_sandbox(settings, os.environ)
         code: int = args.func(args, settings)
         return code
     except RunnerError as e:
