@@ -153,3 +153,19 @@ def test_internal_error_says_how_to_get_the_traceback(
     monkeypatch.setenv("RUNNER_DEBUG", "1")
     assert run(["config", "show"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_every_command_parses_or_says_why_not() -> None:
+    # A parser argparse cannot intermix parses flags-first, never a TypeError.
+    from runner.cli.main import _can_intermix
+
+    plain = []
+    for path, parser in _walk(build_parser()):
+        if not [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]:
+            if not _can_intermix(parser):
+                plain.append(path)
+            try:  # a usage error is fine; argparse's TypeError (a crash) is not
+                parser.parse_known_args([])
+            except RunnerError as e:
+                assert e.reason == "usage"
+    assert set(plain) <= {"runner cache serve"}, plain

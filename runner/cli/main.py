@@ -76,15 +76,26 @@ class _Parser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None,
     ) -> tuple[argparse.Namespace, list[str]]:
-        # argparse cannot intermix a parser that has subcommands: only leaves do it.
         # parse_known_intermixed_args calls back into parse_known_args (3.10-3.12).
-        if self._intermixing or _subparsers(self):
+        if self._intermixing or not _can_intermix(self):
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
             return self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+
+
+def _can_intermix(parser: argparse.ArgumentParser) -> bool:
+    """argparse intermixes only a leaf parser without a positional in a mutually
+    exclusive group (e.g. `runner cache serve [DIR | --from URL]`) and without
+    REMAINDER: those keep flags before positionals."""
+    if _subparsers(parser):
+        return False
+    if any(a.nargs in (argparse.REMAINDER, argparse.PARSER) for a in parser._actions):
+        return False
+    return not any(not a.option_strings for group in parser._mutually_exclusive_groups
+                   for a in group._group_actions)
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction[Any]]:
