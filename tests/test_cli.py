@@ -98,8 +98,10 @@ def test_the_help_stubs_say_what_each_module_registers() -> None:
 
 
 def test_setting_flags_are_generated_from_the_settings_table() -> None:
+    from runner.cli import args, main
     from runner.settings import lookup
 
+    assert args.FLAG_PREFIX == main.FLAG_PREFIX  # main keeps its own: --help skips args
     flags = 0
     for path, parser in _walk(build_parser()):
         for a in parser._actions:
