@@ -165,3 +165,19 @@ def test_force_over_the_pre_commit_framework_runs_it_first(
     said = capsys.readouterr().err
     assert "restored" in said and "pre-commit framework's hook" in said
     assert hook.read_text() == framework
+
+
+def test_reinstall_moves_a_hook_an_older_runner_saved_so_it_runs(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hooks = repo / ".git" / "hooks"
+    marker = repo.parent / "legacy-ran"
+    assert run(["hook", "install"]) == 0
+    (hooks / "pre-commit.legacy").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (hooks / "pre-commit.legacy").chmod(0o755)
+    assert run(["hook", "install"]) == 0
+    assert "runs first" in capsys.readouterr().err
+    assert not (hooks / "pre-commit.legacy").exists()
+    write(repo, "src/a.txt", "still fine\n")
+    git(repo, "add", "src/a.txt")
+    assert commit(repo, "ok").returncode == 0
+    assert marker.exists()

@@ -98,6 +98,9 @@ def install(start: Path, spec: str | None, *, force: bool) -> Installed:
                               f"'{hook}'", reason="hook-exists")
         kind = kind_of(hook)
         os.replace(hook, saved)
+    legacy = hook.with_name("pre-commit" + LEGACY_SUFFIX)
+    if is_ours(hook) and legacy.exists() and not saved.exists():
+        os.replace(legacy, saved)  # saved by an older runner, which never ran it
     try:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = hook.with_name(".pre-commit.runner-tmp")
