@@ -309,7 +309,8 @@ def settings_markdown() -> str:
         "Booleans are `true`/`false`; lists are space-separated. "
         "`runner config show` prints the effective values and where each came from; "
         "`runner config show --json` prints them as `{NAME: {\"value\": …, \"origin\": …}}` "
-        "with typed values (booleans, numbers, lists of strings). A command's flag for a "
+        "with typed values (booleans, numbers, lists of strings; JSON Schema "
+        "`schemas/config-show.schema.json`). A command's flag for a "
         "setting (`runner build --help`) is generated from this table: same type, "
         "choices and description.",
         "",

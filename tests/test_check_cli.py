@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
 from tests.build_helpers import counts
 from tests.git_helpers import git, make_repo, write
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def checks_spec(counter: Path) -> str:
@@ -53,6 +56,8 @@ def check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 def outcomes(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, str]]:
     code, out, _ = check(capsys, "--json", *argv)
+    schema = json.loads((ROOT / "schemas" / "check-output.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(out))
     return code, {o["name"]: f"{o['result']}/{o['how']}" for o in json.loads(out)}
 
 
@@ -154,5 +159,7 @@ derivations:
     assert out.splitlines()[-1] == "0 passed, 1 failed, 1 skipped"
     code, out, _ = check(capsys, "--fail-fast", "--json", str(spec))
     assert code == 100
+    schema = json.loads((ROOT / "schemas" / "check-output.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(out))
     shown = {o["name"]: (o["passed"], o["failed"], o["skipped"]) for o in json.loads(out)}
     assert shown == {"lint": (False, True, False), "tests": (False, False, True)}

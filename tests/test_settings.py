@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.errors import RunnerError
@@ -125,6 +126,8 @@ def test_config_show_json_has_typed_values_and_origins(tmp_path: Path) -> None:
                   "--option", "sandbox-paths", "/a /b", "--option", "keep-going", "true")
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
+    schema = json.loads((ROOT / "schemas" / "config-show.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(shown)
     assert set(shown) == {s.name for s in SETTINGS}
     assert shown["log-lines"] == {"value": 4, "origin": "--option"}
     assert shown["sandbox-paths"]["value"] == ["/a", "/b"]
