@@ -93,12 +93,26 @@ def _need(shell: str) -> str:
     return found
 
 
-def test_zsh_script_parses(tmp_path: Path, shell_env: dict[str, str]) -> None:
+ZSH = """
+autoload -U compinit; compinit -u -D
+eval "$(runner completion zsh)"
+print -r -- "registered: ${_comps[runner]}"
+# Outside a completion widget compadd cannot run: print what it would be given.
+compadd() { shift; print -r -- "names: ${(P)1}" }
+words=(runner build pipe.yaml ""); CURRENT=4; _runner_names
+"""
+
+
+def test_zsh_script_parses_registers_and_finds_names(tmp_path: Path,
+                                                     shell_env: dict[str, str]) -> None:
     zsh = _need("zsh")
     script = _script("zsh", shell_env, tmp_path)
     proc = subprocess.run([zsh, "-n", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "_runner_names" in script.read_text()
+    proc = subprocess.run([zsh, "-f", "-c", ZSH], env=shell_env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["registered: _shtab_runner", "names: alpha beta"]
 
 
 def test_fish_completes_names_and_settings(tmp_path: Path, shell_env: dict[str, str]) -> None:
