@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
@@ -129,6 +130,7 @@ class LiveProgress(Progress):
     def __init__(self, stream: TextIO, *, log_lines: int, print_build_logs: bool) -> None:
         super().__init__(stream, log_lines=log_lines, print_build_logs=print_build_logs)
         self._live: Live | None = None
+        self._lock = threading.Lock()  # warnings also come from background threads
 
     def event(self, text: str) -> None:
         self.redraw()  # events are the status line's business on a terminal
@@ -144,23 +146,25 @@ class LiveProgress(Progress):
                              refresh=True)
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()  # transient: the status line goes, the messages stay
-            self._live = None
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()  # transient: the status line goes, the messages stay
+                self._live = None
         self.stream.flush()
 
     def _start(self) -> Live:
-        if self._live is None:
-            from rich.console import Console
-            from rich.live import Live
-            from rich.text import Text
+        with self._lock:
+            if self._live is None:
+                from rich.console import Console
+                from rich.live import Live
+                from rich.text import Text
 
-            console = Console(file=self.stream, force_terminal=True, highlight=False)
-            self._live = Live(Text(self.status_line(), no_wrap=True, overflow="ellipsis"),
-                              console=console, auto_refresh=False, transient=True,
-                              redirect_stdout=False, redirect_stderr=False)
-            self._live.start()
-        return self._live
+                console = Console(file=self.stream, force_terminal=True, highlight=False)
+                self._live = Live(Text(self.status_line(), no_wrap=True, overflow="ellipsis"),
+                                  console=console, auto_refresh=False, transient=True,
+                                  redirect_stdout=False, redirect_stderr=False)
+                self._live.start()
+            return self._live
 
 
 def make_progress(*, log_lines: int, print_build_logs: bool,
