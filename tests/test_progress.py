@@ -114,3 +114,27 @@ derivations:
     # The no-op fast path (eval cache, nothing to build) says so too.
     code, _, err = build(capsys, spec, "ok")
     assert (code, err.splitlines()[-1][:44]) == (0, "0 built, 0 substituted, 1 cached, 0 failed i")
+
+
+def test_live_display_starts_no_thread() -> None:
+    # Builders are forked for the sandbox: the display must not add a refresh thread.
+    import threading
+
+    from runner.build.progress import LiveProgress
+
+    primary, secondary = pty.openpty()
+    try:
+        with os.fdopen(secondary, "w", closefd=False) as stream:
+            before = threading.active_count()
+            progress = LiveProgress(stream, log_lines=0, print_build_logs=True)
+            progress.expect("/s/a.drv")
+            progress.started("/s/a.drv", "a")
+            progress.build_log("a", [b"hello"])
+            assert threading.active_count() == before
+            progress.close()
+        seen = bytearray()
+        assert _read_until(primary, b"a> hello", seen, time.monotonic() + 5)
+        assert b"1 running" in seen
+    finally:
+        os.close(primary)
+        os.close(secondary)
