@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 
 from runner.cli.main import build_parser
 
@@ -29,9 +29,18 @@ def _section(parser: argparse.ArgumentParser, path: str, helptext: str, out: lis
         _section(child, f"{path} {name}", child_help, out)
 
 
+def _fixed_width(parser: argparse.ArgumentParser, width: int = 100) -> None:
+    """argparse wraps help to the terminal: a fixed width per parser, so the page does
+    not depend on who generates it (and no process-wide COLUMNS is set)."""
+    fixed = functools.partial(parser.formatter_class, width=width)  # type: ignore[call-arg]
+    parser.formatter_class = fixed
+    for _, _, child in _subcommands(parser):
+        _fixed_width(child, width)
+
+
 def cli_markdown() -> str:
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal: make it fixed
     parser = build_parser()
+    _fixed_width(parser)
     out = [
         "# Command-line reference",
         "",
@@ -40,7 +49,40 @@ def cli_markdown() -> str:
         "Every command also takes `--store-dir DIR`, `--state-dir DIR` and "
         "`--option NAME VALUE` (any setting of [settings.md](settings.md)). "
         "Errors print one `error: …` line and exit non-zero; build failures exit "
-        "100 to 104 as described in [building.md](building.md).",
+        "100 to 104 as described in [building.md](building.md). An internal error (a bug "
+        "of runner's) also prints one line; `--show-trace` (or `RUNNER_DEBUG=1`) adds "
+        "its traceback.",
+        "",
+        "Flags may come anywhere among a command's positional arguments, as nix-build "
+        "takes them: `runner build spec.yaml -k a b` is `runner build -k spec.yaml a b`. "
+        "A flag that sets a setting (`-j`, `-k`, `--sandbox`, …) takes its type, choices "
+        "and help from the settings table, and names the setting in its help.",
+        "",
+        "`runner build` ends with one summary line on stderr: "
+        "`2 built, 0 substituted, 1 cached, 0 failed in 1.52s` (`cached`: outputs that "
+        "were already valid; `N not built (a dependency failed)` is added when some were "
+        "skipped). On a terminal it shows one status line while building, drawn with "
+        "[rich](https://github.com/Textualize/rich) and redrawn after every start and end "
+        "of a build, so its counts are exact; messages and `-L` log lines print above it. "
+        "Off a terminal (or with `TERM=dumb`) each event is one plain line.",
+        "",
+        "## Shell completion",
+        "",
+        "`runner completion bash|zsh|fish` prints a completion script generated from these "
+        "parsers by [shtab](https://github.com/iterative/shtab): commands, flags, flag "
+        "choices, setting names after `--option`, and the derivation names of the spec on "
+        "the line (the first `.yaml`/`.yml` word; `runner check` without one uses the "
+        "repository's default spec). For the names the script runs the hidden "
+        "`runner __complete-names [SPEC]`, so `runner` must be on `PATH`. Install:",
+        "",
+        "```sh",
+        "echo 'source <(runner completion bash)' >> ~/.bashrc",
+        "runner completion zsh > \"${fpath[1]}/_runner\"   # or in ~/.zshrc, after compinit:",
+        "#   eval \"$(runner completion zsh)\"",
+        "runner completion fish > ~/.config/fish/completions/runner.fish",
+        "```",
+        "",
+        "## Commands",
         "",
         "| command | what it does |",
         "| --- | --- |",
