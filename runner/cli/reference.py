@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 
 from runner.cli.main import build_parser
 
@@ -22,25 +21,66 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
 def _section(parser: argparse.ArgumentParser, path: str, helptext: str, out: list[str]) -> None:
     children = _subcommands(parser)
     if not children:
-        out += [f"## `{path}`", "", helptext.rstrip(".") + ".", "", "```",
-                parser.format_help().rstrip(), "```", ""]
+        out += [f"## `{path}`", "", helptext.rstrip(".") + ".", "",
+                f"Usage: `{path} {_usage(parser)}`".rstrip(), "", "| argument | meaning |",
+                "| --- | --- |"]
+        out += [f"| {_names(action)} | {_help(action)} |" for action in _documented(parser)]
+        out.append("")
         return
     for name, child_help, child in children:
         _section(child, f"{path} {name}", child_help, out)
 
 
-def _fixed_width(parser: argparse.ArgumentParser, width: int = 100) -> None:
-    """argparse wraps help to the terminal: a fixed width per parser, so the page does
-    not depend on who generates it (and no process-wide COLUMNS is set)."""
-    fixed = functools.partial(parser.formatter_class, width=width)  # type: ignore[call-arg]
-    parser.formatter_class = fixed
-    for _, _, child in _subcommands(parser):
-        _fixed_width(child, width)
+# Our own rendering, not argparse's format_help: its layout changes between Python
+# releases (3.13 prints `-j, --max-jobs N`), and the page must be the same on all of them.
+def _documented(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions
+            if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.metavar is not None:
+        return action.metavar if isinstance(action.metavar, str) else " ".join(action.metavar)
+    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+        return "{" + ",".join(str(c) for c in action.choices) + "}"
+    return action.dest.upper() if action.option_strings else action.dest
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def _positional(action: argparse.Action) -> str:
+    name = _metavar(action)
+    if action.nargs in ("*", argparse.REMAINDER):
+        return f"[{name} ...]"
+    if action.nargs == "+":
+        return f"{name} [{name} ...]"
+    return f"[{name}]" if action.nargs == "?" else name
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    actions = _documented(parser)
+    options = "[options] " if any(a.option_strings for a in actions) else ""
+    return options + " ".join(_positional(a) for a in actions if not a.option_strings)
+
+
+def _names(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"`{_positional(action)}`"
+    value = f" {_metavar(action)}" if _takes_value(action) else ""
+    return ", ".join(f"`{flag}{value}`" for flag in action.option_strings)
+
+
+def _help(action: argparse.Action) -> str:
+    text = action.help or ""
+    if "%(" in text:
+        text = text % {**vars(action), "prog": ""}
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def cli_markdown() -> str:
     parser = build_parser()
-    _fixed_width(parser)
     out = [
         "# Command-line reference",
         "",
