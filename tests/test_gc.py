@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from runner.store.roots import (
     roots_dir,
 )
 from runner.store.verify import verify_store
+from tests.build_helpers import runner_process
 
 
 @pytest.fixture
@@ -164,9 +166,9 @@ def test_keep_derivations_and_keep_outputs(store: LocalStore, tmp_path: Path) ->
     src, drv, out = _built(store)
     link = tmp_path / "result"
     add_perm_root(store.store_dir, store.state_dir, out, str(link))
-    dry = GCOptions(dry_run=True)
+    dry = GCOptions(dry_run=True, keep_derivations=False)
     assert collect_garbage(store, dry).deleted == [drv, src]
-    kept = GCOptions(dry_run=True, keep_derivations=True)
+    kept = GCOptions(dry_run=True)  # keep_derivations is the default, as in Nix
     assert collect_garbage(store, kept).deleted == []
     add_perm_root(store.store_dir, store.state_dir, drv, str(link))
     assert collect_garbage(store, dry).deleted == [out]
@@ -419,7 +421,7 @@ def test_gc_after_a_build_keeps_the_result_until_its_link_goes(store: LocalStore
     assert proc.returncode == 0, err
     main = out.strip()
     assert os.readlink(tmp_path / "result") == main
-    deleted = collect_garbage(store).deleted
+    deleted = collect_garbage(store, GCOptions(keep_derivations=False)).deleted
     assert main not in deleted and len(deleted) == 4  # two .drv files, src, dep
     assert (tmp_path / "result").read_text() == "dep\nhi\n"
     (tmp_path / "result").unlink()
@@ -479,3 +481,55 @@ def _raw_insert_valid(store: LocalStore, path: str) -> None:
     with store.db.transaction() as conn:
         conn.execute("insert into ValidPaths (path, hash, registrationTime, narSize)"
                      " values (?, ?, 1, 0)", (path, "sha256:" + "0" * 64))
+
+
+# ------------------------------------------------------------------ keep-derivations / keep-outputs
+
+_TWO_STEP = ("version: 1\nderivations:\n"
+             "  dep: {builder: /bin/sh, args: [-c, 'echo dep > $out']}\n"
+             "  app: {builder: /bin/sh, args: [-c, 'cat ${{ dep }} > $out; echo app >> $out']}\n")
+
+
+def _build_linked(tmp_path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Build the two-step spec with a `result` link to app; name -> its --json entry."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_TWO_STEP)
+    # Another process, as in real use: its temporary roots end with it.
+    proc = runner_process("build", "--sandbox=off", "--json", "-o", str(tmp_path / "result"),
+                          str(spec), "app")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    entries = json.loads(out)
+    return {os.path.basename(e["drvPath"]).split("-", 1)[1][:-4]: e for e in entries}
+
+
+def test_gc_keeps_the_derivation_of_a_rooted_output(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    built = _build_linked(tmp_path)
+    app_drv, app_out = built["app"]["drvPath"], built["app"]["outputs"]["out"]
+    assert run(["gc"]) == 0
+    capsys.readouterr()
+    # keep-derivations (on by default, as in Nix): the .drv and its closure stay.
+    assert store.is_valid(app_drv) and store.is_valid(built["dep"]["drvPath"])
+    assert store.is_valid(app_out)
+    assert not store.is_valid(built["dep"]["outputs"]["out"])  # nothing refers to it
+    # Turned off, the .drv is garbage; the rooted output stays.
+    assert run(["gc", "--option", "keep-derivations", "false"]) == 0
+    assert app_drv in capsys.readouterr().out.split()
+    assert not store.is_valid(app_drv) and store.is_valid(app_out)
+
+
+def test_gc_keep_outputs_keeps_the_outputs_of_a_rooted_derivation(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    built = _build_linked(tmp_path)
+    (tmp_path / "result").unlink()
+    drv_link = tmp_path / "drv-link"
+    assert run(["store", "add-root", str(drv_link), built["app"]["drvPath"]]) == 0
+    assert run(["gc", "--option", "keep-outputs", "true"]) == 0
+    capsys.readouterr()
+    # The rooted .drv keeps its outputs and, through its inputs, theirs too.
+    assert store.is_valid(built["app"]["outputs"]["out"])
+    assert store.is_valid(built["dep"]["outputs"]["out"])
+    assert run(["gc"]) == 0  # keep-outputs is off by default
+    assert built["app"]["outputs"]["out"] in capsys.readouterr().out.split()
+    assert store.is_valid(built["app"]["drvPath"])

@@ -13,7 +13,9 @@ from runner.cli.main import run
 from runner.store.canonicalise import remove_tree
 from runner.store.db import db_path
 from runner.store.local_store import LocalStore
+from runner.store.roots import add_perm_root
 from runner.store.verify import verify_store
+from tests.build_helpers import runner_process
 
 
 @pytest.fixture
@@ -139,3 +141,53 @@ def test_cli_verify_repair_rebuilds_a_corrupted_output_in_place(
     assert f"fixed: repaired '{dep}'" in out
     assert Path(dep).read_text() == "dep\n" and Path(app).read_text() == "dep\napp\n"
     assert run(["store", "verify", "--check-contents"]) == 0
+
+
+_LINKED = ("version: 1\nderivations:\n"
+           "  app: {builder: /bin/sh, args: [-c, 'echo app > $out']}\n")
+
+
+def _build_rooted(tmp_path: Path) -> tuple[str, Path]:
+    """Build in another process (its temporary roots end with it); (output, result link)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_LINKED)
+    link = tmp_path / "result"
+    proc = runner_process("build", "--sandbox=off", "-o", str(link), str(spec))
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return out.strip(), link
+
+
+def test_repair_rebuilds_a_rooted_output_after_gc(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, link = _build_rooted(tmp_path)
+    assert run(["gc"]) == 0  # keeps the .drv of the rooted output
+    _corrupt(out)
+    assert run(["store", "verify", "--check-contents", "--repair"]) == 0
+    assert f"fixed: repaired '{out}'" in capsys.readouterr().out
+    assert link.read_text() == "app\n"
+
+
+def test_repair_never_deletes_a_rooted_path_it_cannot_repair(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, link = _build_rooted(tmp_path)
+    assert run(["gc", "--option", "keep-derivations", "false"]) == 0  # no deriver left
+    _corrupt(out)
+    assert run(["store", "verify", "--check-contents", "--repair"]) == 1
+    captured = capsys.readouterr()
+    assert f"not fixed: '{out}' is broken and could not be rebuilt or substituted" \
+        in captured.out
+    assert "all problems fixed" not in captured.out
+    assert "error: store verification found 1 problem(s)" in captured.err
+    assert store.is_valid(out) and link.read_text() == "tampered"  # kept, link not dangling
+
+
+def test_repair_keeps_a_broken_path_a_root_keeps_alive(store: LocalStore,
+                                                      tmp_path: Path) -> None:
+    dep, user = _pair(store)
+
+    add_perm_root(store.store_dir, store.state_dir, user, str(tmp_path / "link"))
+    os.unlink(user)  # missing, and rooted
+    report = verify_store(store, repair=True)
+    assert not report.ok and store.is_valid(user) and store.is_valid(dep)
+    assert "it is kept because it is a GC root" in report.unfixed[0]

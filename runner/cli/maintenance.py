@@ -21,10 +21,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     p.add_argument("--max-freed", type=_bytes, metavar="BYTES",
                    help="stop after freeing this much (suffixes K, M, G, T)")
-    p.add_argument("--keep-outputs", action="store_true",
-                   help="keep the outputs of live derivations")
-    p.add_argument("--keep-derivations", action="store_true",
-                   help="keep the derivations of live outputs")
+    p.add_argument("--keep-outputs", action="store_true", default=None,
+                   help="keep the outputs of live derivations (setting keep-outputs)")
+    p.add_argument("--keep-derivations", action="store_true", default=None,
+                   help="keep the derivations of live outputs (setting keep-derivations, "
+                        "on by default)")
     p.add_argument("--drop-failures", action="store_true",
                    help="also forget every cached build failure")
     p.set_defaults(func=_gc)
@@ -70,8 +71,8 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.gc import GCOptions, collect_garbage
 
     options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
-                        keep_outputs=args.keep_outputs, keep_derivations=args.keep_derivations,
-                        drop_failures=args.drop_failures)
+                        drop_failures=args.drop_failures,
+                        **_keep_options(settings, args.keep_outputs, args.keep_derivations))
     with open_store(settings) as store:
         result = collect_garbage(store, options)
     for path in result.deleted:
@@ -80,6 +81,14 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     if result.failures_dropped:
         print(f"{result.failures_dropped} cached build failures dropped")
     return 0
+
+
+def _keep_options(settings: Settings, outputs: bool | None = None,
+                  derivations: bool | None = None) -> dict[str, bool]:
+    """What `gc` keeps beyond the closure of the roots: a flag wins over the setting."""
+    return {"keep_outputs": bool(settings.get("keep-outputs")) if outputs is None else outputs,
+            "keep_derivations": (bool(settings.get("keep-derivations"))
+                                 if derivations is None else derivations)}
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,11 +125,13 @@ def _optimise(args: argparse.Namespace, settings: Settings) -> int:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.repair import repair_paths
+    from runner.store.gc import GCOptions
     from runner.store.verify import verify_store
 
     with open_store(settings) as store:
         report = verify_store(store, check_contents=args.check_contents, repair=args.repair,
-                              rebuild=lambda paths: repair_paths(store, paths, settings))
+                              rebuild=lambda paths: repair_paths(store, paths, settings),
+                              keep=GCOptions(**_keep_options(settings)))
     for line in report.problems:
         print(f"problem: {line}")
     for line in report.fixed:

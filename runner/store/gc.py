@@ -36,7 +36,7 @@ class GCOptions:
     dry_run: bool = False
     max_freed: int | None = None  # stop once this many bytes are freed
     keep_outputs: bool = False  # a live derivation keeps its outputs
-    keep_derivations: bool = False  # a live output keeps its derivation
+    keep_derivations: bool = True  # a live output keeps its derivation (Nix's default)
     drop_failures: bool = False  # also forget cached build failures
 
 
@@ -108,6 +108,11 @@ class _Graph:
         """`paths` ordered so that every path comes after the paths referring to it."""
         graph = {p: {r for r in self.referrers[p] if r in paths and r != p} for p in paths}
         return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def live_paths(store: LocalStore, roots: Roots, options: GCOptions) -> set[str]:
+    """The valid paths a collection with `options` would keep; call under the GC lock."""
+    return _Graph.load(store).live(roots, options.keep_outputs, options.keep_derivations)
 
 
 # ------------------------------------------------------------------ collecting

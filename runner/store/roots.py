@@ -169,6 +169,11 @@ def add_temp_roots(state_dir: str, paths: Iterable[str]) -> None:
     process_temp_roots(state_dir).add_temp_roots(paths)
 
 
+def temp_root_label(pid: int | str) -> str:
+    """How `Roots` names the temporary roots of process `pid`."""
+    return f"temporary root of process {pid}"
+
+
 def read_temp_roots(state_dir: str) -> Roots:
     """The temporary roots of all live processes; removes files of dead ones.
 
@@ -196,7 +201,7 @@ def read_temp_roots(state_dir: str) -> Roots:
                 continue
         finally:
             os.close(fd)
-        owner = f"temporary root of process {name.split('-', 1)[0]}"
+        owner = temp_root_label(name.split('-', 1)[0])
         for entry in data.split(b"\0"):
             if entry:
                 roots.setdefault(os.fsdecode(entry), set()).add(owner)

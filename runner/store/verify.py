@@ -8,9 +8,11 @@ released, as that is slow; paths collected meanwhile are skipped).
 
 With `repair`, dangling rows are deleted; broken paths are first handed to
 `rebuild` (the CLI passes the worker's repair: rebuild from the deriver or
-substitute again, in place); a broken path still broken after that, that no
-healthy valid path refers to, is invalidated and its files removed; the rest
-are reported.
+substitute again, in place). A broken path still broken after that is
+garbage only when the collector would delete it too: not live (rooted, or
+kept by a root through references or `keep` options) and referred to by no
+valid path. Such a path is invalidated and its files removed; every other
+one stays as it is and is reported as not repaired.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from dataclasses import dataclass, field
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import remove_tree
+from runner.store.gc import GCOptions, live_paths
 from runner.store.local_store import LocalStore
 from runner.store.paths import parse_store_path
-from runner.store.roots import gc_lock
+from runner.store.roots import all_roots, gc_lock, temp_root_label
 
 
 @dataclass
@@ -45,7 +48,9 @@ Rebuild = Callable[[list[str]], object]  # repairs what it can of the given path
 
 
 def verify_store(store: LocalStore, *, check_contents: bool = False,
-                 repair: bool = False, rebuild: Rebuild | None = None) -> VerifyReport:
+                 repair: bool = False, rebuild: Rebuild | None = None,
+                 keep: GCOptions | None = None) -> VerifyReport:
+    """`keep`: what the collector keeps alive (its keep options); repair never removes that."""
     report = VerifyReport()
     with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
         _check_rows(store, report, repair)
@@ -56,7 +61,7 @@ def verify_store(store: LocalStore, *, check_contents: bool = False,
         if rebuild is not None:  # builds take the GC lock shared: not under ours
             _rebuild_broken(store, report, rebuild)
         with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
-            _repair_broken(store, report)
+            _repair_broken(store, report, GCOptions() if keep is None else keep)
     elif report.problems:
         report.unfixed = list(report.problems)
     return report
@@ -150,9 +155,16 @@ def _healthy(store: LocalStore, path: str) -> bool:
         return False
 
 
-def _repair_broken(store: LocalStore, report: VerifyReport) -> None:
-    """Remove broken paths nothing healthy refers to, referrers first; report the rest."""
+def _repair_broken(store: LocalStore, report: VerifyReport, keep: GCOptions) -> None:
+    """Remove broken paths that are garbage anyway, referrers first; report the rest."""
     broken = {p for p in report.broken if store.is_valid(p)}
+    if not broken:
+        return
+    # Our own temporary roots (paths the repair just tried) do not make a path live.
+    mine = temp_root_label(os.getpid())
+    roots = {p: s - {mine} for p, s in all_roots(store.store_dir, store.state_dir).items()}
+    roots = {p: s for p, s in roots.items() if s}
+    live = live_paths(store, roots, keep)
     referrers = {p: store.query_referrers(p) - {p} for p in broken}
     graph = {p: referrers[p] & broken for p in broken}
     removed: set[str] = set()
@@ -161,6 +173,11 @@ def _repair_broken(store: LocalStore, report: VerifyReport) -> None:
         if users:
             report.unfixed.append(f"'{path}' is broken but still referenced by '{users[0]}'; "
                                   "rebuild or substitute it (runner build --repair)")
+            continue
+        if path in live:
+            via = f"a GC root ({sorted(roots[path])[0]})" if path in roots else "live"
+            report.unfixed.append(f"'{path}' is broken and could not be rebuilt or "
+                                  f"substituted; it is kept because it is {via}")
             continue
         with store.db.transaction() as conn:
             conn.execute("delete from ValidPaths where path = ?", (path,))
