@@ -134,3 +134,32 @@ def test_auto_optimise_links_files_as_paths_are_added(tmp_path: Path,
     assert _inode(auto[0] + "/sub/data") == _inode(auto[1] + "/sub/data")
     assert _inode(auto[0] + "/tool") == _inode(auto[1] + "/tool")
     assert _inode(auto[0] + "/tool") != _inode(auto[0] + "/sub/data")  # executable bit differs
+
+
+def _corrupt_in_place(path: str, data: bytes) -> None:
+    """Write into the inode itself, as a tool editing a store file would (every hard
+    link to it, its `.links` entry too, sees the change)."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.chmod(path, 0o444)
+
+
+@pytest.mark.parametrize("evil", [b"X" * len(SHARED), b"short"], ids=["same-size", "other-size"])
+def test_optimise_never_links_to_a_corrupted_entry(store: LocalStore, tmp_path: Path,
+                                                  evil: bytes,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    a = store.add_path(str(_tree(tmp_path / "a", "a")))
+    optimise_store(store)
+    entry = os.path.join(links_dir(store.store_dir), nar.hash_path(a + "/sub/data")[0].base32())
+    assert _inode(entry) == _inode(a + "/sub/data")
+    _corrupt_in_place(a + "/sub/data", evil)  # the entry is corrupt now too
+    b = store.add_path(str(_tree(tmp_path / "b", "b")))  # a good copy of the same file
+    process_temp_roots(store.state_dir).close()
+    optimise_store(store)
+    assert Path(b, "sub", "data").read_bytes() == SHARED
+    assert f"removing corrupted link '{entry}'" in capsys.readouterr().err
+    assert _inode(entry) == _inode(b + "/sub/data")  # the good copy took its place
+    info = store.query_path_info(b)
+    assert info is not None and nar.hash_path(b)[0] == info.nar_hash

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.cli.main import run
+from runner.store import nar
 from runner.store.canonicalise import remove_tree
 from runner.store.db import db_path
 from runner.store.local_store import LocalStore
@@ -191,3 +192,50 @@ def test_repair_keeps_a_broken_path_a_root_keeps_alive(store: LocalStore,
     report = verify_store(store, repair=True)
     assert not report.ok and store.is_valid(user) and store.is_valid(dep)
     assert "it is kept because it is a GC root" in report.unfixed[0]
+
+
+def _corrupt_in_place(path: str, data: str) -> None:
+    """Write into the inode: every hard link to it (its `.links` entry too) changes."""
+    os.chmod(path, 0o644)
+    with open(path, "r+") as f:
+        f.write(data)
+        f.truncate()
+    os.chmod(path, 0o444)
+
+
+def _links(store: LocalStore) -> list[str]:
+    """The names in `.links` (the output's entry and the .drv's)."""
+    return sorted(os.listdir(os.path.join(store.store_dir, ".links")))
+
+
+def test_optimise_after_repair_does_not_corrupt_again(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, link = _build_rooted(tmp_path)
+    assert run(["store", "optimise"]) == 0
+    entry = nar.hash_path(out)[0].base32()
+    assert entry in _links(store)
+    _corrupt_in_place(out, "evil, and longer than it was\n")
+    assert run(["store", "verify", "--check-contents"]) == 1
+    assert "the link" in capsys.readouterr().out  # the entry is checked too
+    assert run(["store", "verify", "--check-contents", "--repair"]) == 0
+    printed = capsys.readouterr().out
+    assert f"fixed: repaired '{out}'" in printed and "fixed: removed corrupted link" in printed
+    assert entry not in _links(store)
+    assert run(["store", "optimise"]) == 0
+    assert link.read_text() == "app\n"
+    assert run(["store", "verify", "--check-contents"]) == 0
+
+
+@pytest.mark.parametrize("evil", ["APP\n", "a different length\n"], ids=["same-size", "other-size"])
+def test_repair_with_auto_optimise(store: LocalStore, tmp_path: Path, evil: str,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out, link = _build_rooted(tmp_path)
+    auto = ["--option", "auto-optimise", "true"]
+    assert run(["store", "optimise"]) == 0  # as auto-optimise would have left it
+    _corrupt_in_place(out, evil)
+    assert run(["store", "verify", "--check-contents", "--repair", *auto]) == 0
+    assert f"fixed: repaired '{out}'" in capsys.readouterr().out
+    assert link.read_text() == "app\n"
+    assert run(["store", "verify", "--check-contents", *auto]) == 0
+    entry = os.path.join(store.store_dir, ".links", nar.hash_path(out)[0].base32())
+    assert os.path.samefile(entry, out)  # optimised again, to a good entry

@@ -28,6 +28,7 @@ from runner.store import nar
 from runner.store.canonicalise import remove_tree
 from runner.store.gc import GCOptions, live_paths
 from runner.store.local_store import LocalStore
+from runner.store.optimise import links_dir
 from runner.store.paths import parse_store_path
 from runner.store.roots import all_roots, gc_lock, temp_root_label
 
@@ -38,6 +39,7 @@ class VerifyReport:
     fixed: list[str] = field(default_factory=list)  # what --repair did
     unfixed: list[str] = field(default_factory=list)  # what is still wrong afterwards
     broken: set[str] = field(default_factory=set)  # valid paths whose files or closure are bad
+    bad_links: list[str] = field(default_factory=list)  # `.links` entries not matching their name
 
     @property
     def ok(self) -> bool:
@@ -57,11 +59,13 @@ def verify_store(store: LocalStore, *, check_contents: bool = False,
         _check_paths(store, report)
     if check_contents:
         _check_contents(store, report)
+        _check_links(store, report)
     if repair:
         if rebuild is not None:  # builds take the GC lock shared: not under ours
             _rebuild_broken(store, report, rebuild)
         with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
             _repair_broken(store, report, GCOptions() if keep is None else keep)
+            _repair_links(report)
     elif report.problems:
         report.unfixed = list(report.problems)
     return report
@@ -131,6 +135,49 @@ def _check_contents(store: LocalStore, report: VerifyReport) -> None:
             report.problems.append(f"'{path}' has NAR size {size}, the database says "
                                    f"{info.nar_size}")
             report.broken.add(path)
+
+
+def _check_links(store: LocalStore, report: VerifyReport) -> None:
+    """Every `.links` entry is named after its own NAR hash; one that is not was modified
+    in place, and `optimise` must never link a store file to it."""
+    try:
+        with os.scandir(links_dir(store.store_dir)) as entries:
+            links = sorted(e.path for e in entries)
+    except FileNotFoundError:
+        return
+    for link in links:
+        problem = _link_problem(link)
+        if problem is not None:
+            report.problems.append(problem)
+            report.bad_links.append(link)
+
+
+def _link_problem(link: str) -> str | None:
+    try:
+        actual = nar.hash_path(link)[0].base32()
+    except FileNotFoundError:
+        return None  # collected meanwhile
+    except (OSError, RunnerError) as e:
+        return f"cannot hash the link '{link}': {e}"
+    if actual != os.path.basename(link):
+        return f"the link '{link}' was modified: its contents hash to '{actual}'"
+    return None
+
+
+def _repair_links(report: VerifyReport) -> None:
+    """Drop corrupt `.links` entries (a store file sharing one is a broken path of its own)."""
+    for link in report.bad_links:
+        if _link_problem(link) is None:  # replaced by a good copy meanwhile (a repair)
+            report.fixed.append(f"the link '{link}' holds the right contents again")
+            continue
+        try:
+            os.unlink(link)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            report.unfixed.append(f"cannot remove the corrupted link '{link}': {e.strerror}")
+            continue
+        report.fixed.append(f"removed corrupted link '{link}'")
 
 
 def _rebuild_broken(store: LocalStore, report: VerifyReport, rebuild: Rebuild) -> None:
