@@ -82,6 +82,9 @@ class DerivationGoal(Goal[BuildResult]):
         if self.mode is BuildMode.REPAIR:
             self.corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
         if self._outputs_valid() and not self.corrupt:
+            # --repair covers what the outputs were built from, too (nix-build --repair).
+            if self.mode is BuildMode.REPAIR and (failed := await self._realise_inputs()):
+                return failed
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
             self.store.clear_failures(list(self.outputs.values()))
@@ -197,6 +200,10 @@ class DerivationGoal(Goal[BuildResult]):
         missing = [src for src in self.drv.input_srcs if not self.store.is_valid(src)]
         if missing and self.settings.get("substitute"):
             await self.wait_for(self.worker.substitution_goal(src) for src in missing)
+        if self.mode is BuildMode.REPAIR:  # a source has no deriver: fetch it again
+            corrupt = [src for src in self.drv.input_srcs if is_corrupt(self.store, src)]
+            await self.wait_for(self.worker.substitution_goal(src, repair=True)
+                                for src in corrupt)
         for src in self.drv.input_srcs:
             if not self.store.is_valid(src):
                 return self._result(
