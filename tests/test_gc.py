@@ -533,3 +533,21 @@ def test_gc_keep_outputs_keeps_the_outputs_of_a_rooted_derivation(
     assert run(["gc"]) == 0  # keep-outputs is off by default
     assert built["app"]["outputs"]["out"] in capsys.readouterr().out.split()
     assert store.is_valid(built["app"]["drvPath"])
+
+
+def test_gc_deletes_stale_lock_files_of_live_paths(store: LocalStore, tmp_path: Path) -> None:
+    (path,) = _chain(store, "rooted", 1)
+    add_perm_root(store.store_dir, store.state_dir, path, str(tmp_path / "result"))
+    # A process that dies holding the path's lock (SIGKILL: no clean-up) leaves the file.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from runner.store.locks import PathLocks;"
+         f" locks = PathLocks([{path!r}]); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    assert collect_garbage(store).deleted == []
+    assert os.path.exists(path + ".lock")  # held: a build or add in progress
+    holder.kill()
+    holder.wait()
+    assert os.path.exists(path + ".lock")
+    collect_garbage(store)
+    assert not os.path.exists(path + ".lock") and _valid_and_present(store, [path])

@@ -193,10 +193,11 @@ def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None
         if name.startswith("."):
             continue  # the links dir and temp dirs of adds in progress
         if name.endswith(".lock"):
-            owner = path[: -len(".lock")]
+            # Unheld, it is stale whatever its path is (rooted, valid or gone), as
+            # Nix's collector deems it; a held one belongs to a build or add in progress.
             locks = PathLocks()
-            if owner not in roots and locks.try_lock([owner]):
-                locks.unlock()  # an unheld lock file: unlocking deletes it
+            if locks.try_lock([path[: -len(".lock")]]):
+                locks.unlock()  # unlocking deletes it
             continue
         if path in roots or store.is_valid(path):
             continue
