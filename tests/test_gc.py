@@ -19,6 +19,7 @@ from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.derivation import Derivation, DerivationOutput
 from runner.store.gc import GCOptions, collect_garbage, delete_paths
+from runner.store.layout import STATE_MARKER
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
@@ -323,10 +324,11 @@ def test_leftovers_and_stale_lock_files_are_removed(store: LocalStore) -> None:
     Path(store.store_dir, ".link-tmp-1-x").write_text("")  # an optimiser that crashed
     with PathLocks([busy]):
         result = collect_garbage(store)
-        assert result.leftovers == [leftover]
+        assert result.leftovers == [os.path.join(store.store_dir, ".link-tmp-1-x"), leftover]
+        assert result.locks_removed == 1
         assert os.path.isdir(busy)  # its builder holds the lock
         assert os.path.exists(busy + ".lock")
-    assert sorted(os.listdir(store.store_dir)) == [os.path.basename(busy)]
+    assert sorted(os.listdir(store.store_dir)) == [STATE_MARKER, os.path.basename(busy)]
 
 
 def test_drop_failures_is_explicit(store: LocalStore) -> None:
@@ -551,3 +553,83 @@ def test_gc_deletes_stale_lock_files_of_live_paths(store: LocalStore, tmp_path: 
     assert os.path.exists(path + ".lock")
     collect_garbage(store)
     assert not os.path.exists(path + ".lock") and _valid_and_present(store, [path])
+
+
+# ------------------------------------------------------------------ one store, one state dir
+
+
+SOLO = "version: 1\nderivations:\n  solo: {{builder: /bin/sh, args: [-c, 'echo {text} > $out']}}\n"
+
+
+def test_a_second_state_dir_on_one_store_is_refused(tmp_path: Path) -> None:
+    """Issue 23: state dir y built into x's store, x's gc then deleted y's rooted output."""
+    store_dir = str(tmp_path / "S")
+    spec = tmp_path / "solo.yaml"
+
+    def runner(state: str, *argv: str) -> tuple[int, str, str]:
+        env = {**os.environ, "RUNNER_STORE_DIR": store_dir,
+               "RUNNER_STATE_DIR": str(tmp_path / state)}
+        proc = runner_process(*argv, env=env, cwd=str(tmp_path))
+        out, err = proc.communicate()
+        return proc.returncode, out, err
+
+    spec.write_text(SOLO.format(text="one"))
+    code, out, err = runner("x", "build", "--sandbox=off", str(spec), "-o", "x-link")
+    assert code == 0, err
+    x_out = out.strip()
+    spec.write_text(SOLO.format(text="two"))
+    code, _, err = runner("y", "build", "--sandbox=off", str(spec), "-o", "y-link")
+    assert code == 1 and not (tmp_path / "y-link").exists()
+    assert err.startswith(f"error: the store '{store_dir}' belongs to the state dir "
+                          f"'{tmp_path / 'x'}', not '{tmp_path / 'y'}'")
+    code, out, err = runner("x", "gc")
+    assert code == 0, err
+    assert (tmp_path / "x-link").read_text() == "one\n" and x_out not in out
+    # Every store entry is one x's database knows: nothing of y's was ever written.
+    with LocalStore(store_dir, str(tmp_path / "x")) as x:
+        assert all(x.is_valid(os.path.join(store_dir, n))
+                   for n in os.listdir(store_dir) if not n.startswith("."))
+        assert x.is_valid(x_out)
+
+
+def test_the_store_binding_names_the_reason(tmp_path: Path) -> None:
+    with LocalStore(str(tmp_path / "s"), str(tmp_path / "a")):
+        pass
+    os.symlink(tmp_path / "a", tmp_path / "a-again")
+    with LocalStore(str(tmp_path / "s"), str(tmp_path / "a-again")):  # the same dir
+        pass
+    with pytest.raises(RunnerError) as caught:
+        LocalStore(str(tmp_path / "s"), str(tmp_path / "b"))
+    assert caught.value.reason == "store-mismatch"
+    assert not os.path.exists(tmp_path / "s" / ".links")  # refused before any change
+
+
+def test_gc_dry_run_lists_exactly_what_gc_deletes(store: LocalStore, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    kept = _chain(store, "kept", 2)
+    garbage = _chain(store, "junk", 3)
+    busy = _chain(store, "busy", 2)
+    add_perm_root(store.store_dir, store.state_dir, kept[-1], str(tmp_path / "result"))
+    d = store.store_dir
+    os.mkdir(os.path.join(d, "0" * 32 + "-interrupted"))  # an add that died mid-way
+    Path(d, "0" * 32 + "-interrupted", "f").write_text("partial")
+    os.mkdir(os.path.join(d, ".tmp-999999999-abc"))  # a temp dir whose process is gone
+    Path(d, ".link-tmp-1-x").write_text("")  # an optimiser that crashed
+    os.mkdir(os.path.join(d, ".sandbox-" + "1" * 32 + "-out"))  # a killed sandboxed build
+    Path(d, "2" * 32 + "-old.lock").write_text("")
+    with PathLocks([busy[-1]]):  # being rebuilt: it, and so what it refers to, stay
+        before = set(os.listdir(d))
+        assert run(["gc", "--dry-run", "--json"]) == 0
+        dry = json.loads(capsys.readouterr().out)
+        assert set(os.listdir(d)) == before  # a dry run changes nothing
+        assert run(["gc", "--json"]) == 0
+        real = json.loads(capsys.readouterr().out)
+    assert (dry["deleted"], dry["leftovers"]) == (real["deleted"], real["leftovers"])
+    assert real["deleted"] == garbage[::-1] and dry["dryRun"] and not real["dryRun"]
+    assert len(real["leftovers"]) == 4 and dry["lockFilesRemoved"] == real["lockFilesRemoved"]
+    assert dry["bytesFreed"] == real["bytesFreed"] > 0
+    # Every entry that went is one it listed (lock files are counted).
+    vanished = {os.path.join(d, n) for n in before - set(os.listdir(d))
+                if not n.endswith(".lock")}
+    assert vanished == set(real["deleted"]) | set(real["leftovers"])
+    assert _valid_and_present(store, kept + busy)

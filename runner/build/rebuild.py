@@ -12,11 +12,10 @@ from runner.build.redirect import Redirect, differences
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import remove_tree, rename_tree
+from runner.store.layout import CHECK_SUFFIX
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
 from runner.store.staging import TempDir, replace_tree
-
-CHECK_SUFFIX = ".check"
 
 
 def check_outputs(store: LocalStore, infos: list[PathInfo], redirect: Redirect, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "on by default)")
     p.add_argument("--drop-failures", action="store_true",
                    help="also forget every cached build failure")
+    p.add_argument("--json", action="store_true",
+                   help="print what was (or would be) deleted and the bytes freed as JSON")
     p.set_defaults(func=_gc)
 
     p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
@@ -75,7 +78,10 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
                         **_keep_options(settings, args.keep_outputs, args.keep_derivations))
     with open_store(settings) as store:
         result = collect_garbage(store, options)
-    for path in result.deleted:
+    if args.json:
+        print(json.dumps(result.to_json(dry_run=args.dry_run), indent=2))
+        return 0
+    for path in [*result.leftovers, *result.deleted]:  # in the order they go
         print(path)
     print(result.summary(dry_run=args.dry_run))
     if result.failures_dropped:

@@ -21,14 +21,18 @@ from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
+from runner.store.layout import (
+    LINKS_DIR,
+    LOCK_SUFFIX,
+    SANDBOX_STAGING_PREFIX,
+    TEMP_DIR_PREFIX,
+    TEMP_LINK_PREFIX,
+)
 from runner.store.local_store import LocalStore
-from runner.store.locks import PathLocks
+from runner.store.locks import PathLocks, is_locked
 from runner.store.paths import parse_store_path
 from runner.store.roots import Roots, all_roots, gc_lock
-
-LINKS_DIR = ".links"
-SANDBOX_STAGING_PREFIX = ".sandbox-"  # runner/sandbox/plan.py names them so
-TEMP_LINK_PREFIX = ".link-tmp-"  # not ".tmp-": that is the adder's temp dirs
+from runner.store.staging import TempDir
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,24 @@ class GCResult:
     leftovers: list[str] = field(default_factory=list)  # invalid store entries removed
     skipped: list[str] = field(default_factory=list)  # dead but busy (locked) or still referred
     bytes_freed: int = 0
+    locks_removed: int = 0  # stale `.lock` files
     failures_dropped: int = 0
 
     def summary(self, dry_run: bool = False) -> str:
+        count = f"{len(self.deleted)} store paths"
+        if self.leftovers:
+            count += f" and {len(self.leftovers)} invalid leftovers"
         if dry_run:
-            return f"{len(self.deleted)} store paths would be deleted"
+            return f"{count} would be deleted"
         mib = self.bytes_freed / (1024 * 1024)
-        return f"{len(self.deleted)} store paths deleted, {mib:.2f} MiB freed"
+        return f"{count} deleted, {mib:.2f} MiB freed"
+
+    def to_json(self, dry_run: bool = False) -> dict[str, object]:
+        """What `runner gc --json` prints."""
+        return {"dryRun": dry_run, "deleted": self.deleted, "leftovers": self.leftovers,
+                "skipped": self.skipped, "bytesFreed": self.bytes_freed,
+                "lockFilesRemoved": self.locks_removed,
+                "failuresDropped": self.failures_dropped}
 
 
 # ------------------------------------------------------------------ liveness
@@ -119,25 +134,28 @@ def live_paths(store: LocalStore, roots: Roots, options: GCOptions) -> set[str]:
 
 
 def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCResult:
-    """Delete every store path that no root keeps alive (or, with `dry_run`, list them)."""
+    """Delete every store path that no root keeps alive (or, with `dry_run`, list them).
+
+    A dry run walks the same steps without acting, so it lists exactly what the
+    real run would delete (locks, roots and validity as they are now)."""
     result = GCResult()
+    act = not options.dry_run
     with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
         roots = all_roots(store.store_dir, store.state_dir)
         graph = _Graph.load(store)
         alive = graph.live(roots, options.keep_outputs, options.keep_derivations)
         dead = graph.referrers_first(set(graph.references) - alive)
-        if options.dry_run:
-            result.deleted = dead
-            return result
         # Invalid leftovers first: unlike dead valid paths, nothing can revive them.
-        _remove_leftovers(store, roots, result)
+        _remove_leftovers(store, roots, result, act)
+        gone: set[str] = set()
         for path in dead:
             if _limit_reached(result, options):
                 break
-            _delete_valid(store, path, result)
-        result.bytes_freed += _remove_unused_links(store.store_dir)
-        if options.drop_failures:
-            result.failures_dropped = store.clear_failures()
+            _delete_valid(store, path, result, act, graph, gone)
+        if act:
+            result.bytes_freed += _remove_unused_links(store.store_dir)
+            if options.drop_failures:
+                result.failures_dropped = store.clear_failures()
     return result
 
 
@@ -145,13 +163,25 @@ def _limit_reached(result: GCResult, options: GCOptions) -> bool:
     return options.max_freed is not None and result.bytes_freed >= options.max_freed
 
 
-def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
-    """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+def _delete_valid(store: LocalStore, path: str, result: GCResult, act: bool = True,
+                  graph: _Graph | None = None, gone: set[str] | None = None) -> bool:
+    """Invalidate then remove one path; False (and nothing done) when it is busy or in use.
+    Without `act`, only decide, as if the paths in `gone` were deleted already."""
+    gone = set() if gone is None else gone
     try:
         parse_store_path(path, store.store_dir)
     except RunnerError:  # a row that names no path of this store: never delete files for it
         result.skipped.append(path)
         return False
+    if not act:
+        users = (graph.referrers[path] if graph is not None else set()) - gone - {path}
+        if is_locked(path) or users:
+            result.skipped.append(path)
+            return False
+        result.bytes_freed += _disk_usage(path)
+        result.deleted.append(path)
+        gone.add(path)
+        return True
     locks = PathLocks()
     if not locks.try_lock([path]):
         result.skipped.append(path)  # someone is adding or building it right now
@@ -170,50 +200,63 @@ def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
             conn.execute("delete from ValidPaths where id = ?", (row[0],))
         result.bytes_freed += _remove(path)
         result.deleted.append(path)
+        gone.add(path)
         return True
     finally:
         locks.unlock()
 
 
-def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None:
-    """Remove store entries that are not valid: interrupted adds, builds, stale lock files."""
-    store.remove_stale_temp()
+def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult, act: bool) -> None:
+    """Remove store entries that are not valid: interrupted adds, builds, stale lock files.
+    Every entry removed is listed in `result` (lock files are counted)."""
     store_dir = store.store_dir
     for name in sorted(os.listdir(store_dir)):
         path = os.path.join(store_dir, name)
         if name.startswith(TEMP_LINK_PREFIX):
             # Optimising holds the GC lock shared, so no link is in flight now.
-            result.bytes_freed += _remove(path)
-            continue
-        if name.startswith(SANDBOX_STAGING_PREFIX):
+            _leftover(path, result, act)
+        elif name.startswith(TEMP_DIR_PREFIX):
+            if TempDir.is_abandoned(path):  # its adder died
+                _leftover(path, result, act)
+        elif name.startswith(SANDBOX_STAGING_PREFIX):
             # A sandboxed build's staging dir; its build holds the output's lock.
             _remove_unlocked(os.path.join(store_dir, name[len(SANDBOX_STAGING_PREFIX):]),
-                             path, result)
-            continue
-        if name.startswith("."):
-            continue  # the links dir and temp dirs of adds in progress
-        if name.endswith(".lock"):
+                             path, result, act)
+        elif name.startswith("."):
+            continue  # the links dir, the state-dir marker
+        elif name.endswith(LOCK_SUFFIX):
             # Unheld, it is stale whatever its path is (rooted, valid or gone), as
             # Nix's collector deems it; a held one belongs to a build or add in progress.
+            owner = path[: -len(LOCK_SUFFIX)]
+            if not act:
+                result.locks_removed += not is_locked(owner)
+                continue
             locks = PathLocks()
-            if locks.try_lock([path[: -len(".lock")]]):
+            if locks.try_lock([owner]):
                 locks.unlock()  # unlocking deletes it
-            continue
-        if path in roots or store.is_valid(path):
-            continue
-        _remove_unlocked(path, path, result, unless_valid=store)
+                result.locks_removed += 1
+        elif path not in roots and not store.is_valid(path):
+            _remove_unlocked(path, path, result, act, unless_valid=store)
 
 
-def _remove_unlocked(owner: str, path: str, result: GCResult,
+def _leftover(path: str, result: GCResult, act: bool) -> None:
+    result.bytes_freed += _remove(path) if act else _disk_usage(path)
+    result.leftovers.append(path)
+
+
+def _remove_unlocked(owner: str, path: str, result: GCResult, act: bool,
                      unless_valid: LocalStore | None = None) -> None:
     """Remove the leftover `path` unless `owner` is locked (being built or added right now)."""
+    if not act:
+        if not is_locked(owner):
+            _leftover(path, result, act)
+        return
     locks = PathLocks()
     if not locks.try_lock([owner]):
         return
     try:
         if unless_valid is None or not unless_valid.is_valid(path):
-            result.bytes_freed += _remove(path)
-            result.leftovers.append(path)
+            _leftover(path, result, act)
     finally:
         locks.unlock()
 

@@ -9,6 +9,7 @@ an unregistered leftover (replaced by the next add, or swept by
 
 from __future__ import annotations
 
+import errno
 import graphlib
 import hashlib
 import json
@@ -27,6 +28,7 @@ from runner.store.canonicalise import (
 from runner.store.db import Database
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
+from runner.store.layout import STATE_MARKER
 from runner.store.locks import PathLocks
 from runner.store.nar import Exclude
 from runner.store.path_info import FailureRecord, PathInfo
@@ -63,7 +65,9 @@ def open_store(settings: StoreSettings) -> LocalStore:
 
 
 class LocalStore:
-    def __init__(self, store_dir: str, state_dir: str, *, auto_optimise: bool = False) -> None:
+    def __init__(self, store_dir: str, state_dir: str, *, auto_optimise: bool = False,
+                 bind: bool = True) -> None:
+        """`bind=False` only to read a database whose files are elsewhere (`?real=`)."""
         self.store_dir = os.path.abspath(store_dir)
         self.state_dir = os.path.abspath(state_dir)
         self.auto_optimise = auto_optimise
@@ -74,6 +78,12 @@ class LocalStore:
                               reason="store") from None
         self.db = Database.open(self.state_dir)
         self._claim_state_dir()
+        try:
+            if bind:
+                _claim_store_dir(self.store_dir, self.state_dir)
+        except RunnerError:
+            self.db.close()
+            raise
 
     def _claim_state_dir(self) -> None:
         """One state dir, one store dir: the paths in the database are this store's."""
@@ -420,6 +430,45 @@ class LocalStore:
                 remove_tree(path)
                 removed += 1
         return removed
+
+
+def _claim_store_dir(store_dir: str, state_dir: str) -> None:
+    """One store dir, one state dir: a second database on the same files would take the
+    first one's paths for invalid leftovers (its GC deletes them, its builds overwrite
+    them). The first store to open the dir names its state dir in a marker file."""
+    marker = os.path.join(store_dir, STATE_MARKER)
+    mine = os.path.realpath(state_dir)
+    try:
+        owner = _read_marker(marker)
+        if owner is None:
+            tmp = f"{marker}.{os.getpid()}"
+            write_text(tmp, (mine + "\n").encode())
+            try:
+                os.link(tmp, marker)  # atomic: of two first users, one wins
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+            owner = _read_marker(marker) or mine
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return  # a store we cannot write to cannot be changed through us either
+        raise RunnerError(f"cannot record the state dir of the store '{store_dir}' in "
+                          f"'{marker}': {e.strerror}", reason="store") from None
+    if owner != mine:
+        raise RunnerError(
+            f"the store '{store_dir}' belongs to the state dir '{owner}', not "
+            f"'{state_dir}'; a store has exactly one database: use --state-dir {owner} "
+            f"(if that state dir is gone for good, delete '{marker}')",
+            reason="store-mismatch")
+
+
+def _read_marker(marker: str) -> str | None:
+    try:
+        with open(marker, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _is_derivation(info: PathInfo) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from runner.errors import RunnerError
 from runner.store import nar
-from runner.store.gc import LINKS_DIR, TEMP_LINK_PREFIX
+from runner.store.layout import LINKS_DIR, TEMP_LINK_PREFIX
 from runner.store.local_store import LocalStore
 from runner.store.roots import gc_lock
 
