@@ -633,3 +633,11 @@ def test_gc_dry_run_lists_exactly_what_gc_deletes(store: LocalStore, tmp_path: P
                 if not n.endswith(".lock")}
     assert vanished == set(real["deleted"]) | set(real["leftovers"])
     assert _valid_and_present(store, kept + busy)
+
+
+def test_cli_gc_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    garbage = _chain(store, "junk", 2)
+    assert run(["gc", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"] == garbage[::-1] and report["bytesFreed"] > 0
+    assert report["dryRun"] is False and report["leftovers"] == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -239,3 +240,21 @@ def test_repair_with_auto_optimise(store: LocalStore, tmp_path: Path, evil: str,
     assert run(["store", "verify", "--check-contents", *auto]) == 0
     entry = os.path.join(store.store_dir, ".links", nar.hash_path(out)[0].base32())
     assert os.path.samefile(entry, out)  # optimised again, to a good entry
+
+
+def test_cli_verify_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    dep, user = _pair(store)
+    assert run(["store", "verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []
+    _corrupt(user)
+    _corrupt(dep)
+    assert run(["store", "verify", "--check-contents", "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["ok"] is False and report["brokenPaths"] == sorted([dep, user])
+    assert len(report["problems"]) == 2 and report["notFixed"] == report["problems"]
+    assert captured.err.startswith("error: store verification found 2 problem(s)")
+    assert run(["store", "verify", "--check-contents", "--repair", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["notFixed"] == []
+    assert report["fixed"] == [f"removed broken path '{user}'", f"removed broken path '{dep}'"]

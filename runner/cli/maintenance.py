@@ -60,6 +60,8 @@ def register_store(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--repair", action="store_true",
                    help="rebuild or re-substitute broken paths; remove dangling rows and "
                         "broken paths that cannot be repaired and nothing refers to")
+    p.add_argument("--json", action="store_true",
+                   help="print each problem and what was repaired as JSON")
     p.set_defaults(func=_verify)
 
 
@@ -138,14 +140,17 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         report = verify_store(store, check_contents=args.check_contents, repair=args.repair,
                               rebuild=lambda paths: repair_paths(store, paths, settings),
                               keep=GCOptions(**_keep_options(settings)))
-    for line in report.problems:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    for line in report.problems if not args.json else ():
         print(f"problem: {line}")
-    for line in report.fixed:
+    for line in report.fixed if not args.json else ():
         print(f"fixed: {line}")
     if report.ok:
-        print("store is consistent" if not report.problems else "all problems fixed")
+        if not args.json:
+            print("store is consistent" if not report.problems else "all problems fixed")
         return 0
-    if args.repair:
+    if args.repair and not args.json:
         for line in report.unfixed:
             print(f"not fixed: {line}")
     raise RunnerError(f"store verification found {len(report.unfixed)} problem(s)"

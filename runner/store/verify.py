@@ -45,6 +45,12 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.unfixed
 
+    def to_json(self) -> dict[str, object]:
+        """What `runner store verify --json` prints (the exit status says `ok` too)."""
+        return {"ok": self.ok, "problems": self.problems, "fixed": self.fixed,
+                "notFixed": self.unfixed, "brokenPaths": sorted(self.broken),
+                "badLinks": self.bad_links}
+
 
 Rebuild = Callable[[list[str]], object]  # repairs what it can of the given paths
 
