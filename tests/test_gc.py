@@ -28,7 +28,6 @@ from runner.store.roots import (
     add_perm_root,
     auto_roots_dir,
     find_roots,
-    process_temp_roots,
     read_temp_roots,
     roots_dir,
 )
@@ -45,7 +44,7 @@ def store(store_dir: str, state_dir: str) -> Iterator[LocalStore]:
 def _added_elsewhere(store: LocalStore) -> None:
     """Drop the temporary roots `add_*` gave this process, as if another process
     had added the paths and exited: what the collector sees in real use."""
-    process_temp_roots(store.state_dir).close()
+    store.temp_roots.close()
 
 
 def _chain(store: LocalStore, prefix: str, length: int) -> list[str]:
@@ -185,7 +184,6 @@ HOLDER = textwrap.dedent("""
     import hashlib, sys
     from runner.store.local_store import LocalStore
     from runner.store.paths import make_text_path
-    from runner.store.roots import add_temp_root
 
     store_dir, state_dir, prefix, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = LocalStore(store_dir, state_dir)
@@ -194,7 +192,7 @@ HOLDER = textwrap.dedent("""
         text = f"{prefix} {i} {previous}"
         path = make_text_path(f"{prefix}{i}", hashlib.sha256(text.encode()).digest(),
                               previous, store.store_dir)
-        add_temp_root(state_dir, path)  # before the path exists, as the protocol requires
+        store.temp_roots.add_temp_root(path)  # before the path exists, as the protocol requires
         assert store.add_text(f"{prefix}{i}", text, previous) == path
         print(path, flush=True)
         previous = [path]
@@ -641,3 +639,11 @@ def test_cli_gc_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> N
     report = json.loads(capsys.readouterr().out)
     assert report["deleted"] == garbage[::-1] and report["bytesFreed"] > 0
     assert report["dryRun"] is False and report["leftovers"] == []
+
+
+def test_temporary_roots_belong_to_a_store_and_end_with_it(store: LocalStore) -> None:
+    with LocalStore(store.store_dir, store.state_dir) as other:
+        path = other.add_text("held", "held")
+        assert collect_garbage(store).deleted == []  # the open store's roots keep it
+    # Closed: its roots are gone although this process lives on (no process-global).
+    assert collect_garbage(store).deleted == [path]

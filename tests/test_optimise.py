@@ -14,7 +14,6 @@ from runner.store import nar
 from runner.store.gc import collect_garbage
 from runner.store.local_store import LocalStore
 from runner.store.optimise import links_dir, optimise_path, optimise_store
-from runner.store.roots import process_temp_roots
 
 SHARED = b"shared contents\n" * 4096  # 64 KiB
 
@@ -38,7 +37,7 @@ def _add_two(store: LocalStore, tmp_path: Path) -> tuple[str, str]:
     a = store.add_path(str(_tree(tmp_path / "a", "a")))
     b = store.add_path(str(_tree(tmp_path / "b", "b")))
     # As if another process had added them: this process's temporary roots go.
-    process_temp_roots(store.state_dir).close()
+    store.temp_roots.close()
     return a, b
 
 
@@ -156,7 +155,7 @@ def test_optimise_never_links_to_a_corrupted_entry(store: LocalStore, tmp_path: 
     assert _inode(entry) == _inode(a + "/sub/data")
     _corrupt_in_place(a + "/sub/data", evil)  # the entry is corrupt now too
     b = store.add_path(str(_tree(tmp_path / "b", "b")))  # a good copy of the same file
-    process_temp_roots(store.state_dir).close()
+    store.temp_roots.close()
     optimise_store(store)
     assert Path(b, "sub", "data").read_bytes() == SHARED
     assert f"removing corrupted link '{entry}'" in capsys.readouterr().err

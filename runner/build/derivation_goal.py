@@ -28,7 +28,6 @@ from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
-from runner.store.roots import add_temp_root
 
 if TYPE_CHECKING:
     from runner.build.worker import Worker
@@ -76,7 +75,7 @@ class DerivationGoal(Goal[BuildResult]):
         self.drv = self.store.read_derivation(self.drv_path)
         self.outputs = {name: out.path for name, out in self.drv.outputs.items()}
         for path in self.outputs.values():  # before checking validity, so GC keeps them
-            add_temp_root(self.settings.state_dir, path)
+            self.store.temp_roots.add_temp_root(path)
         if self.mode is BuildMode.CHECK:
             return await self._check()
         if self.mode is BuildMode.REPAIR:
@@ -121,7 +120,7 @@ class DerivationGoal(Goal[BuildResult]):
         self.redirect = Redirect.for_outputs(self.drv_path, self.drv, paths,
                                              self.store.store_dir)
         for path in self.redirect.scratch.values():
-            add_temp_root(self.settings.state_dir, path)
+            self.store.temp_roots.add_temp_root(path)
 
     async def _build(self) -> BuildResult:
         if failed := await self._realise_inputs():

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -31,6 +31,7 @@ from runner.store.hashes import Hash
 from runner.store.layout import STATE_MARKER
 from runner.store.locks import PathLocks
 from runner.store.nar import Exclude
+from runner.store.optimise import optimise_path
 from runner.store.path_info import FailureRecord, PathInfo
 from runner.store.paths import (
     make_source_path,
@@ -38,7 +39,7 @@ from runner.store.paths import (
     parse_store_path,
     validate_name,
 )
-from runner.store.roots import add_temp_root, add_temp_roots
+from runner.store.roots import TempRoots
 from runner.store.staging import (
     TempDir,
     io_call,
@@ -58,19 +59,28 @@ class StoreSettings(Protocol):
     def state_dir(self) -> str: ...
 
 
+# Called with each path just registered (auto-optimise passes `optimise_path`).
+AfterRegister = Callable[["LocalStore", str], object]
+
+
 def open_store(settings: StoreSettings) -> LocalStore:
     get = getattr(settings, "get", None)  # a full Settings, or just the two dirs
     auto_optimise = bool(get("auto-optimise")) if get is not None else False
-    return LocalStore(settings.store_dir, settings.state_dir, auto_optimise=auto_optimise)
+    return LocalStore(settings.store_dir, settings.state_dir,
+                      after_register=optimise_path if auto_optimise else None)
 
 
 class LocalStore:
-    def __init__(self, store_dir: str, state_dir: str, *, auto_optimise: bool = False,
-                 bind: bool = True) -> None:
-        """`bind=False` only to read a database whose files are elsewhere (`?real=`)."""
+    def __init__(self, store_dir: str, state_dir: str, *,
+                 after_register: AfterRegister | None = None, bind: bool = True,
+                 temp_roots: TempRoots | None = None) -> None:
+        """`bind=False` only to read a database whose files are elsewhere (`?real=`).
+        `temp_roots`: share another store object's (a thread's own connection)."""
         self.store_dir = os.path.abspath(store_dir)
         self.state_dir = os.path.abspath(state_dir)
-        self.auto_optimise = auto_optimise
+        self.after_register = after_register
+        self._own_roots = temp_roots is None
+        self.temp_roots = TempRoots(self.state_dir) if temp_roots is None else temp_roots
         try:
             os.makedirs(self.store_dir, exist_ok=True)
         except OSError as e:
@@ -101,7 +111,10 @@ class LocalStore:
                 reason="store-mismatch")
 
     def close(self) -> None:
+        """Close the database and drop this store's temporary roots."""
         self.db.close()
+        if self._own_roots:
+            self.temp_roots.close()
 
     def __enter__(self) -> LocalStore:
         return self
@@ -135,7 +148,7 @@ class LocalStore:
                              exclude)
         if cacheable and (known := tree_cache.lookup(self.state_dir, key)) is not None:
             path = make_source_path(name, known[0].digest, self.store_dir)
-            add_temp_root(self.state_dir, path)  # see below
+            self.temp_roots.add_temp_root(path)  # see below
             if self.is_valid(path):
                 return path
         with TempDir(self.store_dir) as tmp:
@@ -147,7 +160,7 @@ class LocalStore:
             path = make_source_path(name, nar_hash.digest, self.store_dir)
             # Rooted before the validity check, so a concurrent GC cannot take it
             # away between here and its use by a build of this process.
-            add_temp_root(self.state_dir, path)
+            self.temp_roots.add_temp_root(path)
             self._install(staged, PathInfo(path, nar_hash, nar_size, ca=f"fixed:r:{nar_hash}"))
         return path
 
@@ -157,7 +170,7 @@ class LocalStore:
         data = text.encode("utf-8")
         digest = hashlib.sha256(data).digest()
         path = make_text_path(name, digest, references, self.store_dir)
-        add_temp_root(self.state_dir, path)  # see add_path
+        self.temp_roots.add_temp_root(path)  # see add_path
         if self.is_valid(path):
             return path
         missing = sorted(r for r in references if r != path and not self.is_valid(r))
@@ -187,7 +200,7 @@ class LocalStore:
             path = make_text_path(drv.name + ".drv", digest, refs, self.store_dir)
             texts[path] = (data, digest, refs, drv)
             paths.append(path)
-        add_temp_roots(self.state_dir, texts)  # see add_path
+        self.temp_roots.add_temp_roots(texts)  # see add_path
         valid = self.valid_paths(texts)
         missing = [p for p in texts if p not in valid]
         if missing:
@@ -282,11 +295,9 @@ class LocalStore:
             conn.executemany("delete from FailedPaths where path = ?",
                              [(info.path,) for info in infos])
             _check_acyclic(infos, batch)
-        if self.auto_optimise:
-            from runner.store.optimise import optimise_path  # imports this module
-
+        if self.after_register is not None:
             for info in infos:
-                optimise_path(self, info.path)
+                self.after_register(self, info.path)
 
     def _id(self, path: str) -> int | None:
         row = self.db.execute("select id from ValidPaths where path = ?", (path,)).fetchone()

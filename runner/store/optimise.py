@@ -23,12 +23,15 @@ import stat
 import sys
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.layout import LINKS_DIR, TEMP_LINK_PREFIX
-from runner.store.local_store import LocalStore
 from runner.store.roots import gc_lock
+
+if TYPE_CHECKING:  # the store passes `optimise_path` to itself (auto-optimise)
+    from runner.store.local_store import LocalStore
 
 
 @dataclass
