@@ -10,8 +10,10 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
@@ -639,6 +641,10 @@ def test_cli_gc_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> N
     report = json.loads(capsys.readouterr().out)
     assert report["deleted"] == garbage[::-1] and report["bytesFreed"] > 0
     assert report["dryRun"] is False and report["leftovers"] == []
+    schema = json.loads(resources.files("runner").joinpath("schemas/gc.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    with pytest.raises(jsonschema.ValidationError):  # control: the schema does check
+        jsonschema.validate({**report, "bytesFreed": "0"}, schema)
 
 
 def test_temporary_roots_belong_to_a_store_and_end_with_it(store: LocalStore) -> None:

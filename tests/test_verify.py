@@ -6,8 +6,10 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
@@ -257,4 +259,9 @@ def test_cli_verify_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) 
     assert run(["store", "verify", "--check-contents", "--repair", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["notFixed"] == []
+    schema = json.loads(
+        resources.files("runner").joinpath("schemas/verify.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    with pytest.raises(jsonschema.ValidationError):  # control: the schema does check
+        jsonschema.validate({**report, "extra": 1}, schema)
     assert report["fixed"] == [f"removed broken path '{user}'", f"removed broken path '{dep}'"]
