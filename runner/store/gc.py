@@ -151,7 +151,10 @@ def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCRe
         for path in dead:
             if _limit_reached(result, options):
                 break
-            _delete_valid(store, path, result, act, graph, gone)
+            if act:
+                _delete_valid(store, path, result)
+            else:
+                _would_delete(store, path, result, graph, gone)
         if act:
             result.bytes_freed += _remove_unused_links(store.store_dir)
             if options.drop_failures:
@@ -163,25 +166,33 @@ def _limit_reached(result: GCResult, options: GCOptions) -> bool:
     return options.max_freed is not None and result.bytes_freed >= options.max_freed
 
 
-def _delete_valid(store: LocalStore, path: str, result: GCResult, act: bool = True,
-                  graph: _Graph | None = None, gone: set[str] | None = None) -> bool:
-    """Invalidate then remove one path; False (and nothing done) when it is busy or in use.
-    Without `act`, only decide, as if the paths in `gone` were deleted already."""
-    gone = set() if gone is None else gone
+def _foreign(store: LocalStore, path: str, result: GCResult) -> bool:
+    """A row that names no path of this store: never delete files for it."""
     try:
         parse_store_path(path, store.store_dir)
-    except RunnerError:  # a row that names no path of this store: never delete files for it
+    except RunnerError:
         result.skipped.append(path)
-        return False
-    if not act:
-        users = (graph.referrers[path] if graph is not None else set()) - gone - {path}
-        if is_locked(path) or users:
-            result.skipped.append(path)
-            return False
-        result.bytes_freed += _disk_usage(path)
-        result.deleted.append(path)
-        gone.add(path)
         return True
+    return False
+
+
+def _would_delete(store: LocalStore, path: str, result: GCResult, graph: _Graph,
+                  gone: set[str]) -> None:
+    """`_delete_valid` for a dry run: the same decision, as if `gone` were deleted."""
+    if _foreign(store, path, result):
+        return
+    if is_locked(path) or graph.referrers[path] - gone - {path}:
+        result.skipped.append(path)
+        return
+    result.bytes_freed += _disk_usage(path)
+    result.deleted.append(path)
+    gone.add(path)
+
+
+def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
+    """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+    if _foreign(store, path, result):
+        return False
     locks = PathLocks()
     if not locks.try_lock([path]):
         result.skipped.append(path)  # someone is adding or building it right now
@@ -200,7 +211,6 @@ def _delete_valid(store: LocalStore, path: str, result: GCResult, act: bool = Tr
             conn.execute("delete from ValidPaths where id = ?", (row[0],))
         result.bytes_freed += _remove(path)
         result.deleted.append(path)
-        gone.add(path)
         return True
     finally:
         locks.unlock()
