@@ -653,3 +653,19 @@ def test_temporary_roots_belong_to_a_store_and_end_with_it(store: LocalStore) ->
         assert collect_garbage(store).deleted == []  # the open store's roots keep it
     # Closed: its roots are gone although this process lives on (no process-global).
     assert collect_garbage(store).deleted == [path]
+
+
+def test_verify_repair_keeps_a_broken_derivation_a_root_keeps_alive(store: LocalStore,
+                                                                    tmp_path: Path) -> None:
+    _, drv, out = _built(store)
+    add_perm_root(store.store_dir, store.state_dir, out, str(tmp_path / "result"))
+    os.chmod(drv, 0o644)
+    Path(drv).write_text("Derive(broken")
+    report = verify_store(store, check_contents=True, repair=True)  # no rebuild, no cache
+    assert not report.ok and store.is_valid(drv) and os.path.exists(drv)
+    assert report.unfixed == [f"'{drv}' is broken and could not be rebuilt or substituted; "
+                              "it is kept because a GC root keeps it alive"]
+    # Without keep-derivations it is garbage, and repair removes it.
+    report = verify_store(store, check_contents=True, repair=True,
+                          keep=GCOptions(keep_derivations=False))
+    assert report.ok and not store.is_valid(drv) and store.is_valid(out)

@@ -228,9 +228,10 @@ def _repair_broken(store: LocalStore, report: VerifyReport, keep: GCOptions) -> 
                                   "rebuild or substitute it (runner build --repair)")
             continue
         if path in live:
-            via = f"a GC root ({sorted(roots[path])[0]})" if path in roots else "live"
+            why = (f"it is a GC root ({sorted(roots[path])[0]})" if path in roots
+                   else "a GC root keeps it alive")
             report.unfixed.append(f"'{path}' is broken and could not be rebuilt or "
-                                  f"substituted; it is kept because it is {via}")
+                                  f"substituted; it is kept because {why}")
             continue
         with store.db.transaction() as conn:
             conn.execute("delete from ValidPaths where path = ?", (path,))
