@@ -98,8 +98,10 @@ def test_gc_drops_links_no_path_uses(store: LocalStore, tmp_path: Path) -> None:
     optimise_store(store)
     links = os.listdir(links_dir(store.store_dir))
     assert len(links) == 4  # data, tool, and each `own`
-    assert collect_garbage(store).deleted  # deletes both: nothing is rooted
+    result = collect_garbage(store)
+    assert result.deleted  # deletes both: nothing is rooted
     assert os.listdir(links_dir(store.store_dir)) == []
+    assert result.links_removed == 4  # counted, as everything gc removes
 
 
 def test_gc_frees_shared_bytes_only_with_the_last_user(store: LocalStore,

@@ -51,6 +51,7 @@ class GCResult:
     skipped: list[str] = field(default_factory=list)  # dead but busy (locked) or still referred
     bytes_freed: int = 0
     locks_removed: int = 0  # stale `.lock` files
+    links_removed: int = 0  # `.links` entries no path shares any more
     failures_dropped: int = 0
 
     def summary(self, dry_run: bool = False) -> str:
@@ -66,7 +67,7 @@ class GCResult:
         """What `runner gc --json` prints."""
         return {"dryRun": dry_run, "deleted": self.deleted, "leftovers": self.leftovers,
                 "skipped": self.skipped, "bytesFreed": self.bytes_freed,
-                "lockFilesRemoved": self.locks_removed,
+                "lockFilesRemoved": self.locks_removed, "linksRemoved": self.links_removed,
                 "failuresDropped": self.failures_dropped}
 
 
@@ -156,7 +157,7 @@ def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCRe
             else:
                 _would_delete(store, path, result, graph, gone)
         if act:
-            result.bytes_freed += _remove_unused_links(store.store_dir)
+            _remove_unused_links(store.store_dir, result)
             if options.drop_failures:
                 result.failures_dropped = store.clear_failures()
     return result
@@ -271,20 +272,19 @@ def _remove_unlocked(owner: str, path: str, result: GCResult, act: bool,
         locks.unlock()
 
 
-def _remove_unused_links(store_dir: str) -> int:
-    """Drop files in the links dir that no store path shares any more; returns bytes freed."""
+def _remove_unused_links(store_dir: str, result: GCResult) -> None:
+    """Drop files in the links dir that no store path shares any more."""
     links = os.path.join(store_dir, LINKS_DIR)
-    freed = 0
     try:
         entries = list(os.scandir(links))
     except FileNotFoundError:
-        return 0
+        return
     for entry in entries:
         st = entry.stat(follow_symlinks=False)
         if st.st_nlink == 1:
-            freed += st.st_blocks * 512
+            result.bytes_freed += st.st_blocks * 512
+            result.links_removed += 1
             os.unlink(entry.path)
-    return freed
 
 
 def _remove(path: str) -> int:
