@@ -187,3 +187,27 @@ def test_repair_restores_a_corrupted_dependency_of_a_healthy_output(
     assert str(nar.hash_path(lib)[0]) == _db_hash(lib)
     assert counts(tmp_path / "counter") == {"lib": 2, "app": 1}  # app was healthy
     assert run(["store", "verify", "--check-contents"]) == 0
+
+
+_BUILD_ONLY = """\
+derivations:
+  tool:
+    builder: /bin/sh
+    args: ["-c", "echo tool >> {counter}; echo made-by-tool > $out"]
+  app:
+    builder: /bin/sh
+    args: ["-c", "echo app >> {counter}; cat ${{{{ tool }}}} > $out"]
+"""
+
+
+def test_repair_of_a_healthy_output_leaves_its_build_only_inputs_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As nix-build --repair: the output closure is repaired, not what it was built from."""
+    spec = write_spec(tmp_path, _BUILD_ONLY.format(counter=tmp_path / "counter"))
+    built = _built_elsewhere(spec)
+    tool = built["tool"]["outputs"]["out"]
+    assert run(["store", "delete", tool]) == 0  # app does not refer to it (gc would take it)
+    code, _, err = build(capsys, "--repair", spec, "app")
+    assert code == 0, err
+    assert counts(tmp_path / "counter") == {"tool": 1, "app": 1}  # nothing rebuilt
+    assert not os.path.exists(tool)

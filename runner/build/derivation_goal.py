@@ -20,7 +20,13 @@ from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.platform import local_platform_refusal
 from runner.build.process import Ending
-from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
+from runner.build.rebuild import (
+    check_outputs,
+    corrupt_in_closure,
+    is_corrupt,
+    producers,
+    repair_outputs,
+)
 from runner.build.redirect import Redirect
 from runner.build.remote_builder import RemoteOutcome
 from runner.build.result import PERMANENT, BuildResult, Status
@@ -81,8 +87,7 @@ class DerivationGoal(Goal[BuildResult]):
         if self.mode is BuildMode.REPAIR:
             self.corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
         if self._outputs_valid() and not self.corrupt:
-            # --repair covers what the outputs were built from, too (nix-build --repair).
-            if self.mode is BuildMode.REPAIR and (failed := await self._realise_inputs()):
+            if self.mode is BuildMode.REPAIR and (failed := await self._repair_closure()):
                 return failed
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
@@ -180,6 +185,27 @@ class DerivationGoal(Goal[BuildResult]):
         if Substitution.FAILED in outcomes:
             return Substitution.FAILED
         return Substitution.NO_SUBSTITUTERS
+
+    async def _repair_closure(self) -> BuildResult | None:
+        """--repair of healthy outputs: repair what they refer to, as nix-build --repair
+        does; a corrupt path by the derivation that produced it, else from a substituter."""
+        corrupt = corrupt_in_closure(self.store, self.outputs.values())
+        if not corrupt:
+            return None
+        made_by = producers(self.store, self.drv_path)
+        built = await self.wait_for(self.worker.derivation_goal(drv, BuildMode.REPAIR)
+                                    for drv in sorted({made_by[p] for p in corrupt
+                                                       if p in made_by}))
+        await self.wait_for(self.worker.substitution_goal(p, repair=True)
+                            for p in corrupt if p not in made_by)
+        still = [p for p in corrupt if is_corrupt(self.store, p)]
+        if not still:
+            return None
+        failed = next((r.drv_path for r in built if not r.status.ok), None)
+        return self._result(
+            Status.DEPENDENCY_FAILED,
+            f"cannot repair '{still[0]}' in the output closure of '{self.drv_path}'",
+            failed_dependency=failed)
 
     async def _realise_inputs(self) -> BuildResult | None:
         assert self.drv is not None

@@ -7,6 +7,7 @@ Called with the derivation's output locks held.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from runner.build.redirect import Redirect, differences
 from runner.errors import RunnerError
@@ -82,3 +83,21 @@ def is_corrupt(store: LocalStore, path: str) -> bool:
         return nar.hash_path(path, info.nar_hash.algo)[0] != info.nar_hash
     except (OSError, RunnerError):
         return True
+
+
+def corrupt_in_closure(store: LocalStore, outputs: Iterable[str]) -> list[str]:
+    """The corrupt paths that `outputs` refer to, directly or not (not `outputs` themselves)."""
+    own = set(outputs)
+    return sorted(p for p in store.compute_closure(own) - own if is_corrupt(store, p))
+
+
+def producers(store: LocalStore, drv_path: str) -> dict[str, str]:
+    """Output path -> the derivation that produces it, for every derivation that
+    `drv_path` depends on (its closure of `.drv` files, as Nix's repairClosure maps them)."""
+    found: dict[str, str] = {}
+    for path in store.compute_closure([drv_path]) - {drv_path}:
+        if path.endswith(".drv"):
+            for out in store.query_derivation_outputs(path).values():
+                found[out] = path
+    return found
+
