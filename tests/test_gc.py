@@ -669,3 +669,28 @@ def test_verify_repair_keeps_a_broken_derivation_a_root_keeps_alive(store: Local
     report = verify_store(store, check_contents=True, repair=True,
                           keep=GCOptions(keep_derivations=False))
     assert report.ok and not store.is_valid(drv) and store.is_valid(out)
+
+
+def test_first_users_racing_for_a_new_store_bind_it_to_one_state_dir(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys
+        from runner.errors import RunnerError
+        from runner.store.local_store import LocalStore
+        sys.stdin.readline()  # the start gate: every process opens at once
+        try:
+            LocalStore(sys.argv[1], sys.argv[2]).close()
+            print("bound")
+        except RunnerError as e:
+            print(e.reason)
+    """)
+    store_dir = str(tmp_path / "fresh")
+    procs = [subprocess.Popen([sys.executable, "-c", script, store_dir, str(tmp_path / f"s{i}")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    answers = sorted(proc.communicate()[0].strip() for proc in procs)
+    assert answers == ["bound", "store-mismatch", "store-mismatch"]
+    assert sorted(os.listdir(store_dir)) == [STATE_MARKER]  # no temp file left behind

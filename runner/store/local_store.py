@@ -14,6 +14,7 @@ import graphlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -452,7 +453,7 @@ def _claim_store_dir(store_dir: str, state_dir: str) -> None:
     try:
         owner = _read_marker(marker)
         if owner is None:
-            tmp = f"{marker}.{os.getpid()}"
+            tmp = f"{marker}.{os.getpid()}-{threading.get_ident()}"
             write_text(tmp, (mine + "\n").encode())
             try:
                 os.link(tmp, marker)  # atomic: of two first users, one wins
