@@ -159,6 +159,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("narinfo-cache-negative-ttl", "int", 3600,
             "Seconds a 'not in this cache' answer is remembered."),
     Setting("auto-optimise", "bool", False, "Hard-link identical files as paths are added."),
+    Setting("keep-derivations", "bool", True,
+            "`runner gc` keeps the `.drv` of every live output (as Nix does by default)."),
+    Setting("keep-outputs", "bool", False,
+            "`runner gc` keeps the valid outputs of every live derivation."),
     Setting("remote-builders", "str", "",
             "REAPI endpoint builds are sent to (`grpc://host:port`, `grpcs://…`, "
             "`unix:/path`); empty builds locally."),

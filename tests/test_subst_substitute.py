@@ -17,6 +17,7 @@ import pytest
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
+from runner.store.layout import STATE_MARKER
 from runner.store.path_info import PathInfo
 from runner.store.paths import hash_part, make_output_path
 from runner.substituters import narinfo
@@ -97,7 +98,8 @@ def _no_leftovers(stores: TwoStores) -> None:
     """Nothing but valid paths in the store dir: no temp dirs, no half-unpacked trees."""
     assert stores.b is not None
     for name in os.listdir(stores.store_dir):
-        assert name.endswith(".lock") or stores.b.is_valid(f"{stores.store_dir}/{name}"), name
+        assert (name.endswith(".lock") or name == STATE_MARKER
+                or stores.b.is_valid(f"{stores.store_dir}/{name}")), name
 
 
 @pytest.mark.parametrize("compression", ["xz", "zstd", "none"])

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.store.layout import DB_FILE
 
 
 def _sql(name: str) -> str:
@@ -39,7 +40,7 @@ BUSY_TIMEOUT_SECONDS = 60.0
 
 
 def db_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "db", "db.sqlite")
+    return os.path.join(state_dir, *DB_FILE)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -26,6 +26,7 @@ from runner.store.canonicalise import (
     rename_tree,
 )
 from runner.store.hashes import Hash
+from runner.store.layout import TEMP_DIR_PREFIX
 from runner.store.nar import Exclude
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class TempDir:
     in use, without guessing from times.
     """
 
-    PREFIX = ".tmp-"
+    PREFIX = TEMP_DIR_PREFIX
 
     def __init__(self, store_dir: str) -> None:
         self.path = io_call(f"cannot create a temp dir in '{store_dir}'", tempfile.mkdtemp,
