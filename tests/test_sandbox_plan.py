@@ -42,7 +42,8 @@ def test_layout() -> None:
     mounts = _by_target(plan)
     assert plan.mounts[0] == Mount("tmpfs", "/", data="mode=0755")
     assert mounts["/build"] == Mount("bind", "/build", source="/tmp/b", writable=True)
-    assert mounts[STORE].source == plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
+    assert plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
+    assert mounts[STORE].source == plan.staging_store == f"{plan.staging_dir}/store"
     assert mounts[STORE].writable
     assert mounts[IN] == Mount("bind", IN, source=IN)  # read-only, required
     assert mounts["/tmp"].writable and mounts["/dev/shm"].writable
