@@ -201,9 +201,10 @@ def _host_paths(settings: SettingsLike, env: Mapping[str, str]) -> list[Mount]:
     return mounts
 
 
-def not_allowed(source: str) -> RunnerError:
+def not_allowed(source: str, real: str = "") -> RunnerError:
+    where = f" (which resolves to '{real}')" if real and real != source else ""
     return RunnerError(
-        f"sandbox path '{source}' is not allowed; "
+        f"sandbox path '{source}'{where} is not allowed; "
         "add it to 'allowed-spec-sandbox-paths' to permit it",
         reason="sandbox-path-not-allowed",
     )

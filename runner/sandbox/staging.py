@@ -122,7 +122,8 @@ def _copy_file(ev: fdtree.Event, name: str, dst_dir: int, mode: int,
             os.close(pfd)
         if fdtree.ident(os.fstat(src)) != fdtree.ident(ev.st):
             os.close(src)
-            raise fdtree.TreeMoved(errno.ESTALE, "file replaced during the copy", ev.name)
+            raise fdtree.TreeMoved(errno.ESTALE, "file replaced during the copy",
+                                   ev.name) from None
     try:
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600, dir_fd=dst_dir)
