@@ -28,7 +28,7 @@ def check_file_type(path: str, st: os.stat_result) -> None:
         )
 
 
-def canonicalise(path: str, from_uid: int | None = None) -> None:
+def canonicalise(path: str, from_uid: int | None = None, max_path: int = 0) -> None:
     """Make the tree at `path` read-only with mtime 1, owned by us.
 
     Walks by descriptors (`fdtree`): no symlink is followed, however the tree
@@ -36,7 +36,8 @@ def canonicalise(path: str, from_uid: int | None = None) -> None:
     hard-linked from outside the tree (an unsandboxed builder can
     `ln /etc/shadow $out`) is replaced by a private copy first, so we never
     chmod or re-time a file that is not ours. With `from_uid` (a build's
-    uid), files owned by anyone else are refused outright.
+    uid), files owned by anyone else are refused outright. With `max_path`, a
+    path of `max_path` bytes or more in the tree is refused (reason `path-too-long`).
     """
     euid = os.geteuid()
     parent_fd, name = fdtree.open_parent(path)
@@ -47,6 +48,9 @@ def canonicalise(path: str, from_uid: int | None = None) -> None:
             if ev.kind == "leave":
                 continue
             check_file_type(walk.path_of(ev), ev.st)
+            if max_path and len(path) + walk.depth_bytes(ev) >= max_path:
+                raise RunnerError(f"a path in '{path}' is {max_path} bytes or longer (at depth "
+                                  f"{walk.depth(ev)})", reason="path-too-long")
             if from_uid is not None and ev.st.st_uid != from_uid:
                 raise RunnerError(f"invalid ownership on file '{walk.path_of(ev)}'",
                                   reason="bad-ownership")

@@ -107,6 +107,7 @@ class Walk:
         self.make_readable = make_readable
         self.display = display or name
         self._names: list[str] = []  # the directories entered, below the top
+        self._bytes = 0  # length of "/" + "/".join(self._names), in bytes
 
     def path_of(self, ev: Event) -> str:
         """`ev`'s path for messages (may exceed PATH_MAX; never opened)."""
@@ -115,6 +116,17 @@ class Walk:
         if ev.kind == "file":
             return "/".join([self.display, *self._names, ev.name])
         return "/".join([self.display, *self._names])
+
+    def depth(self, ev: Event) -> int:
+        """How many levels below the top `ev` is."""
+        return 0 if ev.top else len(self._names) + (ev.kind == "file")
+
+    def depth_bytes(self, ev: Event) -> int:
+        """The length in bytes that `ev`'s path adds to the top's path."""
+        if ev.top:
+            return 0
+        extra = len(os.fsencode(ev.name)) + 1 if ev.kind == "file" else 0
+        return self._bytes + extra
 
     def __iter__(self) -> Iterator[Event]:
         st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
@@ -138,6 +150,7 @@ class Walk:
                     os.close(cur)
                     cur = fd
                     self._names.append(child)
+                    self._bytes += len(os.fsencode(child)) + 1
                     yield Event("enter", cur, child, cst)
                     stack.append((child, cst, sorted(os.listdir(cur), reverse=True)))
                     continue
@@ -151,7 +164,7 @@ class Walk:
                 if ident(os.fstat(cur)) != ident(stack[-1][1]):
                     raise TreeMoved(errno.ESTALE, "directory moved during the walk",
                                     "/".join([self.display, *self._names]))
-                self._names.pop()
+                self._bytes -= len(os.fsencode(self._names.pop())) + 1
                 yield Event("leave", cur, name, dst)
         finally:
             os.close(cur)
