@@ -124,3 +124,18 @@ def tree_state(paths: Sequence[Path]) -> list[tuple[str, int, int, int]]:
         st = p.lstat()
         out.append((str(p), st.st_uid, st.st_mode, st.st_mtime_ns))
     return out
+
+
+def public_tmp() -> Iterator[Path]:
+    """A 0755 work dir under the system temp dir (pytest's tmp_path is root-only, so
+    an attacker account could not even reach its own victims there)."""
+    import tempfile
+
+    from runner.store.canonicalise import remove_tree
+
+    work = Path(tempfile.mkdtemp(prefix="runner-security-"))
+    os.chmod(work, 0o755)
+    try:
+        yield work
+    finally:
+        remove_tree(str(work))
