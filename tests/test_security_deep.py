@@ -74,8 +74,15 @@ def _runner(*argv: str) -> subprocess.CompletedProcess[str]:
 DEEP_SPEC = """version: 1
 derivations:
   deep:
-    builder: /bin/sh
-    args: ["-c", "python3 -c \\"import os; os.mkdir(os.environ['out']); os.chdir(os.environ['out'])\\nfor _ in range({depth}): os.mkdir('d'); os.chdir('d')\\nopen('f', 'w').write('bottom')\\""]
+    builder: /usr/bin/env
+    args:
+      - python3
+      - -c
+      - |
+        import os
+        os.mkdir(os.environ['out']); os.chdir(os.environ['out'])
+        for _ in range({depth}): os.mkdir('d'); os.chdir('d')
+        open('f', 'w').write('bottom')
 """
 
 
