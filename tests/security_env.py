@@ -93,7 +93,7 @@ class Build:
 
 def start(work: Path, script: str, *, fixed_output: bool = False, build_uid: int | None = None,
           env: dict[str, str] | None = None, name: str = "out",
-          settings: Settings | None = None) -> Build:
+          settings: Settings | None = None, fork_server: bool | None = None) -> Build:
     """A sandboxed `/bin/sh -c script` with `$out` in `work/store`; stdout is a pipe.
 
     The build dir holds a FIFO `go` the builder can wait on (`read x < /build/go`)."""
@@ -107,7 +107,8 @@ def start(work: Path, script: str, *, fixed_output: bool = False, build_uid: int
     plan = make_plan(argv=["/bin/sh", "-c", script], env=full_env, build_dir=str(build),
                      store_dir=str(store), closure=[], outputs=[out], fixed_output=fixed_output,
                      settings=settings or Settings(), ids=ids)
-    proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                 fork_server=fork_server)
     return Build(plan, proc, out, build)
 
 
