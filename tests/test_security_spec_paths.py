@@ -18,7 +18,6 @@ from runner.sandbox import executor, libc
 from runner.sandbox import probe as sandbox_probe
 from runner.sandbox.child import Step
 from runner.sandbox.plan import SPEC_PATHS_ATTR, Mount
-from tests import security_env
 from tests.security_env import Settings, start
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or sandbox_probe() is not None,
