@@ -96,7 +96,7 @@ def test_concurrent_runs_get_distinct_build_users(tmp_path: Path) -> None:
             with open(shared / f"go-{x}", "w") as f:
                 f.write("go\n")
         for x, proc in runs.items():
-            out, err = proc.communicate(timeout=120)
+            _out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, (x, err)
 
 
