@@ -112,7 +112,7 @@ def _canonicalise_at(fd: int, name: str, st: os.stat_result, euid: int, *,
         if st.st_uid != euid:
             os.chown(name, euid, -1, dir_fd=fd, follow_symlinks=False)
         return
-    own = fd if opened else os.open(name, fdtree.PATH_FLAGS, dir_fd=fd)
+    own = fd if opened else _open_entry(fd, name)
     try:
         if not opened and fdtree.ident(os.fstat(own)) != fdtree.ident(st):
             raise fdtree.TreeMoved(errno.ESTALE, "file replaced during canonicalisation", name)
@@ -127,6 +127,18 @@ def _canonicalise_at(fd: int, name: str, st: os.stat_result, euid: int, *,
     finally:
         if not opened:
             os.close(own)
+
+
+def _open_entry(dir_fd: int, name: str) -> int:
+    """A descriptor to change `name` through: readable when we may read it (fchmod and
+    futimens work directly, the cheapest way), else O_PATH (changed via /proc)."""
+    try:
+        return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        return os.open(name, fdtree.PATH_FLAGS, dir_fd=dir_fd)
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 def _chown_fd(fd: int, uid: int, gid: int) -> None:
