@@ -25,7 +25,8 @@ from runner.errors import RunnerError
 FIRST_UID = 30001
 GID = 30000
 COUNT = 128
-LOCK_DIR = "/run/runner-build-users"
+# Where the locks live: /run (a tmpfs cleared at boot) where there is one.
+LOCK_DIR = "/run/runner-build-users" if os.path.isdir("/run") else "/tmp/runner-build-users"
 
 
 @dataclass
