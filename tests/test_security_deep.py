@@ -102,8 +102,12 @@ def test_a_deep_output_is_refused_cleanly_and_gc_still_works(tmp_path: Path,
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
     leftovers = [n for n in os.listdir(store_dir) if n.endswith("-deep") or n.startswith(".")]
     assert [n for n in leftovers if not n.endswith(".drv")] in ([], [".links"]), leftovers
+    # A crashed build's deep leftover (invalid) in the store does not block gc.
+    leftover = Path(store_dir) / f"{security_env.HASH}-leftover"
+    _chain(leftover, BUILD_DEPTH)
     gc = _runner("gc")
     assert gc.returncode == 0, gc.stderr
+    assert not leftover.exists()
 
     # Control: a tree as deep as a path can name is registered, then collected.
     spec.write_text(DEEP_SPEC.format(depth=1000))

@@ -150,8 +150,9 @@ def _chown_fd(fd: int, uid: int, gid: int) -> None:
         os.chown(f"/proc/self/fd/{fd}", uid, gid)
 
 
-def remove_tree(path: str) -> None:
-    """Delete a (possibly read-only) tree; a missing path is not an error.
+def remove_tree(path: str) -> int:
+    """Delete a (possibly read-only) tree; a missing path is not an error. Returns the
+    disk space freed (files still linked elsewhere free nothing).
 
     By descriptors, depth-first without recursion: a 100,000-deep tree goes
     like any other, and a symlink swapped in mid-walk is unlinked, never
@@ -161,20 +162,21 @@ def remove_tree(path: str) -> None:
     try:
         parent_fd, name = fdtree.open_parent(path)
     except FileNotFoundError:
-        return
+        return 0
     try:
         try:
             os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return
-        remove_at(parent_fd, name)
+            return 0
+        return remove_at(parent_fd, name)
     finally:
         os.close(parent_fd)
 
 
-def remove_at(dir_fd: int, name: str) -> None:
+def remove_at(dir_fd: int, name: str) -> int:
     """`remove_tree` of the entry `name` of the directory `dir_fd`."""
     euid = os.geteuid()
+    freed = 0
     for ev in fdtree.Walk(dir_fd, name, make_readable=euid != 0):
         if ev.kind == "enter":
             mode = stat.S_IMODE(ev.st.st_mode)
@@ -182,8 +184,12 @@ def remove_at(dir_fd: int, name: str) -> None:
                 os.fchmod(ev.fd, mode | stat.S_IRWXU)
         elif ev.kind == "file":
             os.unlink(ev.name, dir_fd=ev.fd)
+            if ev.st.st_nlink == 1:
+                freed += ev.st.st_blocks * 512
         else:
             os.rmdir(ev.name, dir_fd=ev.fd)
+            freed += ev.st.st_blocks * 512
+    return freed
 
 
 def rename_tree(src: str, dest: str) -> None:
