@@ -104,7 +104,7 @@ def test_a_deep_output_is_refused_cleanly_and_gc_still_works(tmp_path: Path,
     assert [n for n in leftovers if not n.endswith(".drv")] in ([], [".links"]), leftovers
     # A crashed build's deep leftover (invalid) in the store does not block gc.
     leftover = Path(store_dir) / f"{security_env.HASH}-leftover"
-    _chain(leftover, BUILD_DEPTH)
+    _chain(leftover, DEPTH)
     gc = _runner("gc")
     assert gc.returncode == 0, gc.stderr
     assert not leftover.exists()
