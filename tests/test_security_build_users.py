@@ -8,6 +8,7 @@ each builder reports its uid through a FIFO on the host and waits on another.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,24 @@ if fd < 0:
     sys.exit("denied: " + os.strerror(ctypes.get_errno()))
 print("took", os.readlink("/proc/self/fd/%d" % fd))
 """
+
+
+def _read_fifo(path: Path, run: subprocess.Popen[str]) -> str:
+    """What the builder writes into the FIFO `path`; fails if its run ends first."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # no writer yet: select waits for one
+    try:
+        data = b""
+        while not data.endswith(b"\n"):
+            if not select.select([fd], [], [], 1)[0]:
+                assert run.poll() is None, run.communicate()
+                continue
+            chunk = os.read(fd, 100)
+            if not chunk:  # the writer left without a line: its run is ending
+                assert run.wait(timeout=120) is None, run.communicate()
+            data += chunk
+        return data.decode()
+    finally:
+        os.close(fd)
 
 
 def _builder_pid(uid: int, marker: str) -> int:
@@ -81,7 +100,7 @@ def test_concurrent_runs_get_distinct_build_users(tmp_path: Path) -> None:
              "--option", "allowed-spec-sandbox-paths", str(shared), str(spec)],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        uids = {x: int((shared / f"uid-{x}").read_text()) for x in runs}  # blocks until written
+        uids = {x: int(_read_fifo(shared / f"uid-{x}", runs[x])) for x in runs}
         assert uids["a"] != uids["b"], uids
         for uid in uids.values():
             assert uidpool.FIRST_UID <= uid < uidpool.FIRST_UID + uidpool.COUNT
