@@ -133,7 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allowed-spec-sandbox-paths", "list", [],
             "Host paths that specs may add to their sandbox with `sandbox-paths`."),
     Setting("build-dir", "str", "",
-            "Where build directories are created; empty means the system temp dir."),
+            "Where build directories are created (in a private `runner-builds-<uid>` "
+            "dir; docs/security.md); empty means the system temp dir."),
     Setting("keep-going", "bool", False, "Go on with other builds after one fails."),
     Setting("keep-failed", "bool", False, "Keep the build directory of failed builds."),
     Setting("timeout", "int", 0, "Seconds a build may run; 0 means no limit."),

@@ -324,6 +324,7 @@ class DerivationGoal(Goal[BuildResult]):
     def _after_failure(self, result: BuildResult, build_dir: str) -> None:
         assert self.drv is not None
         if self.settings.get("keep-failed"):
+            self.worker.build_dirs.keep(build_dir)  # docs/security.md, class 4
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
             self.worker.build_dirs.give_back(build_dir)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import graphlib
 import os
-import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -289,30 +288,10 @@ def _remove_unused_links(store_dir: str, result: GCResult) -> None:
 
 def _remove(path: str) -> int:
     """Delete a tree; returns the disk space freed (files still linked elsewhere free nothing)."""
-    size = _disk_usage(path)
     try:
-        remove_tree(path)
+        return remove_tree(path)  # by descriptors: any depth (docs/security.md, class 5)
     except OSError as e:
         raise RunnerError(f"cannot delete '{path}': {e.strerror}", reason="io") from None
-    return size
-
-
-def _disk_usage(path: str) -> int:
-    total = 0
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            total += st.st_blocks * 512
-            with os.scandir(current) as entries:
-                stack.extend(e.path for e in entries)
-        elif st.st_nlink == 1:
-            total += st.st_blocks * 512
-    return total
 
 
 # ------------------------------------------------------------------ deleting on request
