@@ -33,7 +33,7 @@ from runner.substituters.configure import print_warning
 from runner.substituters.narinfo import NarInfo
 from runner.substituters.signing import count_valid_signatures, parse_public_keys, parse_signature
 
-_CHUNK = 64 * 1024
+_PATH_MAX = 4096  # Linux's, counting the final NUL
 
 # Outcomes. "no-substitute": nobody has it (build it); "failed": someone had
 # it but every offer was rejected; "incomplete-closure": a reference failed.
@@ -211,7 +211,7 @@ class _Substitution:
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
                 with sub.fetch(info) as read:
-                    _unpack_verified(read, staged, info)
+                    nar_hash, nar_size = _unpack_verified(read, staged, info)
                 content_address.check_content(info, staged)
                 try:
                     canonicalise(staged)
@@ -224,8 +224,7 @@ class _Substitution:
                                       reason="io") from None
             try:
                 self.store.register_valid_paths([PathInfo(
-                    path, info.nar_hash, info.nar_size, info.references, info.deriver, 0,
-                    info.ca)])
+                    path, nar_hash, nar_size, info.references, info.deriver, 0, info.ca)])
             except BaseException:
                 if not repairing:
                     remove_tree(path)
@@ -233,8 +232,10 @@ class _Substitution:
         self.done.append(path)
 
 
-def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
-    """Restore the NAR at `dest`, then insist it had exactly the announced hash and size."""
+def _unpack_verified(read: Read, dest: str, info: NarInfo) -> tuple[Hash, int]:
+    """Restore the NAR at `dest`; insist it had exactly the announced hash and size and
+    nothing after it. Returns the hash and size of the bytes the parser consumed: the
+    NAR of what was written, which is what gets registered."""
     hasher = hashlib.new(info.nar_hash.algo)
     size = 0
 
@@ -248,17 +249,18 @@ def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
         hasher.update(data)
         return data
 
+    # Paths inside must stay under PATH_MAX once in place (Nix fails on them too).
+    room = _PATH_MAX - 1 - len(os.fsencode(info.path))
     try:
-        nar.restore(counted, dest)
-    except OSError as e:
-        raise RunnerError(f"cannot unpack NAR: {e.strerror or e}", reason="io") from None
+        nar.restore(counted, dest, max_rel=room)
+        if read(1):  # not `counted`: the parser's bytes alone are hashed
+            raise RunnerError(f"data after the end of the NAR (the NAR is {size} bytes)",
+                              reason="corrupt-nar")
     except RunnerError as e:
         if e.reason in ("size-mismatch", "hash-mismatch", "corrupt-nar", "substituter-down",
-                        "fetch-failed"):
+                        "fetch-failed", "path-too-long", "io"):
             raise
         raise RunnerError(f"corrupt NAR: {e.message}", reason="corrupt-nar") from None
-    while counted(_CHUNK):
-        pass  # trailing bytes count against the size (and the file hash)
     if size != info.nar_size:
         raise RunnerError(f"NAR has {size} bytes, but {info.nar_size} were announced",
                           reason="size-mismatch")
@@ -266,3 +268,4 @@ def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
     if got != info.nar_hash:
         raise RunnerError(f"NAR hash mismatch: expected {info.nar_hash}, got {got}",
                           reason="hash-mismatch")
+    return got, size
