@@ -112,3 +112,13 @@ def test_nar_deeper_than_the_store_can_hold_is_refused_cleanly(
     status, reasons = _substitute(stores, path, f"file://{tmp_path / 'cache'}")
     assert (status, reasons) == (FAILED, ["path-too-long"])
     assert _leftovers(stores) == []  # no `.tmp-*` dir, no half tree
+
+
+def test_deep_nar_with_a_wrong_hash_leaves_nothing(stores: TwoStores, tmp_path: Path) -> None:
+    """Rejected after unpacking (a tree deeper than the recursion limit): still cleaned."""
+    path = make_output_path("out", bytes(32), "deep", stores.store_dir)
+    deep = chain_nar(1100)
+    publish(tmp_path / "cache", path, deep, "none", claimed=chain_nar(1100, leaf=b"other"))
+    status, reasons = _substitute(stores, path, f"file://{tmp_path / 'cache'}")
+    assert (status, reasons) == (FAILED, ["hash-mismatch"])
+    assert _leftovers(stores) == []

@@ -76,3 +76,13 @@ def remove_at(dir_fd: int, name: bytes) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
+
+
+def remove_path(path: str | bytes) -> None:
+    """`remove_at` by path (its parent must be reachable by name; the tree need not be)."""
+    parent, name = os.path.split(os.fsencode(path).rstrip(b"/"))
+    fd = open_dir(parent or b".", None)
+    try:
+        remove_at(fd, name)
+    finally:
+        os.close(fd)

@@ -14,13 +14,14 @@ tried.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.store import nar
+from runner.store import dirfd, nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
 from runner.store.locks import PathLocks
@@ -210,9 +211,15 @@ class _Substitution:
                 remove_tree(path)  # a leftover of an interrupted attempt is never valid
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
-                with sub.fetch(info) as read:
-                    nar_hash, nar_size = _unpack_verified(read, staged, info)
-                content_address.check_content(info, staged)
+                try:
+                    with sub.fetch(info) as read:
+                        nar_hash, nar_size = _unpack_verified(read, staged, info)
+                    content_address.check_content(info, staged)
+                except BaseException:
+                    # Still ours and writable: removed by descriptor, whatever its depth.
+                    with contextlib.suppress(OSError):
+                        dirfd.remove_path(staged)
+                    raise
                 try:
                     canonicalise(staged)
                     if repairing:
