@@ -75,8 +75,9 @@ class BinaryCache(DownState):
     def fetch(self, info: narinfo.NarInfo) -> Iterator[Read]:
         stream = self.transport.open(info.url)
         if stream is None:
-            raise RunnerError(f"'{self.name.rstrip('/')}/{info.url}' is missing (the narinfo "
-                              f"of '{info.path}' points to it)", reason="missing-nar")
+            raise RunnerError(f"file '{info.url}' does not exist in binary cache "
+                              f"'{self.name}' (the narinfo of '{info.path}' points to it)",
+                              reason="missing-nar")
         try:
             raw = _CheckedFile(stream, info, f"{self.name.rstrip('/')}/{info.url}")
             yield DecompressingReader(raw.read, info.compression, info.nar_size).read

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
@@ -90,19 +91,8 @@ def find_offer(store: Store, path: str, substituters: list[Substituter], setting
                warn: Warn = print_warning) -> NarInfo | None:
     """The info of the first substituter that has `path` and is trusted for it, without
     downloading anything (what `--dry-run` reports as "will be fetched")."""
-    check = _Substitution(store, substituters, settings, warn)
-    for sub in check.substituters:
-        if sub.is_down:
-            continue
-        try:
-            info = sub.query(path)
-        except RunnerError as e:
-            if e.reason != "bad-narinfo":
-                check._down(sub, e)
-            continue
-        if info is not None and check._check_trust(sub, info) is None:
-            return info
-    return None
+    offers = _Substitution(store, substituters, settings, warn).offers(path, [])
+    return next((info for _, info in offers), None)
 
 
 class _Substitution:
@@ -131,17 +121,18 @@ class _Substitution:
         keyed.sort(key=lambda k: (k[0], k[1]))
         return [sub for _, _, sub in keyed]
 
-    def run(self, path: str) -> SubstituteResult:
-        if path != self.repair and self.store.is_valid(path):
-            return SubstituteResult(path, VALID)
-        rejections: list[Rejection] = []
+    def offers(self, path: str, rejections: list[Rejection]
+               ) -> Iterator[tuple[Substituter, NarInfo]]:
+        """Each substituter's info on `path` that may be used, by priority. An offer that
+        cannot be trusted, or a narinfo that cannot be read, is added to `rejections`;
+        a substituter that fails to answer is marked down."""
         for sub in self.substituters:
             if sub.is_down:
                 continue
             try:
                 info = sub.query(path)
             except RunnerError as e:
-                if e.reason in ("bad-narinfo",):
+                if e.reason == "bad-narinfo":
                     rejections.append(Rejection(sub.name, e.reason, f"{sub.name}: {e.message}"))
                 else:
                     self._down(sub, e)
@@ -152,6 +143,13 @@ class _Substitution:
             if problem is not None:
                 rejections.append(problem)
                 continue
+            yield sub, info
+
+    def run(self, path: str) -> SubstituteResult:
+        if path != self.repair and self.store.is_valid(path):
+            return SubstituteResult(path, VALID)
+        rejections: list[Rejection] = []
+        for sub, info in self.offers(path, rejections):
             for ref in sorted(info.references - {path}):
                 sub_result = self.run(ref)
                 if not sub_result.ok:
@@ -165,6 +163,11 @@ class _Substitution:
             try:
                 self._install(sub, info)
             except RunnerError as e:
+                if e.reason == "missing-nar":
+                    # The cache lost the file: as if it never had the path (Nix's
+                    # SubstituteGone), not a rejection that needs --fallback.
+                    self.warn(e.message)
+                    continue
                 if e.reason == "substituter-down":
                     self._down(sub, e)
                 rejections.append(Rejection(
