@@ -14,9 +14,11 @@ the pool only once its body was read to the end.
 from __future__ import annotations
 
 import ssl
+from types import TracebackType
 from typing import IO
 
 import urllib3
+from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util import Retry, Timeout
@@ -25,6 +27,7 @@ from runner.errors import RunnerError
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRIES = 3
+PROBE_TIMEOUT = 3.0  # a cache known down gets one try this long
 _BACKOFF = 0.25  # seconds before the first retry, doubling after each
 _MAX_WAIT = 30  # longest back-off or Retry-After honoured, in seconds
 _MAX_IDLE_PER_ORIGIN = 8
@@ -82,6 +85,20 @@ class Response:
         self.close()
 
 
+class _Retry(Retry):
+    """urllib3's Retry, except that a timeout is not retried: a server that hangs once
+    costs one timeout, not one per attempt."""
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: urllib3.BaseHTTPResponse | None = None,
+                  error: Exception | None = None, _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> _Retry:
+        if (_pool is not None and isinstance(error, Urllib3Timeout)
+                and not isinstance(error, NewConnectionError)):
+            raise MaxRetryError(_pool, url or "", error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class HttpClient:
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> None:
         self.timeout = timeout
@@ -91,9 +108,13 @@ class HttpClient:
             timeout=Timeout(connect=timeout, read=timeout),
             ssl_context=ssl.create_default_context())
 
+    def quick(self) -> HttpClient:
+        """A client for one short try: probing a cache known to be down."""
+        return HttpClient(min(self.timeout, PROBE_TIMEOUT), 0)
+
     def _retry(self) -> Retry:
         # Every method we send (GET, HEAD, and PUT of content-addressed files) is idempotent.
-        return Retry(total=self.retries, redirect=5, status_forcelist=_TRANSIENT_STATUS,
+        return _Retry(total=self.retries, redirect=5, status_forcelist=_TRANSIENT_STATUS,
                      allowed_methods=None, backoff_factor=_BACKOFF, backoff_max=_MAX_WAIT,
                      retry_after_max=_MAX_WAIT, raise_on_status=False,
                      raise_on_redirect=False)

@@ -32,6 +32,7 @@ from runner.substituters import content_address
 from runner.substituters.base import Read, Store, Substituter, Warn
 from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.configure import print_warning
+from runner.substituters.health import KnownDown
 from runner.substituters.narinfo import NarInfo
 from runner.substituters.signing import count_valid_signatures, parse_public_keys, parse_signature
 
@@ -180,6 +181,8 @@ class _Substitution:
 
     def _down(self, sub: Substituter, e: RunnerError) -> None:
         message = f"substituter '{sub.name}' is unusable, skipping it: {e.message}"
+        if isinstance(e, KnownDown):  # found down by an earlier run: the message says it all
+            message = e.message
         if self.fail_on_errors:
             raise RunnerError(message.replace(", skipping it", ""), reason=e.reason) from None
         if sub.report_down(message):
