@@ -140,6 +140,8 @@ class HttpClient:
             resp = self._pool.request(method, url, body=body, headers=headers,
                                       retries=self._retry(), preload_content=False)
         except MaxRetryError as e:
+            if _describe(e.reason) == "timed out":
+                tries = ""  # never retried (see _Retry)
             raise HttpUnavailable(f"{method} {url}: {_describe(e.reason)}{tries}") from None
         except (HTTPError, OSError) as e:
             raise HttpUnavailable(f"{method} {url}: {_describe(e)}{tries}") from None
