@@ -110,7 +110,7 @@ def test_a_hanging_cache_costs_one_timeout_then_nothing(stores: TwoStores) -> No
         paths = _paths(stores, 8)
         took, statuses, warnings = _one_run(stores, settings, paths)
         assert statuses == [NO_SUBSTITUTE] * 8
-        assert took < 1.8, f"{took:.1f}s: more than one timeout (retries or per lookup)"
+        assert took < 2.5, f"{took:.1f}s: more than one timeout (retries or per lookup)"
         assert len(warnings) == 1 and warnings[0].endswith("timed out")  # not retried
         health = open_health(settings)
         record = health.get(server.url)
@@ -119,9 +119,10 @@ def test_a_hanging_cache_costs_one_timeout_then_nothing(stores: TwoStores) -> No
         assert record.next_probe is not None and 55 < record.next_probe - time.time() <= 60
         contacts = len(server.accepted)
 
+        baseline, _, _ = _one_run(stores, _settings(stores, ""), paths)  # no cache at all
         took, statuses, warnings = _one_run(stores, settings, paths)  # the next run
         assert statuses == [NO_SUBSTITUTE] * 8
-        assert took < 0.5
+        assert took < baseline + 0.5
         assert len(warnings) == 1
         assert f"cache {server.url} is down since" in warnings[0]
         assert "timed out" in warnings[0] and "next probe in" in warnings[0]
@@ -132,7 +133,7 @@ def test_a_hanging_cache_costs_one_timeout_then_nothing(stores: TwoStores) -> No
         with sqlite3.connect(Path(stores.state_b, "substituter-health.sqlite")) as db:
             db.execute("UPDATE health SET next_probe = ?", (time.time() - 1,))
         took, _, warnings = _one_run(stores, settings, paths)
-        assert took < 1.8 and len(server.accepted) == contacts + 1
+        assert took < 2.5 and len(server.accepted) == contacts + 1
         health = open_health(settings)
         record = health.get(server.url)
         health.close()
