@@ -75,6 +75,8 @@ class Health:
                 conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
                                        isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
+                # A cache of observations: no fsync per lookup (a crash loses a count).
+                conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(_SCHEMA)
             except (OSError, sqlite3.Error) as e:
                 raise RunnerError(f"cannot open substituter health '{self.path}': {e}",
