@@ -181,10 +181,15 @@ def test_restore_every_truncation(tmp_path: Path) -> None:
 
 
 def test_restore_refuses_existing_dest(tmp_path: Path) -> None:
-    (tmp_path / "f").write_bytes(b"")
+    (tmp_path / "f").write_bytes(b"mine")
     with pytest.raises(RunnerError) as info:
         restore(io.BytesIO(GOOD_FILE).read, tmp_path / "f")
     assert info.value.reason == "io"
+    assert (tmp_path / "f").read_bytes() == b"mine"  # not "cleaned up": restore did not make it
+    (tmp_path / "d").mkdir()
+    with pytest.raises(RunnerError) as info:
+        restore(io.BytesIO(chain_nar(2)).read, tmp_path / "d")
+    assert info.value.reason == "io" and (tmp_path / "d").is_dir()
 
 
 def test_dump_rejects_special_files_and_missing(tmp_path: Path) -> None:

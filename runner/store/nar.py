@@ -143,7 +143,7 @@ def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
                     ident = dirfd.identity(os.fstat(fd))
                     if ident != dirfd.identity(st):
                         raise OSError(errno.ESTALE, "replaced while archiving")
-                    names = sorted(dirfd.entries(fd))  # str for an fd
+                    names = sorted(dirfd.entries(fd))
                 except OSError as e:
                     raise _io_error(shown(name), e) from None
                 levels.append(_Level(name, names, rel, ident))
@@ -363,6 +363,8 @@ class _Restoring:
         return None
 
     def where(self, name: bytes | None = None) -> bytes:
+        if not self.dirs:
+            return self.base
         return os.path.join(self.base, *(d[0] for d in self.dirs[1:]), *([name] if name else []))
 
     def close(self) -> None:
@@ -386,9 +388,14 @@ def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None 
     r.expect(MAGIC)
     dest_b = os.fsencode(dest).rstrip(b"/")
     parent, base = os.path.split(dest_b)
-    top = dirfd.open_dir(parent or b".", None)
+    try:
+        top = dirfd.open_dir(parent or b".", None)
+    except OSError as e:
+        raise RunnerError(f"cannot restore NAR to '{_display(dest_b)}': {e.strerror or e}",
+                          reason="io") from None
     state = _Restoring(r, top, dest_b, max_rel)
     name: bytes | None = base
+    created = False  # only a tree restore made itself is removed on failure
     try:
         while name is not None:
             r.expect(b"(")
@@ -406,6 +413,7 @@ def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None 
                 os.symlink(target, name, dir_fd=state.fd)
             else:
                 raise r.fail(f"unknown file type {kind!r}")
+            created = True
             if kind != b"directory":
                 r.expect(b")")
                 if state.dirs:
@@ -414,8 +422,9 @@ def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None 
     except BaseException as e:
         where = state.where(name)
         state.close()
-        with contextlib.suppress(OSError):  # the caller's clean-up tries again
-            dirfd.remove_at(top, base)
+        if created:
+            with contextlib.suppress(OSError):  # the caller's clean-up tries again
+                dirfd.remove_at(top, base)
         os.close(top)
         if isinstance(e, OSError):
             raise RunnerError(f"cannot restore NAR to '{_display(where)}': {e.strerror or e}",
