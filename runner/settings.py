@@ -159,6 +159,11 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("warn", "fail")),
     Setting("narinfo-cache-negative-ttl", "int", 3600,
             "Seconds a 'not in this cache' answer is remembered."),
+    Setting("substituter-down-time", "int", 60,
+            "Seconds an HTTP cache that failed to answer is skipped by every run before it "
+            "is probed again; doubles with each failure in a row."),
+    Setting("substituter-down-max", "int", 3600,
+            "Longest back-off, in seconds, of a cache that keeps failing."),
     Setting("auto-optimise", "bool", False, "Hard-link identical files as paths are added."),
     Setting("keep-derivations", "bool", True,
             "`runner gc` keeps the `.drv` of every live output (as Nix does by default)."),

@@ -282,6 +282,23 @@ def test_next_cache_is_tried_after_a_rejection(stores: TwoStores) -> None:
     assert [r.reason for r in result.rejections] == ["untrusted-key"]
 
 
+def test_dry_run_offer_and_substitution_choose_alike(stores: TwoStores) -> None:
+    """`find_offer` (--dry-run) and `substitute` walk the same offers: an untrusted one and
+    an unreadable narinfo are passed over by both, for the same cache."""
+    _, lib, _ = _closure(stores)
+    untrusted = _fill(stores, [lib], "zstd", key=SecretKey.generate("evil"))
+    unreadable = _fill(stores, [lib], "none")
+    _narinfo_path(unreadable, lib).write_text("StorePath: nonsense\n")
+    good = _fill(stores, [lib], "xz")
+    b = stores.fresh()
+    subs, settings = _subs(stores, untrusted, unreadable, good)
+    offer = find_offer(b, lib, subs, settings)
+    assert offer is not None and offer.compression == "xz"
+    result = substitute(b, lib, subs, settings)
+    assert result.substituter == good
+    assert [r.reason for r in result.rejections] == ["untrusted-key", "bad-narinfo"]
+
+
 def test_missing_reference_gives_incomplete_closure(stores: TwoStores) -> None:
     src, lib, app = _closure(stores)
     url = _fill(stores, [app])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, os_error_text
 from runner.store import nar
 from runner.store.canonicalise import (
     MTIME_STORE,
@@ -37,7 +37,7 @@ def io_call(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return func(*args, **kwargs)
     except OSError as e:
-        raise RunnerError(f"{what}: {e.strerror or e} ('{e.filename}')", reason="io") from None
+        raise RunnerError(os_error_text(what, e), reason="io") from None
 
 
 class TempDir:
