@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
+from runner.store.fdtree import disk_usage
 from runner.store.layout import (
     LINKS_DIR,
     LOCK_SUFFIX,
@@ -184,7 +185,7 @@ def _would_delete(store: LocalStore, path: str, result: GCResult, graph: _Graph,
     if is_locked(path) or graph.referrers[path] - gone - {path}:
         result.skipped.append(path)
         return
-    result.bytes_freed += _disk_usage(path)
+    result.bytes_freed += disk_usage(path)
     result.deleted.append(path)
     gone.add(path)
 
@@ -250,7 +251,7 @@ def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult, act: bo
 
 
 def _leftover(path: str, result: GCResult, act: bool) -> None:
-    result.bytes_freed += _remove(path) if act else _disk_usage(path)
+    result.bytes_freed += _remove(path) if act else disk_usage(path)
     result.leftovers.append(path)
 
 
