@@ -67,6 +67,8 @@ class ClientOptions:
                 warn(f"warning: ignoring the client-specified setting '{raw_name}', because "
                      "it is a restricted setting and you are not a trusted user")
                 continue
+            if name == "sandbox":
+                text = {"true": "on", "false": "off"}.get(text.strip(), text)
             try:
                 values[name] = setting.parse(text)
             except RunnerError as e:

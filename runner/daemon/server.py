@@ -138,7 +138,8 @@ class Server:
                 return
             if pid == 0:
                 return
-            self.children.pop(pid, None)
+            if self.children.pop(pid, None) is not None:
+                log(f"connection {pid} closed")
 
     def _stop_children(self, sig: int) -> None:
         for pid in list(self.children):

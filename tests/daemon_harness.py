@@ -1,0 +1,95 @@
+"""`runner daemon` as a subprocess over the test's store, and Nix 2.8's clients pointed at it."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """A running `runner daemon`; its stderr lines arrive in `self.lines` (a queue)."""
+
+    def __init__(self, socket_path: str, *options: str, env: dict[str, str] | None = None,
+                 ) -> None:
+        self.socket = socket_path
+        opts = [a for name, value in _pairs(options) for a in ("--option", name, value)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "daemon", "--socket", socket_path, *opts],
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        first = self.proc.stderr.readline() if self.proc.stderr else ""
+        self.log.append(first)
+        if "listening on" not in first:
+            raise AssertionError(f"daemon did not start: {first}{self.proc.stderr.read()}")  # type: ignore[union-attr]
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        """The next daemon log line containing `text` (the tests' synchronisation marker)."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if text in line:
+                return line
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pairs(options: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(options[i], options[i + 1]) for i in range(0, len(options), 2)]
+
+
+def nix_env(root: Path, store_dir: str) -> dict[str, str]:
+    """An environment for Nix's clients: the runner store's dir, nothing from the host."""
+    conf = root / "nix-etc"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "nix.conf").write_text("substituters =\nexperimental-features = nix-command\n"
+                                   "sandbox = false\n")
+    home = root / "nix-home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "NIX_STORE_DIR": store_dir, "NIX_CONF_DIR": str(conf),
+            "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache"),
+            "NIX_STATE_DIR": str(root / "nix-var"), "NIX_LOG_DIR": str(root / "nix-log")}
+
+
+def nix_local_store(root: Path, store_dir: str) -> str:
+    """A Nix store with the same store dir as runner's, its files kept elsewhere."""
+    return (f"local?store={store_dir}&real={root / 'nix-real'}&state={root / 'nix-state'}"
+            f"&log={root / 'nix-logs'}")
+
+
+def run_nix(env: dict[str, str], *argv: str, check: bool = True, user: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    cmd = list(argv)
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *cmd]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}")
+    return proc

@@ -1,0 +1,192 @@
+"""Nix 2.8's own clients against `runner daemon`: queries, copies, builds and GC give
+what the same request gives against a Nix store (or runner's store read directly)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.cli.main import run
+from runner.store.local_store import LocalStore
+from tests.daemon_harness import Daemon, nix_env, nix_local_store, run_nix
+from tests.nix_oracle import needs_nix
+
+pytestmark = needs_nix
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, store_dir: str) -> Iterator[Daemon]:
+    with Daemon(str(tmp_path / "sock" / "socket")) as d:
+        yield d
+        assert d.stop() == 0
+
+
+def _tree(root: Path) -> Path:
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_text("a\n")
+    (src / "a").chmod(0o755)
+    (src / "sub" / "b").write_text("b\n")
+    (src / "link").symlink_to("a")
+    return src
+
+
+def _drv_expr(src: Path, name: str = "t", script: str = "echo ${src} > $out") -> str:
+    return (f'let src = {src}; in derivation {{ name = "{name}"; system = builtins.currentSystem;'
+            f' builder = "/bin/sh"; args = ["-c" "{script}"]; }}')
+
+
+def _nix_store_with_drv(tmp_path: Path, env: dict[str, str], store_dir: str,
+                        script: str = "echo ${src} > $out") -> tuple[str, str]:
+    """A Nix store holding a source tree and a derivation using it: (store uri, drv path)."""
+    nix_store = nix_local_store(tmp_path, store_dir)
+    src = _tree(tmp_path)
+    drv = run_nix(env, "nix-instantiate", "--store", nix_store, "-E",
+                  _drv_expr(src, script=script)).stdout.strip()
+    return nix_store, drv
+
+
+def test_copy_then_queries_match_a_nix_store(tmp_path: Path, store_dir: str, state_dir: str,
+                                            daemon: Daemon,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+
+    def both(*argv: str) -> tuple[str, str]:
+        a = run_nix(env, *argv[:1], "--store", ours, *argv[1:]).stdout
+        b = run_nix(env, *argv[:1], "--store", nix_store, *argv[1:]).stdout
+        return a, b
+
+    info_ours, info_nix = both("nix", "path-info", "--derivation", "--json", "-r", drv)
+    assert json.loads(info_ours) == json.loads(info_nix)
+    assert len(json.loads(info_ours)) == 2  # the drv and its source
+    requisites = both("nix-store", "--query", "--requisites", drv)
+    assert requisites[0] == requisites[1] and len(requisites[0].split()) == 2
+    references = both("nix-store", "--query", "--references", drv)
+    assert references[0] == references[1]
+    src = references[0].strip()
+    referrers = both("nix-store", "--query", "--referrers", src)
+    assert referrers[0] == referrers[1] == drv + "\n"
+    outputs = both("nix-store", "--query", "--outputs", drv)
+    assert outputs[0] == outputs[1]
+    # runner's store, read directly, agrees.
+    with LocalStore(store_dir, state_dir) as store:
+        assert store.query_references(drv) == {src}
+        assert store.compute_closure([drv]) == set(requisites[0].split())
+    # NAR export through the daemon is byte-identical to Nix's.
+    dump_ours, dump_nix = both("nix-store", "--dump", src)
+    assert dump_ours == dump_nix and dump_ours
+    assert run(["store", "verify", "--check-contents"]) == 0
+    assert "store is consistent" in capsys.readouterr().out
+
+
+def test_invalid_path_is_a_clean_error(tmp_path: Path, store_dir: str, daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    missing = f"{store_dir}/{'0' * 32}-missing"
+    proc = run_nix(env, "nix-store", "--store", f"unix://{daemon.socket}", "--query",
+                   "--references", missing, check=False)
+    assert proc.returncode == 1
+    assert f"path '{missing}' is not valid" in proc.stderr
+
+
+def test_add_to_store_matches_nix(tmp_path: Path, store_dir: str, daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    src = _tree(tmp_path)
+    (tmp_path / "flat").write_bytes(b"\xff\x00flat")
+    ours = f"unix://{daemon.socket}"
+    nix_store = nix_local_store(tmp_path, store_dir)
+    for argv in (["nix-store", "--add", str(src)],
+                 ["nix-store", "--add-fixed", "sha256", str(tmp_path / "flat")],
+                 ["nix-store", "--add-fixed", "--recursive", "sha1", str(src)]):
+        a = run_nix(env, argv[0], "--store", ours, *argv[1:]).stdout
+        b = run_nix(env, argv[0], "--store", nix_store, *argv[1:]).stdout
+        assert a == b and a.startswith(store_dir)
+        path = a.strip()
+        info_a = run_nix(env, "nix", "path-info", "--store", ours, "--json", path).stdout
+        info_b = run_nix(env, "nix", "path-info", "--store", nix_store, "--json", path).stdout
+        strip = [{k: v for k, v in i.items() if k != "registrationTime"}
+                 for i in (json.loads(info_a)[0], json.loads(info_b)[0])]
+        assert strip[0] == strip[1]
+
+
+def test_realise_builds_through_the_daemon(tmp_path: Path, store_dir: str, state_dir: str,
+                                           daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir,
+                                         script="echo building-now; echo ${src} > $out")
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    expected = run_nix(env, "nix-store", "--store", nix_store, "-q", "--outputs",
+                       drv).stdout.strip()
+    proc = run_nix(env, "nix-store", "--store", ours, "--option", "sandbox", "false",
+                   "--realise", drv)
+    assert proc.stdout.strip() == expected
+    assert "building-now" in proc.stderr  # the build log streamed to the client
+    with LocalStore(store_dir, state_dir) as store:
+        info = store.query_path_info(expected)
+        assert info is not None and info.deriver == drv
+        assert Path(expected).read_text().strip().startswith(store_dir)
+    # Built once: realising again does not run the builder.
+    again = run_nix(env, "nix-store", "--store", ours, "--realise", drv)
+    assert again.stdout.strip() == expected and "building-now" not in again.stderr
+
+
+def test_failed_build_is_an_error(tmp_path: Path, store_dir: str, daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir,
+                                         script="echo about-to-fail; exit 3")
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    proc = run_nix(env, "nix-store", "--store", ours, "--realise", drv, check=False)
+    assert proc.returncode != 0
+    assert f"build of '{drv}' failed" in proc.stderr
+    assert "about-to-fail" in proc.stderr
+
+
+def test_gc_print_dead_and_delete(tmp_path: Path, store_dir: str, state_dir: str,
+                                  daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    dead = run_nix(env, "nix-store", "--store", ours, "--gc", "--print-dead").stdout.split()
+    assert run(["gc", "--dry-run"]) == 0
+    local = [line for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
+    assert sorted(dead) == sorted(local) and drv in dead
+    run_nix(env, "nix-store", "--store", ours, "--gc")
+    with LocalStore(store_dir, state_dir) as store:
+        assert not store.is_valid(drv)
+    assert not Path(drv).exists()
+
+
+def test_unsigned_copy_needs_no_check_sigs_or_a_trusted_key(
+        tmp_path: Path, store_dir: str, state_dir: str, daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    out = run_nix(env, "nix-store", "--store", ours, "--option", "sandbox", "false",
+                  "--realise", drv).stdout.strip()
+    # The built output is input-addressed: it needs a signature to go anywhere else.
+    other = tmp_path / "other"
+    other.mkdir()
+    other_store = nix_local_store(other, store_dir)
+    run_nix(env, "nix", "copy", "--no-check-sigs", "--from", ours, "--to", other_store, out)
+    second_store = tmp_path / "second"
+    with Daemon(str(tmp_path / "sock2"),
+                env={"RUNNER_STATE_DIR": str(second_store / "state"),
+                     "RUNNER_STORE_DIR": store_dir}) as second:
+        target = f"unix://{second.socket}"
+        with pytest.raises(AssertionError, match="lacks a signature by a trusted key"):
+            run_nix(env, "nix", "copy", "--from", other_store, "--to", target, out)
+        run_nix(env, "nix", "copy", "--no-check-sigs", "--from", other_store, "--to", target,
+                out)
+        info = json.loads(run_nix(env, "nix", "path-info", "--store", target, "--json",
+                                  out).stdout)[0]
+        assert info["path"] == out
+        assert second.stop() == 0
