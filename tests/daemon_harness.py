@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import queue
 import signal
 import subprocess
@@ -83,11 +84,17 @@ def nix_local_store(root: Path, store_dir: str) -> str:
             f"&log={root / 'nix-logs'}")
 
 
+def as_user(user: str, cmd: list[str]) -> list[str]:
+    """`cmd` run as `user` (its uid, primary group and groups)."""
+    gid = pwd.getpwnam(user).pw_gid
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "--", *cmd]
+
+
 def run_nix(env: dict[str, str], *argv: str, check: bool = True, user: str | None = None
             ) -> subprocess.CompletedProcess[str]:
     cmd = list(argv)
     if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *cmd]
+        cmd = as_user(user, cmd)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
     if check and proc.returncode != 0:
