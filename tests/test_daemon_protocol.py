@@ -5,6 +5,7 @@ register anything invalid."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import struct
@@ -36,15 +37,15 @@ def _client(d: Daemon, minor: int = 34) -> Client:
 
 
 def _add_text(c: Client, name: str, text: bytes, refs: list[str] = ()) -> str:  # type: ignore[assignment]
-    c.writer.u64(Op.ADD_TEXT_TO_STORE).str(name).bytes(text).strs(refs)
+    c.writer.u64(Op.ADD_TEXT_TO_STORE).text(name).data(text).texts(refs)
     c.process_stderr()
-    return c.reader.str()
+    return c.reader.text()
 
 
 def _is_valid(c: Client, path: str) -> bool:
-    c.writer.u64(Op.IS_VALID_PATH).str(path)
+    c.writer.u64(Op.IS_VALID_PATH).text(path)
     c.process_stderr()
-    return c.reader.bool()
+    return c.reader.flag()
 
 
 def _still_serves(d: Daemon, store_dir: str) -> None:
@@ -75,20 +76,20 @@ def test_older_minors_are_served(daemon: Daemon, store_dir: str, minor: int) -> 
         assert c.daemon_version == PROTOCOL_VERSION
         path = _add_text(c, "old", f"minor {minor}".encode())
         assert _is_valid(c, path)
-        c.writer.u64(Op.QUERY_PATH_INFO).str(path)
+        c.writer.u64(Op.QUERY_PATH_INFO).text(path)
         c.process_stderr()
         if minor >= 17:
-            assert c.reader.bool()
-        c.reader.str()  # deriver
-        nar_hash = c.reader.str()
+            assert c.reader.flag()
+        c.reader.text()  # deriver
+        nar_hash = c.reader.text()
         assert nar_hash == nar.hash_path(path)[0].hex()
-        assert c.reader.strs() == []
+        assert c.reader.texts() == []
         c.reader.u64(), c.reader.u64()  # registration time, NAR size
         if minor >= 16:
-            assert (c.reader.u64(), c.reader.strs(), c.reader.str()[:5]) == (0, [], "text:")
+            assert (c.reader.u64(), c.reader.texts(), c.reader.text()[:5]) == (0, [], "text:")
         # An error has the layout of the client's minor: the client can read it.
         with pytest.raises(DaemonError, match="is not valid"):
-            c.writer.u64(Op.QUERY_PATH_HASH).str(f"{store_dir}/{'0' * 32}-x")
+            c.writer.u64(Op.QUERY_PATH_HASH).text(f"{store_dir}/{'0' * 32}-x")
             c.process_stderr()
         assert _is_valid(c, path)  # and the connection goes on
 
@@ -111,19 +112,13 @@ def test_add_to_store_nar_over_every_transport(daemon: Daemon, store_dir: str,
         # Named like an input-addressed path: only a trusted client may add it unsigned.
         path = f"{store_dir}/{'1' * 31}{minor % 10}-imported-{minor}"
         with _client(daemon, minor) as c:
-            c.writer.u64(Op.ADD_TO_STORE_NAR).str(path).str("").str(nar_hash).strs([])
-            c.writer.u64(7).u64(len(dump)).u64(0).strs([]).str("").u64(0).u64(1)
+            c.writer.u64(Op.ADD_TO_STORE_NAR).text(path).text("").text(nar_hash).texts([])
+            c.writer.u64(7).u64(len(dump)).u64(0).texts([]).text("").u64(0).u64(1)
             if minor >= 23:
                 c.writer.u64(len(dump)).raw(dump).u64(0)
                 c.process_stderr()
             elif minor >= 21:
-                pos = 0
-
-                def source(n: int) -> bytes:
-                    nonlocal pos
-                    pos += n
-                    return dump[pos - n:pos]
-                c.process_stderr(source)
+                c.process_stderr(io.BytesIO(dump).read)
             else:
                 c.writer.raw(dump)
                 c.process_stderr()
@@ -157,7 +152,7 @@ def test_huge_length_prefix_is_refused_before_reading(daemon: Daemon, store_dir:
         assert not _is_valid(c, f"{store_dir}/{'0' * 32}-x")
     # A framed chunk may announce 4 GiB: it is read piecewise, never allocated.
     with _client(daemon) as c:
-        c.writer.u64(Op.ADD_TO_STORE).str("big").str("fixed:r:sha256").strs([]).u64(0)
+        c.writer.u64(Op.ADD_TO_STORE).text("big").text("fixed:r:sha256").texts([]).u64(0)
         c.writer.u64(4 << 30).raw(b"not a nar")
         c.writer.flush()
         c.sock.close()
@@ -172,7 +167,7 @@ def test_unknown_opcode_is_a_clean_error(daemon: Daemon, store_dir: str) -> None
             c.process_stderr()
     # An obsolete operation whose arguments are known is refused and the connection goes on.
     with _client(daemon) as c:
-        c.writer.u64(Op.EXPORT_PATH).str(f"{store_dir}/{'0' * 32}-x").u64(0)
+        c.writer.u64(Op.EXPORT_PATH).text(f"{store_dir}/{'0' * 32}-x").u64(0)
         with pytest.raises(DaemonError, match="obsolete"):
             c.process_stderr()
         assert not _is_valid(c, f"{store_dir}/{'0' * 32}-x")
@@ -187,9 +182,9 @@ def test_client_vanishing_mid_nar_leaves_nothing(daemon: Daemon, store_dir: str,
     dump = b"".join(nar.dump(str(tree)))
     path = f"{store_dir}/{'2' * 32}-vanished"
     with _client(daemon) as c:
-        c.writer.u64(Op.ADD_TO_STORE_NAR).str(path).str("")
-        c.writer.str(hashlib.sha256(dump).hexdigest()).strs([])
-        c.writer.u64(0).u64(len(dump)).u64(0).strs([]).str("").u64(0).u64(1)
+        c.writer.u64(Op.ADD_TO_STORE_NAR).text(path).text("")
+        c.writer.text(hashlib.sha256(dump).hexdigest()).texts([])
+        c.writer.u64(0).u64(len(dump)).u64(0).texts([]).text("").u64(0).u64(1)
         c.writer.u64(len(dump)).raw(dump[:200_000])  # then the client is gone
         c.writer.flush()
     daemon.wait_for("closed")
@@ -206,8 +201,8 @@ def test_lying_nar_hash_is_refused(daemon: Daemon, store_dir: str, tmp_path: Pat
     dump = b"".join(nar.dump(str(tmp_path / "f")))
     path = f"{store_dir}/{'3' * 32}-liar"
     with _client(daemon) as c:
-        c.writer.u64(Op.ADD_TO_STORE_NAR).str(path).str("").str("00" * 32).strs([])
-        c.writer.u64(0).u64(len(dump)).u64(0).strs([]).str("").u64(0).u64(1)
+        c.writer.u64(Op.ADD_TO_STORE_NAR).text(path).text("").text("00" * 32).texts([])
+        c.writer.u64(0).u64(len(dump)).u64(0).texts([]).text("").u64(0).u64(1)
         c.writer.u64(len(dump)).raw(dump).u64(0)
         with pytest.raises(DaemonError, match="hash mismatch importing path"):
             c.process_stderr()
@@ -227,11 +222,11 @@ def test_many_concurrent_clients(daemon: Daemon, store_dir: str, state_dir: str,
                 common = _add_text(c, "common", shared)
                 own = _add_text(c, f"own-{i}", f"client {i}".encode(), [common])
                 assert _is_valid(c, own)
-                c.writer.u64(Op.QUERY_VALID_PATHS).strs([common, own]).u64(0)
+                c.writer.u64(Op.QUERY_VALID_PATHS).texts([common, own]).u64(0)
                 c.process_stderr()
-                assert sorted(c.reader.strs()) == sorted([common, own])
+                assert sorted(c.reader.texts()) == sorted([common, own])
                 paths.append(own)
-        except BaseException as e:  # noqa: BLE001  (reported below)
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(50)]
@@ -254,7 +249,7 @@ def test_sigterm_stops_the_daemon_and_its_connections(tmp_path: Path, store_dir:
         assert os.stat(os.path.dirname(d.socket)).st_mode & 0o777 == 0o755
         assert d.stop() == 0
         with pytest.raises((EndOfStream, OSError)):
-            c.writer.u64(Op.IS_VALID_PATH).str(f"{store_dir}/{'0' * 32}-x")
+            c.writer.u64(Op.IS_VALID_PATH).text(f"{store_dir}/{'0' * 32}-x")
             c.process_stderr()
         c.close()
     assert "stopped after" in "".join(d.log)

@@ -68,9 +68,9 @@ def _input_addressed_export(d: Daemon, store_dir: str, shared: Path, env: dict[s
     dump = b"".join(nar.dump(str(content)))
     path = f"{store_dir}/{'4' * 32}-unsigned"
     with Client(d.socket).connect() as c:
-        c.writer.u64(Op.ADD_TO_STORE_NAR).str(path).str("")
-        c.writer.str(hashlib.sha256(dump).hexdigest()).strs([])
-        c.writer.u64(0).u64(len(dump)).u64(0).strs([]).str("").u64(0).u64(1)
+        c.writer.u64(Op.ADD_TO_STORE_NAR).text(path).text("")
+        c.writer.text(hashlib.sha256(dump).hexdigest()).texts([])
+        c.writer.u64(0).u64(len(dump)).u64(0).texts([]).text("").u64(0).u64(1)
         c.writer.u64(len(dump)).raw(dump).u64(0)
         c.process_stderr()
     ours = f"unix://{d.socket}"

@@ -168,7 +168,7 @@ def _ensure_valid(s: Session, paths: list[str]) -> None:
 
 
 def build_paths(s: Session) -> None:
-    texts = s.reader.strs()
+    texts = s.reader.texts()
     mode = s.reader.u64() if s.minor >= 15 else _BM_NORMAL
     s.start_work()
     drvs, opaque = _drv_targets(s, parse_derived_paths(s.store.store_dir, texts))
@@ -181,7 +181,7 @@ def build_paths(s: Session) -> None:
 
 
 def build_paths_with_results(s: Session) -> None:
-    texts = s.reader.strs()
+    texts = s.reader.texts()
     mode = s.reader.u64()
     s.start_work()
     targets = parse_derived_paths(s.store.store_dir, texts)
@@ -192,16 +192,16 @@ def build_paths_with_results(s: Session) -> None:
     s.writer.u64(len(targets))
     for target in targets:
         if target.outputs is None:
-            s.writer.str(target.to_string())
+            s.writer.text(target.to_string())
             _write_result(s, None, {}, with_outputs=True)
         else:
-            s.writer.str(target.to_string())
+            s.writer.text(target.to_string())
             result = results[target.path]
             _write_result(s, result, _built_outputs(s, result), with_outputs=True)
 
 
 def build_derivation(s: Session) -> None:
-    drv_path = s.reader.str()
+    drv_path = s.reader.text()
     _read_basic_derivation(s)
     mode = s.reader.u64()
     s.start_work()
@@ -216,7 +216,7 @@ def build_derivation(s: Session) -> None:
 
 
 def ensure_path(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     _ensure_valid(s, [s.path(text)])
     s.stop_work()
@@ -227,13 +227,13 @@ def _read_basic_derivation(s: Session) -> None:
     """The inline derivation of build-derivation: read to stay in step (the .drv in the
     store is what gets built)."""
     r = s.reader
-    for _ in range(r.int(1 << 16, "output count")):
-        r.str(), r.str(), r.str(), r.str()
-    r.strs()  # input sources
-    r.str(), r.str()  # platform, builder
-    r.strs()  # args
-    for _ in range(r.int(1 << 20, "env size")):
-        r.bytes(), r.bytes(1 << 26)
+    for _ in range(r.num(1 << 16, "output count")):
+        r.text(), r.text(), r.text(), r.text()
+    r.texts()  # input sources
+    r.text(), r.text()  # platform, builder
+    r.texts()  # args
+    for _ in range(r.num(1 << 20, "env size")):
+        r.data(), r.data(1 << 26)
 
 
 def _write_result(s: Session, result: BuildResult | None, outputs: dict[str, str], *,
@@ -242,16 +242,16 @@ def _write_result(s: Session, result: BuildResult | None, outputs: dict[str, str
     status: Status | None = None if result is None else result.status
     w.u64(_NIX_STATUS[status.value] if status is not None else 2)
     message = "" if result is None or result.status.ok else _failure_message([result])
-    w.str(message)
+    w.text(message)
     if s.minor >= 29:
         start = int(result.start_time) if result else 0
         stop = int(result.stop_time) if result else 0
         built = 1 if result is not None and result.status.value == "built" else 0
-        w.u64(built).bool(False).u64(start).u64(stop)
+        w.u64(built).flag(False).u64(start).u64(stop)
     if with_outputs:
         w.u64(len(outputs))
         for key in sorted(outputs):
-            w.str(key).str(outputs[key])
+            w.text(key).text(outputs[key])
 
 
 def _built_outputs(s: Session, result: BuildResult) -> dict[str, str]:

@@ -60,19 +60,21 @@ class Client:
             self.writer.u64(0)
         self.writer.flush()
         if self.minor >= 33:
-            self.reader.str()
+            self.reader.text()
         self.process_stderr()
 
     def set_options(self, overrides: dict[str, str] | None = None) -> None:
         w = self.writer
         w.u64(19)
-        for value in (0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 1):
-            w.u64(value)
+        # keep-failed, keep-going, fallback, verbosity, max-jobs, max-silent-time,
+        # (obsolete) use-build-hook, verbose-build, log-type, build-trace, cores, substitute
+        for field in (0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 1):
+            w.u64(field)
         if self.minor >= 12:
             items = sorted((overrides or {}).items())
             w.u64(len(items))
             for name, value in items:
-                w.str(name).str(value)
+                w.text(name).text(value)
         self.process_stderr()
 
     def connect(self) -> Client:
@@ -89,29 +91,29 @@ class Client:
                 return
             if kind == STDERR_ERROR:
                 if self.minor >= 26:
-                    self.reader.str()
+                    self.reader.text()
                     self.reader.u64()
-                    self.reader.str()
-                    message = self.reader.str()
+                    self.reader.text()
+                    message = self.reader.text()
                     self.reader.u64()
                     for _ in range(self.reader.u64()):
                         self.reader.u64()
-                        self.reader.str()
+                        self.reader.text()
                 else:
-                    message = self.reader.str()
+                    message = self.reader.text()
                     self.reader.u64()
                 raise DaemonError(message)
             if kind == STDERR_NEXT:
-                self.messages.append(self.reader.str())
+                self.messages.append(self.reader.text())
             elif kind == STDERR_READ:
                 n = self.reader.u64()
                 if source is None:
                     raise ProtocolError("the daemon asked for data")
-                self.writer.bytes(source(n)).flush()
+                self.writer.data(source(n)).flush()
             elif kind == STDERR_WRITE:
-                self.reader.bytes()
+                self.reader.data()
             elif kind == STDERR_START_ACTIVITY:
-                self.reader.u64(), self.reader.u64(), self.reader.u64(), self.reader.str()
+                self.reader.u64(), self.reader.u64(), self.reader.u64(), self.reader.text()
                 self._fields()
                 self.reader.u64()
             elif kind == STDERR_STOP_ACTIVITY:
@@ -127,7 +129,7 @@ class Client:
             if self.reader.u64() == 0:
                 self.reader.u64()
             else:
-                self.reader.str()
+                self.reader.text()
 
     def close(self) -> None:
         self.sock.close()

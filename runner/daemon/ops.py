@@ -66,7 +66,7 @@ class Session:
     def log(self, message: str) -> None:
         """A line for the client's stderr (dropped outside an operation, as it cannot be sent)."""
         if self._working:
-            self.writer.u64(STDERR_NEXT).str(message.rstrip("\n") + "\n")
+            self.writer.u64(STDERR_NEXT).text(message.rstrip("\n") + "\n")
             self.writer.flush()
 
     def fail(self, error: RunnerError) -> None:
@@ -116,70 +116,70 @@ class Session:
     def write_info(self, info: PathInfo, *, include_path: bool) -> None:
         w = self.writer
         if include_path:
-            w.str(info.path)
-        w.str(info.deriver or "").str(info.nar_hash.hex())
-        w.strs(sorted(info.references))
+            w.text(info.path)
+        w.text(info.deriver or "").text(info.nar_hash.hex())
+        w.texts(sorted(info.references))
         w.u64(info.registration_time).u64(info.nar_size)
         if self.minor >= 16:
-            w.bool(False).strs([]).str(info.ca or "")  # ultimate, sigs: not recorded
+            w.flag(False).texts([]).text(info.ca or "")  # ultimate, sigs: not recorded
 
 
 # ------------------------------------------------------------ queries
 
 
 def _is_valid_path(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     valid = s.store.is_valid(s.path(text))
     s.stop_work()
-    s.writer.bool(valid)
+    s.writer.flag(valid)
 
 
 def _query_valid_paths(s: Session) -> None:
-    texts = s.reader.strs()
+    texts = s.reader.texts()
     if s.minor >= 27:
         s.reader.u64()  # substitute first: runner substitutes when it builds
     s.start_work()
     valid = s.store.valid_paths(s.paths(texts))
     s.stop_work()
-    s.writer.strs(sorted(valid))
+    s.writer.texts(sorted(valid))
 
 
 def _query_all_valid_paths(s: Session) -> None:
     s.start_work()
     rows = s.store.db.execute("select path from ValidPaths order by path").fetchall()
     s.stop_work()
-    s.writer.strs(row[0] for row in rows)
+    s.writer.texts(row[0] for row in rows)
 
 
 def _query_path_info(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     info = s.store.query_path_info(s.path(text))
     if info is None and s.minor < 17:
         s.valid_info(text)  # raises: old clients expect an error
     s.stop_work()
     if s.minor >= 17:
-        s.writer.bool(info is not None)
+        s.writer.flag(info is not None)
     if info is not None:
         s.write_info(info, include_path=False)
 
 
 def _query_path_hash(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     info = s.valid_info(s.path(text))
     s.stop_work()
-    s.writer.str(info.nar_hash.hex())
+    s.writer.text(info.nar_hash.hex())
 
 
 def _path_set_query(query: Callable[[Session, str], Iterable[str]]) -> Callable[[Session], None]:
     def handler(s: Session) -> None:
-        text = s.reader.str()
+        text = s.reader.text()
         s.start_work()
         result = sorted(query(s, s.path(text)))
         s.stop_work()
-        s.writer.strs(result)
+        s.writer.texts(result)
     return handler
 
 
@@ -189,33 +189,33 @@ def _derivation_outputs(s: Session, path: str) -> dict[str, str]:
 
 
 def _query_derivation_output_map(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     outputs = _derivation_outputs(s, s.path(text))
     s.stop_work()
     s.writer.u64(len(outputs))
     for name in sorted(outputs):
-        s.writer.str(name).str(outputs[name])
+        s.writer.text(name).text(outputs[name])
 
 
 def _query_deriver(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     info = s.valid_info(s.path(text))
     s.stop_work()
-    s.writer.str(info.deriver or "")
+    s.writer.text(info.deriver or "")
 
 
 def _query_path_from_hash_part(s: Session) -> None:
-    hash_part = s.reader.str()
+    hash_part = s.reader.text()
     s.start_work()
     path = s.store.query_path_from_hash_part(hash_part) if hash_part else None
     s.stop_work()
-    s.writer.str(path or "")
+    s.writer.text(path or "")
 
 
 def _nar_from_path(s: Session) -> None:
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     path = s.valid_info(s.path(text)).path
     s.stop_work()
@@ -224,53 +224,53 @@ def _nar_from_path(s: Session) -> None:
 
 
 def _no_substitutes_paths(s: Session) -> None:
-    s.reader.strs()
+    s.reader.texts()
     s.start_work()
     s.stop_work()
-    s.writer.strs([])  # this daemon offers no substitutes of its own (see docs/daemon.md)
+    s.writer.texts([])  # this daemon offers no substitutes of its own (see docs/daemon.md)
 
 
 def _has_substitutes(s: Session) -> None:
-    s.reader.str()
+    s.reader.text()
     s.start_work()
     s.stop_work()
-    s.writer.bool(False)
+    s.writer.flag(False)
 
 
 def _query_substitutable_path_infos(s: Session) -> None:
-    count = s.reader.int(1 << 24, "list length")
+    count = s.reader.num(1 << 24, "list length")
     for _ in range(count):
-        s.reader.str()
+        s.reader.text()
         if s.minor >= 22:
-            s.reader.str()  # content address
+            s.reader.text()  # content address
     s.start_work()
     s.stop_work()
     s.writer.u64(0)
 
 
 def _query_substitutable_path_info(s: Session) -> None:
-    s.reader.str()
+    s.reader.text()
     s.start_work()
     s.stop_work()
     s.writer.u64(0)
 
 
 def _query_realisation(s: Session) -> None:
-    s.reader.str()
+    s.reader.text()
     s.start_work()
     s.stop_work()
-    s.writer.strs([])  # no content-addressed derivations: nothing is ever realised
+    s.writer.texts([])  # no content-addressed derivations: nothing is ever realised
 
 
 def _query_failed_paths(s: Session) -> None:
     s.start_work()
     failed = [f.path for f in s.store.list_failures()]
     s.stop_work()
-    s.writer.strs(failed)
+    s.writer.texts(failed)
 
 
 def _clear_failed_paths(s: Session) -> None:
-    texts = s.reader.strs()
+    texts = s.reader.texts()
     s.start_work()
     s.require_trust("clear cached build failures")
     s.store.clear_failures(s.paths(texts))
@@ -281,12 +281,12 @@ def _clear_failed_paths(s: Session) -> None:
 def _query_missing(s: Session) -> None:
     from runner.daemon.building import parse_derived_paths, query_missing
 
-    texts = s.reader.strs()
+    texts = s.reader.texts()
     s.start_work()
     missing = query_missing(s.store, parse_derived_paths(s.store.store_dir, texts))
     s.stop_work()
-    s.writer.strs(sorted(missing.will_build)).strs(sorted(missing.will_substitute))
-    s.writer.strs(sorted(missing.unknown)).u64(0).u64(0)
+    s.writer.texts(sorted(missing.will_build)).texts(sorted(missing.will_substitute))
+    s.writer.texts(sorted(missing.unknown)).u64(0).u64(0)
 
 
 # ------------------------------------------------------------ adding
@@ -308,10 +308,10 @@ def _read_framed(s: Session, consume: Callable[[FramedReader], None]) -> None:
 
 def _add_to_store(s: Session) -> None:
     if s.minor >= 25:
-        name = s.reader.str()
-        method = s.reader.str()
-        refs = s.reader.strs()
-        repair = s.reader.bool()
+        name = s.reader.text()
+        method = s.reader.text()
+        refs = s.reader.texts()
+        repair = s.reader.flag()
         s.start_work()
         result: list[PathInfo] = []
 
@@ -335,10 +335,10 @@ def _add_to_store(s: Session) -> None:
         s.write_info(result[0], include_path=True)
         return
     # Older clients: name, "fixed" flag, recursive flag, algorithm, then a NAR inline.
-    name = s.reader.str()
-    fixed = s.reader.bool()
+    name = s.reader.text()
+    fixed = s.reader.flag()
     recursive = s.reader.u64() == 1
-    algo = s.reader.str()
+    algo = s.reader.text()
     if not fixed:
         algo, recursive = "sha256", True
     s.start_work()
@@ -350,7 +350,7 @@ def _add_to_store(s: Session) -> None:
             raise ProtocolError(e.message) from None
         raise
     s.stop_work()
-    s.writer.str(info.path)
+    s.writer.text(info.path)
 
 
 def _parse_fixed_method(method: str) -> tuple[bool, str]:
@@ -365,27 +365,27 @@ def _parse_fixed_method(method: str) -> tuple[bool, str]:
 
 
 def _add_text_to_store(s: Session) -> None:
-    name = s.reader.str()
-    data = s.reader.bytes(MAX_TEXT)
-    refs = s.reader.strs()
+    name = s.reader.text()
+    data = s.reader.data(MAX_TEXT)
+    refs = s.reader.texts()
     s.start_work()
     info = importer.add_text(s.store, name, data, s.paths(refs))
     s.stop_work()
-    s.writer.str(info.path)
+    s.writer.text(info.path)
 
 
 def _read_nar_info(r: Reader, *, with_path: bool, path: str = "") -> tuple[NarInfo, int]:
     """The path metadata of add-to-store-nar / add-multiple-to-store (not checked yet)."""
     if with_path:
-        path = r.str()
-    deriver = r.str()
-    nar_hash = r.str()
-    refs = r.strs()
+        path = r.text()
+    deriver = r.text()
+    nar_hash = r.text()
+    refs = r.texts()
     registration_time = r.u64()
     nar_size = r.u64()
     r.u64()  # ultimate: a client's claim to have built it is not believed
-    sigs = r.strs()
-    ca = r.str()
+    sigs = r.texts()
+    ca = r.text()
     try:
         parsed_hash = Hash.parse(nar_hash, "sha256")
     except RunnerError as e:
@@ -413,10 +413,10 @@ def _import(s: Session, info: NarInfo, registration_time: int, read: Callable[[i
 
 
 def _add_to_store_nar(s: Session) -> None:
-    path = s.reader.str()
+    path = s.reader.text()
     info, when = _read_nar_info(s.reader, with_path=False, path=path)
-    repair = s.reader.bool()
-    check_sigs = not (s.reader.bool() and s.peer.trusted)
+    repair = s.reader.flag()
+    check_sigs = not (s.reader.flag() and s.peer.trusted)
     if s.minor >= 23:
         s.start_work()
 
@@ -453,15 +453,15 @@ class _TunnelRead:
     def read(self, n: int) -> bytes:
         self._s.writer.u64(STDERR_READ).u64(n)
         self._s.writer.flush()
-        data = self._s.reader.bytes(n)
+        data = self._s.reader.data(n)
         if not data:
             raise ProtocolError("unexpected end-of-file")
         return data
 
 
 def _add_multiple_to_store(s: Session) -> None:
-    repair = s.reader.bool()
-    check_sigs = not (s.reader.bool() and s.peer.trusted)
+    repair = s.reader.flag()
+    check_sigs = not (s.reader.flag() and s.peer.trusted)
     s.start_work()
 
     def consume(framed: FramedReader) -> None:
@@ -494,8 +494,8 @@ class _FramedAsReader(Reader):
 
 
 def _add_signatures(s: Session) -> None:
-    text = s.reader.str()
-    s.reader.strs()
+    text = s.reader.text()
+    s.reader.texts()
     s.start_work()
     s.require_trust("add signatures")
     s.valid_info(s.path(text))
@@ -504,7 +504,7 @@ def _add_signatures(s: Session) -> None:
 
 
 def _add_build_log(s: Session) -> None:
-    s.reader.str()
+    s.reader.text()
     s.start_work()
     _read_framed(s, lambda framed: s.require_trust("add build logs"))
     raise RunnerError("runner's store keeps only the logs of its own builds",
@@ -512,9 +512,9 @@ def _add_build_log(s: Session) -> None:
 
 
 def _register_drv_output(s: Session) -> None:
-    s.reader.str()
+    s.reader.text()
     if s.minor < 31:
-        s.reader.str()
+        s.reader.text()
     s.start_work()
     raise RunnerError("content-addressed derivations are not supported", reason="unsupported")
 
@@ -525,7 +525,7 @@ def _register_drv_output(s: Session) -> None:
 def _add_temp_root(s: Session) -> None:
     from runner.store.roots import add_temp_root
 
-    text = s.reader.str()
+    text = s.reader.text()
     s.start_work()
     add_temp_root(s.store.state_dir, s.path(text))
     s.stop_work()
@@ -535,7 +535,7 @@ def _add_temp_root(s: Session) -> None:
 def _add_indirect_root(s: Session) -> None:
     from runner.store.roots import add_indirect_root, gc_lock
 
-    link = s.reader.str()
+    link = s.reader.text()
     s.start_work()
     if not os.path.isabs(link):
         raise RunnerError(f"indirect root '{link}' is not an absolute path", reason="bad-root")
@@ -565,15 +565,15 @@ def _find_roots(s: Session) -> None:
                      for o in sorted(owners))
     s.writer.u64(len(pairs))
     for link, path in pairs:
-        s.writer.str(link).str(path)
+        s.writer.text(link).text(path)
 
 
 def _collect_garbage(s: Session) -> None:
     from runner.store.gc import GCOptions, collect_garbage, delete_paths
 
-    action = s.reader.int(3, "GC action")
-    texts = s.reader.strs()
-    ignore_liveness = s.reader.bool()
+    action = s.reader.num(3, "GC action")
+    texts = s.reader.texts()
+    ignore_liveness = s.reader.flag()
     max_freed = s.reader.u64()
     for _ in range(3):
         s.reader.u64()  # obsolete fields
@@ -594,7 +594,7 @@ def _collect_garbage(s: Session) -> None:
             rows = s.store.db.execute("select path from ValidPaths").fetchall()
             paths = sorted({row[0] for row in rows} - set(result.deleted))
     s.stop_work()
-    s.writer.strs(paths).u64(result.bytes_freed).u64(0)
+    s.writer.texts(paths).u64(result.bytes_freed).u64(0)
 
 
 # ------------------------------------------------------------ maintenance and options
@@ -612,8 +612,8 @@ def _optimise_store(s: Session) -> None:
 def _verify_store(s: Session) -> None:
     from runner.store.verify import verify_store
 
-    check_contents = s.reader.bool()
-    repair = s.reader.bool()
+    check_contents = s.reader.flag()
+    repair = s.reader.flag()
     s.start_work()
     if repair:
         s.require_trust("repair paths")
@@ -628,7 +628,7 @@ def _verify_store(s: Session) -> None:
     for line in report.problems:
         s.log(f"problem: {line}")
     s.stop_work()
-    s.writer.bool(not report.ok)
+    s.writer.flag(not report.ok)
 
 
 def _set_options(s: Session) -> None:
@@ -682,7 +682,7 @@ _HANDLERS: dict[int, Callable[[Session], None]] = {
     Op.ADD_INDIRECT_ROOT: _add_indirect_root,
     Op.SYNC_WITH_GC: _sync_with_gc,
     Op.FIND_ROOTS: _find_roots,
-    Op.EXPORT_PATH: _unsupported("export-path", lambda r: (r.str(), r.u64())),
+    Op.EXPORT_PATH: _unsupported("export-path", lambda r: (r.text(), r.u64())),
     Op.SET_OPTIONS: _set_options,
     Op.COLLECT_GARBAGE: _collect_garbage,
     Op.QUERY_SUBSTITUTABLE_PATH_INFO: _query_substitutable_path_info,

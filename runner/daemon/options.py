@@ -78,21 +78,21 @@ class ClientOptions:
 
 def read_options(r: Reader, minor: int) -> ClientOptions:
     o = ClientOptions()
-    o.keep_failed = r.bool()
-    o.keep_going = r.bool()
-    o.fallback = r.bool()
-    o.verbosity = r.int(0xFFFF, "verbosity")
-    o.max_jobs = r.int(1 << 20, "max-jobs")
-    o.max_silent_time = r.int(1 << 40, "max-silent-time")
+    o.keep_failed = r.flag()
+    o.keep_going = r.flag()
+    o.fallback = r.flag()
+    o.verbosity = r.num(0xFFFF, "verbosity")
+    o.max_jobs = r.num(1 << 20, "max-jobs")
+    o.max_silent_time = r.num(1 << 40, "max-silent-time")
     r.u64()  # obsolete useBuildHook
     r.u64()  # verboseBuild as a verbosity level
     r.u64()  # obsolete logType
     r.u64()  # obsolete printBuildTrace
-    o.cores = r.int(1 << 20, "cores")
-    o.substitute = r.bool()
+    o.cores = r.num(1 << 20, "cores")
+    o.substitute = r.flag()
     if minor >= 12:
-        count = r.int(MAX_COUNT, "option count")
+        count = r.num(MAX_COUNT, "option count")
         for _ in range(count):
-            name = r.str()
-            o.overrides[name] = r.str()
+            name = r.text()
+            o.overrides[name] = r.text()
     return o

@@ -95,7 +95,7 @@ def server_handshake(reader: Reader, writer: Writer) -> int:
         raise ProtocolError(f"protocol mismatch (client sent magic {magic:#x})")
     writer.u64(WORKER_MAGIC_2).u64(PROTOCOL_VERSION)
     writer.flush()
-    version = reader.int(0xFFFF, "protocol version")
+    version = reader.num(0xFFFF, "protocol version")
     if major(version) != major(PROTOCOL_VERSION) or version < OLDEST_CLIENT:
         raise ProtocolError(f"unsupported client protocol version {version >> 8}.{minor(version)}")
     if minor(version) >= 14 and reader.u64():
@@ -103,7 +103,7 @@ def server_handshake(reader: Reader, writer: Writer) -> int:
     if minor(version) >= 11:
         reader.u64()  # obsolete reserveSpace
     if minor(version) >= 33:
-        writer.str(f"{__version__} (runner)")
+        writer.text(f"{__version__} (runner)")
     return version
 
 
@@ -112,6 +112,6 @@ def write_error(writer: Writer, version: int, message: str, status: int = 1) -> 
     writer.u64(STDERR_ERROR)
     if minor(version) >= 26:
         # type, level (0 = error), name (unused), message, no position, no traces
-        writer.str("Error").u64(0).str("Error").str(message).u64(0).u64(0)
+        writer.text("Error").u64(0).text("Error").text(message).u64(0).u64(0)
     else:
-        writer.str(message).u64(status)
+        writer.text(message).u64(status)

@@ -85,11 +85,11 @@ class Server:
         try:
             while self._stop is None:
                 self._reap()
-                ready, _, _ = select.select([self.sock, self._wake_r], [], [])
+                ready, _, _ = select.select([self.sock.fileno(), self._wake_r], [], [])
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                if self.sock in ready and self._stop is None:
+                if self.sock.fileno() in ready and self._stop is None:
                     self._accept()
             log(f"stopping on {signal.Signals(self._stop).name}: "
                 f"{len(self.children)} connection(s) to end")

@@ -85,16 +85,16 @@ class Reader:
         value: int = _U64.unpack(self.exact(8))[0]
         return value
 
-    def int(self, limit: int = (1 << 64) - 1, what: str = "number") -> int:
+    def num(self, limit: int = (1 << 64) - 1, what: str = "number") -> int:
         value = self.u64()
         if value > limit:
             raise ProtocolError(f"{what} {value} is out of range")
         return value
 
-    def bool(self) -> bool:
+    def flag(self) -> bool:
         return self.u64() != 0
 
-    def bytes(self, limit: int = MAX_STRING) -> bytes:
+    def data(self, limit: int = MAX_STRING) -> bytes:
         n = self.u64()
         if n > limit:
             raise ProtocolError(f"string of {n} bytes is too long (at most {limit})")
@@ -104,16 +104,16 @@ class Reader:
             raise ProtocolError("non-zero padding")
         return data
 
-    def str(self, limit: int = MAX_STRING) -> str:
-        data = self.bytes(limit)
+    def text(self, limit: int = MAX_STRING) -> str:
+        data = self.data(limit)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("string is not valid UTF-8") from None
 
-    def strs(self, limit: int = MAX_STRING) -> list[str]:
-        count = self.int(MAX_COUNT, "list length")
-        return [self.str(limit) for _ in range(count)]
+    def texts(self, limit: int = MAX_STRING) -> list[str]:
+        count = self.num(MAX_COUNT, "list length")
+        return [self.text(limit) for _ in range(count)]
 
 
 class FramedReader:
@@ -157,23 +157,23 @@ class Writer:
         self._buf += _U64.pack(value)
         return self
 
-    def bool(self, value: bool) -> Writer:
+    def flag(self, value: bool) -> Writer:
         return self.u64(1 if value else 0)
 
-    def bytes(self, data: bytes) -> Writer:
+    def data(self, data: bytes) -> Writer:
         self._buf += _U64.pack(len(data))
         self._buf += data
         self._buf += _ZEROS[: padding(len(data))]
         return self
 
-    def str(self, text: str) -> Writer:
-        return self.bytes(text.encode("utf-8"))
+    def text(self, text: str) -> Writer:
+        return self.data(text.encode("utf-8"))
 
-    def strs(self, items: Iterable[str]) -> Writer:
+    def texts(self, items: Iterable[str]) -> Writer:
         items = list(items)
         self.u64(len(items))
         for item in items:
-            self.str(item)
+            self.text(item)
         return self
 
     def raw(self, data: bytes) -> Writer:
