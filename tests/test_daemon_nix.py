@@ -4,6 +4,8 @@ what the same request gives against a Nix store (or runner's store read directly
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,28 @@ def test_unsigned_copy_needs_no_check_sigs_or_a_trusted_key(
                                   out).stdout)[0]
         assert info["path"] == out
         assert second.stop() == 0
+
+
+def test_sigterm_stops_an_inflight_build(tmp_path: Path, store_dir: str, state_dir: str) -> None:
+    env = nix_env(tmp_path, store_dir)
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    nix_store, drv = _nix_store_with_drv(
+        tmp_path, env, store_dir, script=f"echo started > {fifo}; exec sleep 600")
+    d = Daemon(str(tmp_path / "sock" / "socket"))
+    with d:
+        ours = f"unix://{d.socket}"
+        run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+        out = run_nix(env, "nix-store", "--store", ours, "-q", "--outputs", drv).stdout.strip()
+        client = subprocess.Popen(["nix-store", "--store", ours, "--option", "sandbox", "false",
+                                   "--realise", drv], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        with open(fifo) as f:  # the builder is running
+            assert f.read().strip() == "started"
+        assert d.stop() == 0
+        _, err = client.communicate(timeout=60)
+        assert client.returncode != 0
+        assert "interrupted" in err
+    with LocalStore(store_dir, state_dir) as store:
+        assert not store.is_valid(out)
+    assert not os.path.lexists(out)
