@@ -125,6 +125,8 @@ def test_realise_builds_through_the_daemon(tmp_path: Path, store_dir: str, state
     run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
     expected = run_nix(env, "nix-store", "--store", nix_store, "-q", "--outputs",
                        drv).stdout.strip()
+    dry = run_nix(env, "nix-store", "--store", ours, "--realise", "--dry-run", drv)
+    assert f"will be built:\n  {drv}" in dry.stderr  # query-missing
     proc = run_nix(env, "nix-store", "--store", ours, "--option", "sandbox", "false",
                    "--realise", drv)
     assert proc.stdout.strip() == expected

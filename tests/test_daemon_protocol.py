@@ -253,3 +253,61 @@ def test_sigterm_stops_the_daemon_and_its_connections(tmp_path: Path, store_dir:
             c.process_stderr()
         c.close()
     assert "stopped after" in "".join(d.log)
+
+
+def _gc_dead(c: Client, delete: bool) -> list[str]:
+    c.writer.u64(Op.COLLECT_GARBAGE).u64(2 if delete else 1).texts([]).u64(0)
+    c.writer.u64((1 << 64) - 1).u64(0).u64(0).u64(0)
+    c.process_stderr()
+    paths = c.reader.texts()
+    c.reader.u64(), c.reader.u64()
+    return paths
+
+
+def test_temp_roots_live_as_long_as_the_connection(daemon: Daemon, store_dir: str) -> None:
+    with _client(daemon) as c:
+        path = _add_text(c, "rooted", b"keep me while connected")
+    daemon.wait_for("closed")  # the adding connection, and with it its roots, are gone
+    holder = _client(daemon)
+    holder.writer.u64(Op.ADD_TEMP_ROOT).text(path)
+    holder.process_stderr()
+    assert holder.reader.u64() == 1
+    with _client(daemon) as c:
+        assert path not in _gc_dead(c, delete=True)
+        assert _is_valid(c, path)
+    holder.close()
+    daemon.wait_for("closed")
+    daemon.wait_for("closed")
+    with _client(daemon) as c:
+        assert path in _gc_dead(c, delete=True)
+        assert not _is_valid(c, path)
+    assert not os.path.lexists(path)
+
+
+def test_systemd_socket_activation(tmp_path: Path, store_dir: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.daemon_harness import ROOT
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "activated")
+    listener.bind(path)
+    listener.listen(8)
+    fd = listener.fileno()
+    proc = subprocess.Popen(
+        ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" -m runner daemon', sys.executable],
+        preexec_fn=lambda: os.dup2(fd, 3), pass_fds=[3],  # systemd passes fd 3
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        assert "the socket passed by systemd" in proc.stderr.readline()
+        listener.close()
+        with Client(path).connect() as c:
+            assert not _is_valid(c, f"{store_dir}/{'0' * 32}-x")
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
