@@ -56,9 +56,13 @@ class Daemon:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:  # a failed test: SIGTERM ends the connections too
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _pairs(options: tuple[str, ...]) -> list[tuple[str, str]]:

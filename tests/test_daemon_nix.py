@@ -162,10 +162,23 @@ def test_gc_print_dead_and_delete(tmp_path: Path, store_dir: str, state_dir: str
     assert run(["gc", "--dry-run"]) == 0
     local = [line for line in capsys.readouterr().out.splitlines() if line.startswith("/")]
     assert sorted(dead) == sorted(local) and drv in dead
+    # An indirect root made through the daemon keeps its path; find-roots reports it.
+    link = tmp_path / "links" / "result"
+    link.parent.mkdir()
+    src = run_nix(env, "nix-store", "--store", ours, "-q", "--references", drv).stdout.strip()
+    run_nix(env, "nix-store", "--store", ours, "--realise", src, "--add-root", str(link),
+            "--indirect")
+    assert os.readlink(link) == src
+    roots = run_nix(env, "nix-store", "--store", ours, "--gc", "--print-roots").stdout
+    assert f"{link} -> {src}" in roots.splitlines()
     run_nix(env, "nix-store", "--store", ours, "--gc")
     with LocalStore(store_dir, state_dir) as store:
         assert not store.is_valid(drv)
+        assert store.is_valid(src)
     assert not Path(drv).exists()
+    link.unlink()  # the root is released with its link
+    run_nix(env, "nix-store", "--store", ours, "--gc")
+    assert not Path(src).exists()
 
 
 def test_unsigned_copy_needs_no_check_sigs_or_a_trusted_key(
@@ -219,3 +232,69 @@ def test_sigterm_stops_an_inflight_build(tmp_path: Path, store_dir: str, state_d
     with LocalStore(store_dir, state_dir) as store:
         assert not store.is_valid(out)
     assert not os.path.lexists(out)
+
+
+def test_client_hanging_up_stops_its_build(tmp_path: Path, store_dir: str,
+                                           state_dir: str) -> None:
+    env = nix_env(tmp_path, store_dir)
+    fifo = tmp_path / "started"
+    os.mkfifo(fifo)
+    nix_store, drv = _nix_store_with_drv(
+        tmp_path, env, store_dir, script=f"echo started > {fifo}; exec sleep 600")
+    with Daemon(str(tmp_path / "sock" / "socket")) as d:
+        ours = f"unix://{d.socket}"
+        run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+        out = run_nix(env, "nix-store", "--store", ours, "-q", "--outputs", drv).stdout.strip()
+        client = subprocess.Popen(["nix-store", "--store", ours, "--option", "sandbox", "false",
+                                   "--realise", drv], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        with open(fifo) as f:
+            assert f.read().strip() == "started"
+        client.kill()
+        client.wait()
+        # The connection ends well before the builder's 600 s: its build was stopped.
+        accepted = d.wait_for(f": pid {client.pid}, ")  # "connection N: pid P, user …"
+        connection = accepted.split("connection ", 1)[1].split(":", 1)[0]
+        d.wait_for(f"connection {connection} closed", timeout=60)
+        with LocalStore(store_dir, state_dir) as store:
+            assert not store.is_valid(out)
+        assert not os.path.lexists(out)
+        assert d.stop() == 0
+
+
+def test_build_derivation_and_ensure_path(tmp_path: Path, store_dir: str, state_dir: str,
+                                          daemon: Daemon) -> None:
+    from runner.daemon.client import Client, DaemonError
+    from runner.daemon.protocol import Op
+
+    env = nix_env(tmp_path, store_dir)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    with LocalStore(store_dir, state_dir) as store:
+        parsed = store.read_derivation(drv)
+    out = parsed.outputs["out"].path
+    with Client(daemon.socket).connect() as c:
+        c.writer.u64(Op.ENSURE_PATH).text(out)
+        with pytest.raises(DaemonError, match="is not valid"):
+            c.process_stderr()
+        # build-derivation sends the derivation inline, as remote builders do.
+        c.writer.u64(Op.BUILD_DERIVATION).text(drv).u64(len(parsed.outputs))
+        for name, o in sorted(parsed.outputs.items()):
+            c.writer.text(name).text(o.path).text(o.hash_algo).text(o.hash)
+        c.writer.texts(sorted(parsed.input_srcs)).text(parsed.system).text(parsed.builder)
+        c.writer.texts(parsed.args).u64(len(parsed.env))
+        for key, value in sorted(parsed.env.items()):
+            c.writer.text(key).text(value)
+        c.writer.u64(0)
+        c.process_stderr()
+        status, message = c.reader.u64(), c.reader.text()
+        assert (status, message) == (0, "")  # Built
+        times_built, _, start, stop = (c.reader.u64() for _ in range(4))
+        assert times_built == 1 and stop >= start > 0
+        built = {c.reader.text(): json.loads(c.reader.text()) for _ in range(c.reader.u64())}
+        assert [v["outPath"] for v in built.values()] == [os.path.basename(out)]
+        assert list(built)[0].endswith("!out")
+        c.writer.u64(Op.ENSURE_PATH).text(out)
+        c.process_stderr()
+        assert c.reader.u64() == 1

@@ -9,6 +9,9 @@ derivations and their failure class, as `runner build` prints it locally.
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -139,11 +142,41 @@ def _realise(s: Session, drv_paths: list[str], mode: int) -> list[BuildResult]:
                         print_build_logs=True)
     worker = Worker(s.store, s.settings, progress,
                     lambda: choose_sandbox(s.settings, progress.warn), mode=build_mode)
-    results = worker.run(drv_paths)
+    with _HangupMonitor(s.reader.fileno()):
+        results = worker.run(drv_paths)
     if len(results) < len(drv_paths):
         raise RunnerError("the build stopped before every derivation was done",
                           reason="build-failed")
     return results
+
+
+class _HangupMonitor:
+    """While building, watch the client's socket: if the client goes away, interrupt
+    the build (SIGINT to this connection's process, which the worker handles by
+    stopping its builds), as Nix's daemon does, instead of building for nobody."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLRDHUP)
+        poller.register(self._stop_r, select.POLLIN)
+        events = dict(poller.poll())
+        if self._stop_r not in events and events.get(self._fd):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def __enter__(self) -> _HangupMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
 
 def _failure_message(results: Iterable[BuildResult]) -> str:

@@ -56,6 +56,9 @@ class Reader:
                 raise EndOfStream()
             self._buf += chunk
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
     def at_eof(self) -> bool:
         """True when the peer has closed the connection cleanly between messages."""
         if self._buf:
