@@ -294,7 +294,7 @@ def test_build_derivation_and_ensure_path(tmp_path: Path, store_dir: str, state_
         assert times_built == 1 and stop >= start > 0
         built = {c.reader.text(): json.loads(c.reader.text()) for _ in range(c.reader.u64())}
         assert [v["outPath"] for v in built.values()] == [os.path.basename(out)]
-        assert list(built)[0].endswith("!out")
+        assert next(iter(built)).endswith("!out")
         c.writer.u64(Op.ENSURE_PATH).text(out)
         c.process_stderr()
         assert c.reader.u64() == 1
