@@ -298,3 +298,21 @@ def test_build_derivation_and_ensure_path(tmp_path: Path, store_dir: str, state_
         c.writer.u64(Op.ENSURE_PATH).text(out)
         c.process_stderr()
         assert c.reader.u64() == 1
+
+
+def test_nix_build_evaluates_and_builds_through_the_daemon(
+        tmp_path: Path, store_dir: str, daemon: Daemon) -> None:
+    """`nix build` writes its .drv files through add-to-store and reads the outputs from
+    build-paths-with-results."""
+    env = nix_env(tmp_path, store_dir)
+    expr = tmp_path / "t.nix"
+    expr.write_text('derivation { name = "t2"; system = builtins.currentSystem; '
+                    'builder = "/bin/sh"; args = ["-c" "echo hi > $out"]; }')
+    nix_store = nix_local_store(tmp_path, store_dir)
+    drv = run_nix(env, "nix-instantiate", "--store", nix_store, str(expr)).stdout.strip()
+    expected = run_nix(env, "nix-store", "--store", nix_store, "-q", "--outputs",
+                       drv).stdout.strip()
+    built = json.loads(run_nix(env, "nix", "build", "--store", f"unix://{daemon.socket}",
+                               "-f", str(expr), "--json", "--no-link").stdout)
+    assert built == [{"drvPath": drv, "outputs": {"out": expected}}]
+    assert Path(expected).read_text() == "hi\n"
