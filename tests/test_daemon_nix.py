@@ -181,32 +181,48 @@ def test_gc_print_dead_and_delete(tmp_path: Path, store_dir: str, state_dir: str
     assert not Path(src).exists()
 
 
-def test_unsigned_copy_needs_no_check_sigs_or_a_trusted_key(
+def test_copies_need_a_trusted_signature_which_is_kept(
         tmp_path: Path, store_dir: str, state_dir: str, daemon: Daemon) -> None:
     env = nix_env(tmp_path, store_dir)
     nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
     ours = f"unix://{daemon.socket}"
     run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
-    out = run_nix(env, "nix-store", "--store", ours, "--option", "sandbox", "false",
-                  "--realise", drv).stdout.strip()
-    # The built output is input-addressed: it needs a signature to go anywhere else.
+    out = run_nix(env, "nix-store", "--store", ours, "--realise", drv).stdout.strip()
+    # The built output is input-addressed: elsewhere it needs a signature, or trust.
     other = tmp_path / "other"
     other.mkdir()
     other_store = nix_local_store(other, store_dir)
     run_nix(env, "nix", "copy", "--no-check-sigs", "--from", ours, "--to", other_store, out)
-    second_store = tmp_path / "second"
-    with Daemon(str(tmp_path / "sock2"),
-                env={"RUNNER_STATE_DIR": str(second_store / "state"),
-                     "RUNNER_STORE_DIR": store_dir}) as second:
-        target = f"unix://{second.socket}"
-        with pytest.raises(AssertionError, match="lacks a signature by a trusted key"):
-            run_nix(env, "nix", "copy", "--from", other_store, "--to", target, out)
-        run_nix(env, "nix", "copy", "--no-check-sigs", "--from", other_store, "--to", target,
-                out)
+    keys = {}
+    for name in ("k1", "k2"):
+        sk, pk = tmp_path / f"{name}.sec", tmp_path / f"{name}.pub"
+        run_nix(env, "nix-store", "--generate-binary-cache-key", name, str(sk), str(pk))
+        keys[name] = (sk, pk.read_text().strip())
+    run_nix(env, "nix", "store", "sign", "--store", other_store, "--key-file",
+            str(keys["k1"][0]), out)
+    run_nix(env, "nix-store", "--store", ours, "--delete", out)
+    proc = run_nix(env, "nix", "copy", "--from", other_store, "--to", ours, out, check=False)
+    assert proc.returncode != 0
+    assert "lacks a signature by a trusted key" in proc.stderr
+    with Daemon(str(tmp_path / "sock2"), "trusted-public-keys", keys["k1"][1]) as keyed:
+        target = f"unix://{keyed.socket}"
+        run_nix(env, "nix", "copy", "--from", other_store, "--to", target, out)
+        info_ours, info_other = (
+            json.loads(run_nix(env, "nix", "path-info", "--store", store, "--json",
+                               out).stdout)[0] for store in (target, other_store))
+        assert info_ours == info_other and info_ours["signatures"][0].startswith("k1:")
+        # add-signatures (trusted users): a second signature joins the first.
+        run_nix(env, "nix", "store", "sign", "--store", target, "--key-file",
+                str(keys["k2"][0]), out)
         info = json.loads(run_nix(env, "nix", "path-info", "--store", target, "--json",
                                   out).stdout)[0]
-        assert info["path"] == out
-        assert second.stop() == 0
+        assert sorted(s.split(":")[0] for s in info["signatures"]) == ["k1", "k2"]
+        # Signatures travel on: a Nix store trusting k2 accepts a copy out of ours.
+        third = tmp_path / "third"
+        third.mkdir()
+        run_nix(env, "nix", "copy", "--option", "trusted-public-keys", keys["k2"][1],
+                "--from", target, "--to", nix_local_store(third, store_dir), out)
+        assert keyed.stop() == 0
 
 
 def test_sigterm_stops_an_inflight_build(tmp_path: Path, store_dir: str, state_dir: str) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 
+from runner.daemon import signatures
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
@@ -103,10 +104,11 @@ def import_nar(store: LocalStore, info: NarInfo, read: Read, *, registration_tim
         canonicalise(staged)
         _install(store, staged, PathInfo(path, got, hashing.size, info.references,
                                           info.deriver, registration_time, info.ca),
-                 repair=repair)
+                 repair=repair, sigs=info.sigs)
 
 
-def _install(store: LocalStore, staged: str, info: PathInfo, *, repair: bool = False) -> None:
+def _install(store: LocalStore, staged: str, info: PathInfo, *, repair: bool = False,
+             sigs: Iterable[str] = ()) -> None:
     with PathLocks([info.path]):
         valid = store.is_valid(info.path)
         if valid and not repair:
@@ -126,7 +128,9 @@ def _install(store: LocalStore, staged: str, info: PathInfo, *, repair: bool = F
             raise RunnerError(f"cannot move '{info.path}' into place: {e.strerror}",
                               reason="io") from None
         try:
-            store.register_valid_paths([info])
+            with store.db.transaction():  # the path and its signatures, or neither
+                store.register_valid_paths([info])
+                signatures.add(store, info.path, sigs)
         except BaseException:
             if not valid:
                 remove_tree(info.path)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
-from runner.daemon import importer
+from runner.daemon import importer, signatures
 from runner.daemon.options import ClientOptions, read_options
 from runner.daemon.protocol import (
     STDERR_LAST,
@@ -121,7 +121,8 @@ class Session:
         w.texts(sorted(info.references))
         w.u64(info.registration_time).u64(info.nar_size)
         if self.minor >= 16:
-            w.flag(False).texts([]).text(info.ca or "")  # ultimate, sigs: not recorded
+            # never "ultimate": runner does not record which paths it built itself
+            w.flag(False).texts(signatures.query(self.store, info.path)).text(info.ca or "")
 
 
 # ------------------------------------------------------------ queries
@@ -495,12 +496,12 @@ class _FramedAsReader(Reader):
 
 def _add_signatures(s: Session) -> None:
     text = s.reader.text()
-    s.reader.texts()
+    sigs = s.reader.texts()
     s.start_work()
     s.require_trust("add signatures")
-    s.valid_info(s.path(text))
-    raise RunnerError("runner's store does not record signatures (see docs/daemon.md)",
-                      reason="unsupported")
+    signatures.add(s.store, s.valid_info(s.path(text)).path, sigs)
+    s.stop_work()
+    s.writer.u64(1)
 
 
 def _add_build_log(s: Session) -> None:
