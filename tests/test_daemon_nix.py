@@ -332,3 +332,29 @@ def test_nix_build_evaluates_and_builds_through_the_daemon(
                                "-f", str(expr), "--json", "--no-link").stdout)
     assert built == [{"drvPath": drv, "outputs": {"out": expected}}]
     assert Path(expected).read_text() == "hi\n"
+
+
+def test_ensure_path_substitutes_from_the_daemons_caches(tmp_path: Path, store_dir: str,
+                                                        state_dir: str) -> None:
+    env = nix_env(tmp_path, store_dir)
+    nix_store = nix_local_store(tmp_path, store_dir)
+    src = run_nix(env, "nix-store", "--store", nix_store, "--add",
+                  str(_tree(tmp_path))).stdout.strip()
+    cache = tmp_path / "cache"
+    run_nix(env, "nix", "copy", "--to", f"file://{cache}?compression=none", "--from",
+            nix_store, src)
+    with Daemon(str(tmp_path / "socket"), "substituters", f"file://{cache}") as d:
+        ours = f"unix://{d.socket}"
+        dry = run_nix(env, "nix-store", "--store", ours, "--realise", "--dry-run", src)
+        assert "will be fetched" in dry.stderr and src in dry.stderr  # query-missing
+        missing = f"{store_dir}/{'5' * 32}-nowhere"
+        proc = run_nix(env, "nix-store", "--store", ours, "--realise", missing, check=False)
+        assert proc.returncode != 0 and "no substituter has it" in proc.stderr
+        assert run_nix(env, "nix-store", "--store", ours, "--realise",
+                       src).stdout.strip() == src
+        with LocalStore(store_dir, state_dir) as store:
+            assert store.is_valid(src)
+        dump_ours, dump_nix = (run_nix(env, "nix-store", "--store", s, "--dump", src).stdout
+                               for s in (ours, nix_store))
+        assert dump_ours == dump_nix
+        assert d.stop() == 0

@@ -13,7 +13,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from runner.store.hashes import Hash
 from runner.store.local_store import LocalStore
 from runner.store.paths import parse_store_path
 from runner.store.roots import add_temp_roots
+from runner.substituters.narinfo import NarInfo
 
 if TYPE_CHECKING:
     from runner.build.result import BuildResult, Status
@@ -65,11 +66,20 @@ class Missing:
     will_build: set[str] = field(default_factory=set)
     will_substitute: set[str] = field(default_factory=set)
     unknown: set[str] = field(default_factory=set)
+    download_size: int = 0
+    nar_size: int = 0
+
+    def fetch(self, info: NarInfo) -> None:
+        if info.path not in self.will_substitute:
+            self.will_substitute.add(info.path)
+            self.download_size += info.file_size or 0
+            self.nar_size += info.nar_size
 
 
-def query_missing(store: LocalStore, targets: list[DerivedPath]) -> Missing:
-    """What realising `targets` would do: build which derivations, and which paths nobody
-    can produce. (This daemon queries no substituters here; see docs/daemon.md.)"""
+def query_missing(store: LocalStore, targets: list[DerivedPath],
+                  offer: Callable[[str], NarInfo | None]) -> Missing:
+    """What realising `targets` would do: which derivations get built, which paths get
+    substituted (`offer` says who has what), and which paths nobody can produce."""
     missing = Missing()
     seen: set[str] = set()
     stack = list(targets)
@@ -81,7 +91,12 @@ def query_missing(store: LocalStore, targets: list[DerivedPath]) -> Missing:
         seen.add(key)
         if target.outputs is None and not target.path.endswith(".drv"):
             if not store.is_valid(target.path):
-                missing.unknown.add(target.path)
+                info = offer(target.path)
+                if info is None:
+                    missing.unknown.add(target.path)
+                else:
+                    missing.fetch(info)
+                    stack.extend(DerivedPath(r) for r in info.references if r != info.path)
             continue
         if not store.is_valid(target.path):
             missing.unknown.add(target.path)
@@ -91,7 +106,12 @@ def query_missing(store: LocalStore, targets: list[DerivedPath]) -> Missing:
         drv = store.read_derivation(target.path)
         wanted = drv.outputs if "*" in target.outputs else {
             n: o for n, o in drv.outputs.items() if n in target.outputs}
-        if all(store.is_valid(o.path) for o in wanted.values()):
+        invalid = [o.path for o in wanted.values() if not store.is_valid(o.path)]
+        if not invalid:
+            continue
+        offers = [offer(p) for p in invalid]
+        if all(offers):
+            stack.extend(DerivedPath(p) for p in invalid)  # substituted, with references
             continue
         missing.will_build.add(target.path)
         stack.extend(DerivedPath(p, tuple(outs)) for p, outs in drv.input_drvs.items())
@@ -193,11 +213,10 @@ def _drv_targets(s: Session, targets: list[DerivedPath]) -> tuple[list[str], lis
 
 
 def _ensure_valid(s: Session, paths: list[str]) -> None:
+    from runner.daemon.substitution import ensure_valid
+
     add_temp_roots(s.store.state_dir, paths)
-    invalid = sorted(set(paths) - s.store.valid_paths(paths))
-    if invalid:
-        raise RunnerError(f"path '{invalid[0]}' is not valid and this daemon cannot "
-                          "substitute it", reason="invalid-path")
+    ensure_valid(s, paths)
 
 
 def build_paths(s: Session) -> None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
-from runner.daemon import importer, signatures
+from runner.daemon import importer, signatures, substitution
 from runner.daemon.options import ClientOptions, read_options
 from runner.daemon.protocol import (
     STDERR_LAST,
@@ -32,6 +32,7 @@ from runner.store.hashes import Hash
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
 from runner.store.paths import parse_store_path
+from runner.substituters.base import Substituter
 from runner.substituters.narinfo import NarInfo
 
 UINT64_MAX = (1 << 64) - 1
@@ -52,6 +53,7 @@ class Session:
         self.store = store
         self.settings = settings
         self.options = ClientOptions()
+        self.substituter_cache: tuple[object, list[Substituter]] | None = None
         self._working = False
 
     # ------------------------------------------------------------ the stderr channel
@@ -138,9 +140,10 @@ def _is_valid_path(s: Session) -> None:
 
 def _query_valid_paths(s: Session) -> None:
     texts = s.reader.texts()
-    if s.minor >= 27:
-        s.reader.u64()  # substitute first: runner substitutes when it builds
+    substitute = s.reader.flag() if s.minor >= 27 else False
     s.start_work()
+    if substitute:
+        substitution.ensure_valid(s, s.paths(texts), strict=False)
     valid = s.store.valid_paths(s.paths(texts))
     s.stop_work()
     s.writer.texts(sorted(valid))
@@ -224,36 +227,51 @@ def _nar_from_path(s: Session) -> None:
         s.writer.raw(chunk)
 
 
-def _no_substitutes_paths(s: Session) -> None:
-    s.reader.texts()
+def _query_substitutable_paths(s: Session) -> None:
+    texts = s.reader.texts()
     s.start_work()
+    found = substitution.offers(s, s.paths(texts))
     s.stop_work()
-    s.writer.texts([])  # this daemon offers no substitutes of its own (see docs/daemon.md)
+    s.writer.texts(sorted(found))
 
 
 def _has_substitutes(s: Session) -> None:
-    s.reader.text()
+    text = s.reader.text()
     s.start_work()
+    found = substitution.offers(s, [s.path(text)])
     s.stop_work()
-    s.writer.flag(False)
+    s.writer.flag(bool(found))
+
+
+def _write_offer(s: Session, info: NarInfo) -> None:
+    s.writer.text(info.deriver or "").texts(sorted(info.references))
+    s.writer.u64(info.file_size or 0).u64(info.nar_size)
 
 
 def _query_substitutable_path_infos(s: Session) -> None:
     count = s.reader.num(1 << 24, "list length")
+    texts = []
     for _ in range(count):
-        s.reader.text()
+        texts.append(s.reader.text())
         if s.minor >= 22:
-            s.reader.text()  # content address
+            s.reader.text()  # content address: runner asks for the path itself
     s.start_work()
+    found = substitution.offers(s, s.paths(texts))
     s.stop_work()
-    s.writer.u64(0)
+    s.writer.u64(len(found))
+    for path in sorted(found):
+        s.writer.text(path)
+        _write_offer(s, found[path])
 
 
 def _query_substitutable_path_info(s: Session) -> None:
-    s.reader.text()
+    text = s.reader.text()
     s.start_work()
+    found = substitution.offers(s, [s.path(text)])
     s.stop_work()
-    s.writer.u64(0)
+    s.writer.flag(bool(found))
+    if found:
+        _write_offer(s, found[text])
 
 
 def _query_realisation(s: Session) -> None:
@@ -284,10 +302,11 @@ def _query_missing(s: Session) -> None:
 
     texts = s.reader.texts()
     s.start_work()
-    missing = query_missing(s.store, parse_derived_paths(s.store.store_dir, texts))
+    missing = query_missing(s.store, parse_derived_paths(s.store.store_dir, texts),
+                            lambda path: substitution.offers(s, [path]).get(path))
     s.stop_work()
     s.writer.texts(sorted(missing.will_build)).texts(sorted(missing.will_substitute))
-    s.writer.texts(sorted(missing.unknown)).u64(0).u64(0)
+    s.writer.texts(sorted(missing.unknown)).u64(missing.download_size).u64(missing.nar_size)
 
 
 # ------------------------------------------------------------ adding
@@ -693,7 +712,7 @@ _HANDLERS: dict[int, Callable[[Session], None]] = {
     Op.QUERY_PATH_INFO: _query_path_info,
     Op.QUERY_SUBSTITUTABLE_PATH_INFOS: _query_substitutable_path_infos,
     Op.QUERY_VALID_PATHS: _query_valid_paths,
-    Op.QUERY_SUBSTITUTABLE_PATHS: _no_substitutes_paths,
+    Op.QUERY_SUBSTITUTABLE_PATHS: _query_substitutable_paths,
     Op.OPTIMISE_STORE: _optimise_store,
     Op.VERIFY_STORE: _verify_store,
     Op.ADD_SIGNATURES: _add_signatures,
