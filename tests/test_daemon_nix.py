@@ -116,6 +116,7 @@ def test_add_to_store_matches_nix(tmp_path: Path, store_dir: str, daemon: Daemon
         assert strip[0] == strip[1]
 
 
+@pytest.mark.slow
 def test_realise_builds_through_the_daemon(tmp_path: Path, store_dir: str, state_dir: str,
                                            daemon: Daemon) -> None:
     env = nix_env(tmp_path, store_dir)
@@ -225,6 +226,7 @@ def test_copies_need_a_trusted_signature_which_is_kept(
         assert keyed.stop() == 0
 
 
+@pytest.mark.slow
 def test_sigterm_stops_an_inflight_build(tmp_path: Path, store_dir: str, state_dir: str) -> None:
     env = nix_env(tmp_path, store_dir)
     fifo = tmp_path / "started"
@@ -250,6 +252,7 @@ def test_sigterm_stops_an_inflight_build(tmp_path: Path, store_dir: str, state_d
     assert not os.path.lexists(out)
 
 
+@pytest.mark.slow
 def test_client_hanging_up_stops_its_build(tmp_path: Path, store_dir: str,
                                            state_dir: str) -> None:
     env = nix_env(tmp_path, store_dir)
@@ -358,3 +361,25 @@ def test_ensure_path_substitutes_from_the_daemons_caches(tmp_path: Path, store_d
                                for s in (ours, nix_store))
         assert dump_ours == dump_nix
         assert d.stop() == 0
+
+
+@pytest.mark.slow
+def test_concurrent_clients_build_one_derivation_once(tmp_path: Path, store_dir: str,
+                                                      daemon: Daemon,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    env = nix_env(tmp_path, store_dir)
+    counter = tmp_path / "runs"
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir,
+                                         script=f"echo run >> {counter}; echo ${{src}} > $out")
+    ours = f"unix://{daemon.socket}"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", ours, drv)
+    clients = [subprocess.Popen(["nix-store", "--store", ours, "--option", "sandbox", "false",
+                                 "--realise", drv], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    outs = {c.communicate(timeout=120)[0].strip() for c in clients}
+    assert all(c.returncode == 0 for c in clients)
+    assert len(outs) == 1 and Path(outs.pop()).exists()
+    assert counter.read_text() == "run\n"  # the path lock made the others wait, not rebuild
+    assert run(["store", "verify", "--check-contents"]) == 0
+    assert "store is consistent" in capsys.readouterr().out
