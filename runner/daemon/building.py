@@ -27,7 +27,7 @@ from runner.substituters.narinfo import NarInfo
 
 if TYPE_CHECKING:
     from runner.build.result import BuildResult, Status
-    from runner.daemon.ops import Session
+    from runner.daemon.session import Session
 
 # Nix's BuildResult::Status numbers.
 _NIX_STATUS = {"built": 0, "substituted": 1, "valid": 2, "failed": 3, "cached-failure": 7,

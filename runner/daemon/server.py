@@ -168,8 +168,8 @@ def serve_connection(conn: socket.socket, decision: Peer | str, settings: Settin
             writer.flush()
             return 1
         with open_store(settings) as store:
-            from runner.daemon.ops import Session
             from runner.daemon.protocol import STDERR_LAST
+            from runner.daemon.session import Session
 
             writer.u64(STDERR_LAST)  # start-up went well
             writer.flush()

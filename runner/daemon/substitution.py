@@ -14,7 +14,7 @@ from runner.substituters.narinfo import NarInfo
 from runner.substituters.substitute import find_offer, substitute
 
 if TYPE_CHECKING:
-    from runner.daemon.ops import Session
+    from runner.daemon.session import Session
 
 
 def _substituters(s: Session) -> list[Substituter]:
