@@ -383,3 +383,17 @@ def test_concurrent_clients_build_one_derivation_once(tmp_path: Path, store_dir:
     assert counter.read_text() == "run\n"  # the path lock made the others wait, not rebuild
     assert run(["store", "verify", "--check-contents"]) == 0
     assert "store is consistent" in capsys.readouterr().out
+
+
+def test_verify_through_the_daemon(tmp_path: Path, store_dir: str, daemon: Daemon) -> None:
+    env = nix_env(tmp_path, store_dir)
+    ours = f"unix://{daemon.socket}"
+    (tmp_path / "f").write_text("pristine")
+    path = run_nix(env, "nix-store", "--store", ours, "--add", str(tmp_path / "f")).stdout.strip()
+    run_nix(env, "nix-store", "--store", ours, "--verify", "--check-contents")
+    os.chmod(path, 0o644)
+    Path(path).write_text("tampered")
+    proc = run_nix(env, "nix-store", "--store", ours, "--verify", "--check-contents",
+                   check=False)
+    assert proc.returncode != 0
+    assert path in proc.stderr  # the daemon's findings reach the client
