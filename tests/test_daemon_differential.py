@@ -16,7 +16,7 @@ import pytest
 
 from runner.daemon.client import Client, DaemonError
 from runner.daemon.protocol import Op
-from runner.store import nar
+from runner.store import derivation, nar
 from tests.daemon_harness import Daemon, nix_env, nix_local_store
 from tests.nix_oracle import needs_nix
 
@@ -152,6 +152,33 @@ def _script(store_dir: str, tmp_path: Path) -> list[tuple[str, Step]]:
             [missing, state["tree"]]), lambda c: [sorted(c.reader.texts()) for _ in range(3)]
             + [c.reader.u64(), c.reader.u64()])
 
+    def add_drv(c: Client) -> Reply:
+        drv = derivation.fill_output_paths(derivation.Derivation(
+            outputs={"out": derivation.DerivationOutput(""),
+                     "dev": derivation.DerivationOutput("")},
+            input_drvs={}, input_srcs=(state["tree"],), system="x86_64-linux",
+            builder="/bin/sh", args=("-c", "true"),
+            env={"name": "d", "out": "", "dev": "", "builder": "/bin/sh",
+                 "system": "x86_64-linux"}), store_dir, lambda p: None, {})  # type: ignore[arg-type, return-value]
+        data = drv.text.encode()
+
+        def send(c: Client) -> None:
+            c.writer.u64(Op.ADD_TO_STORE).text("d.drv").text("text:sha256")
+            c.writer.texts([state["tree"]]).u64(0).u64(len(data)).raw(data).u64(0)
+        reply = _call(c, send, lambda c: _info(c, True))
+        state["drv"] = reply[0]  # type: ignore[index]
+        state["drv!out"] = f"{reply[0]}!out"  # type: ignore[index]
+        state["out"] = drv.outputs["out"].path
+        return reply
+
+    def output_map(c: Client) -> Reply:
+        return {c.reader.text(): c.reader.text() for _ in range(c.reader.u64())}
+
+    def missing_drv(c: Client) -> Reply:
+        return _call(c, lambda c: c.writer.u64(Op.QUERY_MISSING).texts(
+            [state["drv!out"]]), lambda c: [sorted(c.reader.texts()) for _ in range(3)]
+            + [c.reader.u64(), c.reader.u64()])
+
     invalid = f"{store_dir}/{'2' * 32}-invalid"
     steps: list[tuple[str, Step]] = [
         ("add text", add_text), ("add tree", add_tree), ("add flat", add_flat),
@@ -169,6 +196,12 @@ def _script(store_dir: str, tmp_path: Path) -> list[tuple[str, Step]]:
         ("path hash (invalid)", query(Op.QUERY_PATH_HASH, invalid, lambda c: c.reader.text())),
         ("nar", nar_from_path),
         ("missing", query_missing),
+        ("add drv", add_drv),
+        ("output map", query(Op.QUERY_DERIVATION_OUTPUT_MAP, "drv", output_map)),
+        ("output names", query(Op.QUERY_DERIVATION_OUTPUT_NAMES, "drv", sorted_texts)),
+        ("valid derivers", query(Op.QUERY_VALID_DERIVERS, "out", sorted_texts)),
+        ("missing drv", missing_drv),
+        ("drv referrers", query(Op.QUERY_REFERRERS, "tree", sorted_texts)),
         ("temp root", query(Op.ADD_TEMP_ROOT, "tree", lambda c: c.reader.u64())),
         ("unknown op", lambda c: _call(c, lambda c: c.writer.u64(99), lambda c: "answered")),
     ]
