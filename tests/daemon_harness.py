@@ -6,6 +6,7 @@ import os
 import pwd
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -104,3 +105,30 @@ def run_nix(env: dict[str, str], *argv: str, check: bool = True, user: str | Non
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+class NixDaemon:
+    """Nix 2.8's `nix-daemon` over a throwaway Nix store with the given store dir, on a
+    socket the test listens on itself (socket activation: ready without waiting)."""
+
+    def __init__(self, root: Path, store_dir: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.socket = str(root / "socket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket)
+        listener.listen(16)
+        fd = listener.fileno()
+        env = nix_env(root, store_dir)
+        self.proc = subprocess.Popen(
+            ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec nix-daemon --option store "$0"',
+             nix_local_store(root, store_dir)],
+            preexec_fn=lambda: os.dup2(fd, 3), pass_fds=[3], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        listener.close()
+
+    def __enter__(self) -> str:
+        return self.socket
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

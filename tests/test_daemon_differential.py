@@ -5,10 +5,7 @@ agree (registration times aside), including error messages and the daemon versio
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 from runner.daemon.client import Client, DaemonError
 from runner.daemon.protocol import Op
 from runner.store import derivation, nar
-from tests.daemon_harness import Daemon, nix_env, nix_local_store
+from tests.daemon_harness import Daemon, NixDaemon
 from tests.nix_oracle import needs_nix
 
 pytestmark = needs_nix
@@ -26,27 +23,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @pytest.fixture
 def nix_daemon(tmp_path: Path, store_dir: str) -> Iterator[str]:
-    """Nix's daemon on a socket we listen on ourselves (socket activation: no waiting)."""
-    root = tmp_path / "nixd"
-    root.mkdir()
-    path = str(root / "socket")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(16)
-    fd = listener.fileno()
-    env = nix_env(root, store_dir)
-    env["NIX_REMOTE"] = ""
-    proc = subprocess.Popen(
-        ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec nix-daemon --option store "$0"',
-         nix_local_store(root, store_dir)],
-        preexec_fn=lambda: os.dup2(fd, 3), pass_fds=[3], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    listener.close()
-    try:
+    with NixDaemon(tmp_path / "nixd", store_dir) as path:
         yield path
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture
