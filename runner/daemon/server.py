@@ -80,6 +80,7 @@ class Server:
 
     def run(self) -> int:
         """Accept until SIGTERM/SIGINT; returns once every connection has ended."""
+        self.sock.setblocking(False)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
         try:
@@ -102,18 +103,23 @@ class Server:
     def _accept(self) -> None:
         try:
             conn, _ = self.sock.accept()
+            conn.setblocking(True)
         except (BlockingIOError, InterruptedError):
-            return
+            return  # the client left between select() and accept()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                 log(f"cannot accept a connection: {e.strerror}")
                 return
             raise
         try:
-            peer = peer_of(conn)
-            decision = admit(peer, self.settings.get("allowed-users"),
-                             self.settings.get("trusted-users"))
-            pid = os.fork()
+            try:
+                peer = peer_of(conn)
+                decision = admit(peer, self.settings.get("allowed-users"),
+                                 self.settings.get("trusted-users"))
+                pid = os.fork()
+            except OSError as e:  # this connection fails; the daemon goes on
+                log(f"cannot serve a connection: {e.strerror or e}")
+                return
             if pid == 0:
                 code = 1
                 try:

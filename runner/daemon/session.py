@@ -84,6 +84,15 @@ class Session:
                 if not self._working:
                     raise  # failed while reading arguments: the stream is out of step
                 self.fail(e)
+            except KeyboardInterrupt:  # SIGTERM/SIGINT to the daemon
+                if self._working:
+                    self.fail(RunnerError("the daemon is shutting down"))
+                raise
+            except Exception as e:  # a bug of ours: tell the client, then end (state unknown)
+                if self._working:
+                    self.fail(RunnerError(f"internal error in the daemon: "
+                                          f"{type(e).__name__}: {e}"))
+                raise
             self.writer.flush()
 
     # ------------------------------------------------------------ argument helpers
