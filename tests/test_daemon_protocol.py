@@ -18,7 +18,9 @@ import pytest
 from runner.cli.main import run
 from runner.daemon.client import Client, DaemonError
 from runner.daemon.protocol import PROTOCOL_VERSION, WORKER_MAGIC_1, Op
+from runner.daemon.server import listen
 from runner.daemon.wire import EndOfStream
+from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.local_store import LocalStore
 from runner.store.paths import make_text_path
@@ -311,3 +313,14 @@ def test_systemd_socket_activation(tmp_path: Path, store_dir: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_unusable_socket_path_is_a_one_line_error(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert run(["daemon", "--socket", str(tmp_path / "file" / "socket")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot listen on ") and err.count("\n") == 1
+    with pytest.raises(RunnerError) as e:
+        listen(str(tmp_path / "file" / "socket"))
+    assert e.value.reason == "socket"
