@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -397,3 +398,28 @@ def test_verify_through_the_daemon(tmp_path: Path, store_dir: str, daemon: Daemo
                    check=False)
     assert proc.returncode != 0
     assert path in proc.stderr  # the daemon's findings reach the client
+
+
+def test_ssh_ng_clients_reach_runner_daemon_stdio(tmp_path: Path, store_dir: str,
+                                                  state_dir: str) -> None:
+    """`nix copy --to ssh-ng://host` starts `<remote-program> --stdio` over ssh; here `ssh`
+    is a stand-in that runs the remote command locally."""
+    env = nix_env(tmp_path, store_dir)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text('#!/bin/bash\nexec bash -c "${@: -1}"\n')
+    (bin_dir / "runner-remote").write_text(
+        f'#!/bin/sh\nexec {sys.executable} -m runner daemon "$@"\n')
+    for script in ("ssh", "runner-remote"):
+        (bin_dir / script).chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    nix_store, drv = _nix_store_with_drv(tmp_path, env, store_dir)
+    remote = f"ssh-ng://builder?remote-program={bin_dir / 'runner-remote'}&max-connections=1"
+    run_nix(env, "nix", "copy", "--derivation", "--from", nix_store, "--to", remote, drv)
+    with LocalStore(store_dir, state_dir) as store:
+        assert store.is_valid(drv)
+    info_ours, info_nix = (json.loads(run_nix(env, "nix", "path-info", "--derivation",
+                                              "--store", s, "--json", "-r", drv).stdout)
+                           for s in (remote, nix_store))
+    assert info_ours == info_nix

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("daemon", help="serve the store over Nix's worker protocol")
     p.add_argument("--socket", metavar="PATH",
                    help="Unix socket to listen on (default: <state>/daemon-socket/socket)")
+    p.add_argument("--stdio", action="store_true",
+                   help="serve one connection on stdin/stdout (for ssh-ng:// clients)")
     p.set_defaults(func=_daemon)
 
 
@@ -34,7 +36,9 @@ def _systemd_socket() -> list[socket.socket]:
 
 
 def _daemon(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.daemon.server import run_daemon
+    from runner.daemon.server import run_daemon, run_stdio
 
+    if args.stdio:
+        return run_stdio(settings)
     inherited = [] if args.socket else _systemd_socket()
     return run_daemon(settings, args.socket, inherited=inherited)

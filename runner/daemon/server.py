@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from runner.daemon.protocol import server_handshake, write_error
 from runner.daemon.trust import Peer, admit, peer_of
-from runner.daemon.wire import EndOfStream, ProtocolError, Reader, Writer
+from runner.daemon.wire import Channel, EndOfStream, Pipes, ProtocolError, Reader, Writer
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import open_store
@@ -126,6 +126,7 @@ class Server:
                     self.sock.close()
                     os.close(self._wake_r)
                     os.close(self._wake_w)
+                    os.setsid()  # the client's terminal signals are not ours
                     code = serve_connection(conn, decision, self.settings)
                 finally:
                     os._exit(code)
@@ -157,9 +158,8 @@ class Server:
             self.children.pop(pid, None)
 
 
-def serve_connection(conn: socket.socket, decision: Peer | str, settings: Settings) -> int:
+def serve_connection(conn: Channel, decision: Peer | str, settings: Settings) -> int:
     """The body of a connection process; returns its exit status."""
-    os.setsid()  # the client's terminal signals are not ours
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _interrupt)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -225,3 +225,14 @@ def run_daemon(settings: Settings, socket_path: str | None, *,
     finally:
         sock.close()
         log(f"stopped after {time.monotonic() - start:.0f}s")
+
+
+def run_stdio(settings: Settings) -> int:
+    """`runner daemon --stdio`: one connection on stdin/stdout, as `nix-daemon --stdio`
+    (what `ssh-ng://` stores start on the remote host). The caller is trusted, as Nix
+    trusts the standard streams: it acts with its own rights on the store."""
+    channel = Pipes(os.dup(0), os.dup(1))
+    os.dup2(2, 1)  # a stray print must not corrupt the protocol stream
+    uid, gid = os.getuid(), os.getgid()
+    peer = Peer(os.getppid(), uid, gid, str(uid), str(gid), trusted=True)
+    return serve_connection(channel, peer, settings)

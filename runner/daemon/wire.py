@@ -7,9 +7,10 @@ bounded pieces, so a hostile length prefix costs the daemon nothing.
 
 from __future__ import annotations
 
-import socket
+import os
 import struct
 from collections.abc import Iterable
+from typing import Protocol
 
 from runner.errors import RunnerError
 
@@ -19,6 +20,40 @@ MAX_TEXT = 64 << 20  # whole file contents sent as one string (old add-text-to-s
 MAX_COUNT = 1 << 24  # elements of one list
 _ZEROS = bytes(8)
 _U64 = struct.Struct("<Q")
+
+
+class Channel(Protocol):
+    """What the framing needs of a connection: a socket, or stdin/stdout (`--stdio`)."""
+
+    def recv(self, n: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def fileno(self) -> int: ...
+
+    def settimeout(self, timeout: float | None, /) -> None: ...
+
+
+class Pipes:
+    """stdin and stdout as one `Channel` (`runner daemon --stdio`, behind ssh)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read_fd = read_fd
+        self._write_fd = write_fd
+
+    def recv(self, n: int, /) -> bytes:
+        return os.read(self._read_fd, n)
+
+    def sendall(self, data: bytes, /) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._write_fd, view):]
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def settimeout(self, timeout: float | None, /) -> None:
+        pass  # the other end is a process we were started by: it is not hostile
 
 
 class ProtocolError(RunnerError):
@@ -42,7 +77,7 @@ def padding(n: int) -> int:
 class Reader:
     """Buffered reads from a socket; every read has an upper bound."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Channel) -> None:
         self._sock = sock
         self._buf = bytearray()
 
@@ -152,7 +187,7 @@ class FramedReader:
 class Writer:
     """Replies collected in memory and sent by `flush()` (small messages) or at once (bulk)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Channel) -> None:
         self._sock = sock
         self._buf = bytearray()
 
