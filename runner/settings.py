@@ -180,6 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Build locally when the remote endpoint is unavailable."),
     Setting("remote-max-jobs", "int", 8,
             "Remote builds run at the same time (they take no local build slot)."),
+    Setting("allowed-users", "list", ["*"],
+            "Users (`*`, names, `@group`) who may connect to `runner daemon`."),
+    Setting("trusted-users", "list", ["root"],
+            "Users (`*`, names, `@group`) the daemon trusts: unsigned imports, any option, "
+            "repair, garbage collection."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "runner.cli.config": ("config",),
     "runner.cli.hash": ("hash",),
     "runner.cli.completion": ("completion", "__complete-names"),
+    "runner.cli.daemon": ("daemon",),
 }
 
 # The one-line help of each command, for `runner --help` without importing every
@@ -55,6 +56,7 @@ COMMAND_HELP = {
     "config": "show settings",
     "hash": "hash files or file trees as Nix does",
     "completion": "print a shell completion script (bash, zsh or fish)",
+    "daemon": "serve the store over Nix's worker protocol",
 }
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.

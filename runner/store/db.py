@@ -32,7 +32,11 @@ def _schema_v2() -> str:
     return _sql("schema_v2.sql")
 
 
-MIGRATIONS = (_schema_v1, _schema_v2)
+def _schema_v3() -> str:
+    return _sql("schema_v3.sql")
+
+
+MIGRATIONS = (_schema_v1, _schema_v2, _schema_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # How long a writer waits for another process's transaction before giving up.
