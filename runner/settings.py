@@ -124,12 +124,17 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("on", "off", "relaxed")),
     Setting("sandbox-fallback", "bool", True,
             "Build unsandboxed (with a warning) where namespaces are unavailable."),
+    Setting("sandbox-fork-server", "bool", True,
+            "Start sandboxed builds from a small fork server process instead of forking "
+            "runner itself (docs/sandbox.md); off is for comparison and debugging.",
+            env="RUNNER_SANDBOX_FORK_SERVER"),
     Setting("sandbox-paths", "list", list(DEFAULT_SANDBOX_PATHS),
             "Host paths mounted read-only into every sandbox."),
     Setting("allowed-spec-sandbox-paths", "list", [],
             "Host paths that specs may add to their sandbox with `sandbox-paths`."),
     Setting("build-dir", "str", "",
-            "Where build directories are created; empty means the system temp dir."),
+            "Where build directories are created (in a private `runner-builds-<uid>` "
+            "dir; docs/security.md); empty means the system temp dir."),
     Setting("keep-going", "bool", False, "Go on with other builds after one fails."),
     Setting("keep-failed", "bool", False, "Keep the build directory of failed builds."),
     Setting("timeout", "int", 0, "Seconds a build may run; 0 means no limit."),
@@ -154,7 +159,16 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("warn", "fail")),
     Setting("narinfo-cache-negative-ttl", "int", 3600,
             "Seconds a 'not in this cache' answer is remembered."),
+    Setting("substituter-down-time", "int", 60,
+            "Seconds an HTTP cache that failed to answer is skipped by every run before it "
+            "is probed again; doubles with each failure in a row."),
+    Setting("substituter-down-max", "int", 3600,
+            "Longest back-off, in seconds, of a cache that keeps failing."),
     Setting("auto-optimise", "bool", False, "Hard-link identical files as paths are added."),
+    Setting("keep-derivations", "bool", True,
+            "`runner gc` keeps the `.drv` of every live output (as Nix does by default)."),
+    Setting("keep-outputs", "bool", False,
+            "`runner gc` keeps the valid outputs of every live derivation."),
     Setting("remote-builders", "str", "",
             "REAPI endpoint builds are sent to (`grpc://host:port`, `grpcs://…`, "
             "`unix:/path`); empty builds locally."),
@@ -166,6 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Build locally when the remote endpoint is unavailable."),
     Setting("remote-max-jobs", "int", 8,
             "Remote builds run at the same time (they take no local build slot)."),
+    Setting("allowed-users", "list", ["*"],
+            "Users (`*`, names, `@group`) who may connect to `runner daemon`."),
+    Setting("trusted-users", "list", ["root"],
+            "Users (`*`, names, `@group`) the daemon trusts: unsigned imports, any option, "
+            "repair, garbage collection."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
@@ -245,6 +264,11 @@ class Settings:
     def state_dir(self) -> str:
         return str(self._values["state-dir"])
 
+    def to_json(self) -> dict[str, dict[str, Value]]:
+        """`runner config show --json`: each setting's typed value and its origin."""
+        return {s.name: {"value": self._values[s.name], "origin": self.origins[s.name]}
+                for s in SETTINGS}
+
     def show(self) -> str:
         width = max(len(s.name) for s in SETTINGS)
         lines = []
@@ -298,7 +322,12 @@ def settings_markdown() -> str:
         "4. with a dedicated flag, where a command has one (e.g. `-j` for `max-jobs`).",
         "",
         "Booleans are `true`/`false`; lists are space-separated. "
-        "`runner config show` prints the effective values and where each came from.",
+        "`runner config show` prints the effective values and where each came from; "
+        "`runner config show --json` prints them as `{NAME: {\"value\": …, \"origin\": …}}` "
+        "with typed values (booleans, numbers, lists of strings; JSON Schema "
+        "`schemas/config-show.schema.json`). A command's flag for a "
+        "setting (`runner build --help`) is generated from this table: same type, "
+        "choices and description.",
         "",
         "| setting | type | default | env | description |",
         "| --- | --- | --- | --- | --- |",

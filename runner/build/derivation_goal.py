@@ -20,7 +20,13 @@ from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.platform import local_platform_refusal
 from runner.build.process import Ending
-from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
+from runner.build.rebuild import (
+    check_outputs,
+    corrupt_in_closure,
+    is_corrupt,
+    producers,
+    repair_outputs,
+)
 from runner.build.redirect import Redirect
 from runner.build.remote_builder import RemoteOutcome
 from runner.build.result import PERMANENT, BuildResult, Status
@@ -28,7 +34,6 @@ from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
-from runner.store.roots import add_temp_root
 
 if TYPE_CHECKING:
     from runner.build.worker import Worker
@@ -76,12 +81,14 @@ class DerivationGoal(Goal[BuildResult]):
         self.drv = self.store.read_derivation(self.drv_path)
         self.outputs = {name: out.path for name, out in self.drv.outputs.items()}
         for path in self.outputs.values():  # before checking validity, so GC keeps them
-            add_temp_root(self.settings.state_dir, path)
+            self.store.temp_roots.add_temp_root(path)
         if self.mode is BuildMode.CHECK:
             return await self._check()
         if self.mode is BuildMode.REPAIR:
             self.corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
         if self._outputs_valid() and not self.corrupt:
+            if self.mode is BuildMode.REPAIR and (failed := await self._repair_closure()):
+                return failed
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
             self.store.clear_failures(list(self.outputs.values()))
@@ -118,7 +125,7 @@ class DerivationGoal(Goal[BuildResult]):
         self.redirect = Redirect.for_outputs(self.drv_path, self.drv, paths,
                                              self.store.store_dir)
         for path in self.redirect.scratch.values():
-            add_temp_root(self.settings.state_dir, path)
+            self.store.temp_roots.add_temp_root(path)
 
     async def _build(self) -> BuildResult:
         if failed := await self._realise_inputs():
@@ -179,6 +186,27 @@ class DerivationGoal(Goal[BuildResult]):
             return Substitution.FAILED
         return Substitution.NO_SUBSTITUTERS
 
+    async def _repair_closure(self) -> BuildResult | None:
+        """--repair of healthy outputs: repair what they refer to, as nix-build --repair
+        does; a corrupt path by the derivation that produced it, else from a substituter."""
+        corrupt = corrupt_in_closure(self.store, self.outputs.values())
+        if not corrupt:
+            return None
+        made_by = producers(self.store, self.drv_path)
+        built = await self.wait_for(self.worker.derivation_goal(drv, BuildMode.REPAIR)
+                                    for drv in sorted({made_by[p] for p in corrupt
+                                                       if p in made_by}))
+        await self.wait_for(self.worker.substitution_goal(p, repair=True)
+                            for p in corrupt if p not in made_by)
+        still = [p for p in corrupt if is_corrupt(self.store, p)]
+        if not still:
+            return None
+        failed = next((r.drv_path for r in built if not r.status.ok), None)
+        return self._result(
+            Status.DEPENDENCY_FAILED,
+            f"cannot repair '{still[0]}' in the output closure of '{self.drv_path}'",
+            failed_dependency=failed)
+
     async def _realise_inputs(self) -> BuildResult | None:
         assert self.drv is not None
         mode = BuildMode.REPAIR if self.mode is BuildMode.REPAIR else BuildMode.NORMAL
@@ -197,6 +225,10 @@ class DerivationGoal(Goal[BuildResult]):
         missing = [src for src in self.drv.input_srcs if not self.store.is_valid(src)]
         if missing and self.settings.get("substitute"):
             await self.wait_for(self.worker.substitution_goal(src) for src in missing)
+        if self.mode is BuildMode.REPAIR:  # a source has no deriver: fetch it again
+            corrupt = [src for src in self.drv.input_srcs if is_corrupt(self.store, src)]
+            await self.wait_for(self.worker.substitution_goal(src, repair=True)
+                                for src in corrupt)
         for src in self.drv.input_srcs:
             if not self.store.is_valid(src):
                 return self._result(
@@ -292,6 +324,7 @@ class DerivationGoal(Goal[BuildResult]):
     def _after_failure(self, result: BuildResult, build_dir: str) -> None:
         assert self.drv is not None
         if self.settings.get("keep-failed"):
+            self.worker.build_dirs.keep(build_dir)  # docs/security.md, class 4
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
             self.worker.build_dirs.give_back(build_dir)

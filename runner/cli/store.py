@@ -15,6 +15,7 @@ from runner.settings import Settings
 from runner.store import nar
 from runner.store.closure_info import closure_size
 from runner.store.local_store import open_store
+from runner.store.path_info import PathInfo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,15 +23,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = group.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 
     p = actions.add_parser("add", help="copy files or trees into the store (nix-store --add)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or store paths")
     p.set_defaults(func=_add)
 
     p = actions.add_parser("dump", help="write a path's NAR serialisation to stdout")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a store path (or a link to one)")
     p.set_defaults(func=_dump)
 
     p = actions.add_parser("path-info", help="show NAR hash, size, references and deriver")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or store paths")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("-S", "--closure-size", action="store_true",
                    help="also show the total NAR size of each path's closure")
@@ -64,24 +65,27 @@ def _dump(args: argparse.Namespace, settings: Settings) -> int:
 
 def _path_info(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
-        infos = []
+        infos: list[PathInfo | str] = []  # a str: a store path that is not valid
         sizes: dict[str, int] = {}
         for arg in args.paths:
             path = store_path_arg(store, arg)
-            info = store.query_path_info(path)
-            if info is None:
+            found = store.query_path_info(path)
+            if found is None and not args.json:
                 raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
-            infos.append(info)
-            if args.closure_size:
+            infos.append(path if found is None else found)
+            if args.closure_size and found is not None:
                 sizes[path] = closure_size(store, path)
     if args.json:
-        entries = [info.to_json() for info in infos]
+        # As Nix 2.8: a path that is not valid is listed as such, and is no error.
+        entries = [{"path": i, "valid": False} if isinstance(i, str) else i.to_json()
+                   for i in infos]
         for entry in entries:
-            if args.closure_size:
+            if args.closure_size and entry.get("valid", True):
                 entry["closureSize"] = sizes[str(entry["path"])]
         print(json.dumps(entries, sort_keys=True))
         return 0
     for info in infos:
+        assert not isinstance(info, str)  # refused above without --json
         print(info.path)
         print(f"  nar-hash:   {info.nar_hash}")
         print(f"  nar-size:   {info.nar_size}")
