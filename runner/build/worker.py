@@ -64,7 +64,8 @@ class Worker:
         self.build_dirs = BuildDirs(settings, self.background)
         self.spawner = Spawner(self.max_jobs)  # sandboxed builds start off the loop
         self._closures: dict[frozenset[str], frozenset[str]] = {}
-        self.remote = RemoteBuilders(settings) if settings.get("remote-builders") else None
+        self.remote = (RemoteBuilders(settings, before_open=self._probe_sandbox)
+                       if settings.get("remote-builders") else None)
 
     # -- the goal table
 
@@ -113,6 +114,17 @@ class Worker:
         if self._sandbox is None:
             self._sandbox = self._choose_sandbox()
         return self._sandbox
+
+    def _probe_sandbox(self) -> None:
+        """Before gRPC exists in this process. The probe forks runner itself, and a fork
+        of a process where gRPC runs cannot set up a sandbox (its fork handlers start
+        threads in the child, which fail in the new PID namespace): probing later would
+        turn the sandbox off for the whole run. Sandboxed builds themselves start from
+        fork servers, fresh processes gRPC never touched (runner/sandbox/forkserver.py)."""
+        if self.settings.get("sandbox") != "off":
+            from runner.sandbox.probe import probe
+
+            probe()
 
     @property
     def substituters(self) -> list[Substituter]:
