@@ -55,7 +55,8 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     try:
         try:
             write_attr_files(job.drv, build_dir)
-            if job.sandbox.enabled_for(job.drv.env):
+            sandboxed = job.sandbox.enabled_for(job.drv.env)
+            if sandboxed:
                 # The sandbox set-up runs before Popen returns: off the loop thread,
                 # so sandboxed builds start in parallel.
                 proc, release = await job.spawner.run(
@@ -75,11 +76,13 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
         os.close(read_fd)
         raise
     try:
-        end = await supervise(proc, read_fd, limits, job.on_output)
+        end = await supervise(proc, read_fd, limits, job.on_output, sandboxed=sandboxed)
     finally:
         release()
-    return BuilderOutcome(end.ending, end.returncode, _describe(job, end.ending, end.returncode,
-                                                                limits), build_dir)
+    message = _describe(job, end.ending, end.returncode, limits)
+    if end.log_closed:
+        message += " (it closed its stdout and stderr and kept running)"
+    return BuilderOutcome(end.ending, end.returncode, message, build_dir)
 
 
 def _tighter(setting: int, attr: str | None) -> int:
