@@ -137,12 +137,28 @@ class DerivationGoal(Goal[BuildResult]):
             raise RunnerError(
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
                 "has its outputs", reason="no-build-slots")
-        async with self.worker.build_slot():
-            return await self._locked(remote=False)
+        return await self._build_here()
+
+    def _lock_set(self) -> list[str]:
+        scratch = self.redirect.scratch.values() if self.redirect else ()
+        return [*self.outputs.values(), *scratch]
+
+    async def _build_here(self) -> BuildResult:
+        """A build slot, then the output locks without waiting. Locks that another
+        process holds are waited for without a slot (as Nix does), so this runner builds
+        other ready derivations meanwhile instead of idling behind a lock."""
+        while True:
+            async with self.worker.build_slot():
+                locks = self.worker.try_lock_paths(self._lock_set())
+                if locks is not None:
+                    try:
+                        return await self._build_locked(locks.fds, remote=False)
+                    finally:
+                        self.worker.unlock(locks)
+            await self.worker.wait_lockable(self._lock_set())
 
     async def _locked(self, *, remote: bool) -> BuildResult:
-        scratch = self.redirect.scratch.values() if self.redirect else ()
-        locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
+        locks = await self.worker.lock_paths(self._lock_set())
         try:
             return await self._build_locked(locks.fds, remote=remote)
         finally:

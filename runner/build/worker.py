@@ -177,6 +177,15 @@ class Worker:
                 delay = min(delay * 2, LOCK_RETRY_MAX)
         return locks
 
+    def try_lock_paths(self, paths: Iterable[str]) -> PathLocks | None:
+        locks = PathLocks()
+        return locks if locks.try_lock(sorted(paths)) else None
+
+    async def wait_lockable(self, paths: Iterable[str]) -> None:
+        """Wait, holding nothing, until `paths` are free to lock (another process or goal
+        held them)."""
+        self.unlock(await self.lock_paths(paths))
+
     def unlock(self, locks: PathLocks) -> None:
         locks.unlock()
         assert self._lock_released is not None
