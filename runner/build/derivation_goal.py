@@ -40,6 +40,10 @@ _ENDINGS = {
 }
 
 
+def dependencies_failed_message(drv_path: str, count: int) -> str:
+    return f"{count} dependencies of derivation '{drv_path}' failed to build"  # Nix's words
+
+
 class BuildMode(enum.Enum):
     NORMAL = "normal"
     CHECK = "check"  # build valid outputs again and compare (--check)
@@ -200,12 +204,10 @@ class DerivationGoal(Goal[BuildResult]):
         mode = BuildMode.REPAIR if self.mode is BuildMode.REPAIR else BuildMode.NORMAL
         deps = {p: self.worker.derivation_goal(p, mode) for p in self.drv.input_drvs}
         results = await self.wait_for(deps.values())
-        for result in results:
-            if not result.status.ok:
-                return self._result(
-                    Status.DEPENDENCY_FAILED,
-                    f"cannot build '{self.drv_path}': its dependency '{result.drv_path}' failed",
-                    failed_dependency=result.drv_path)
+        if failed := [r.drv_path for r in results if not r.status.ok]:
+            return self._result(Status.DEPENDENCY_FAILED,
+                                dependencies_failed_message(self.drv_path, len(failed)),
+                                failed_dependency=failed[0])
         for result in results:
             wanted = self.drv.input_drvs[result.drv_path]
             self.input_paths.update(result.outputs[name] for name in wanted

@@ -13,10 +13,10 @@ from typing import Any
 
 from runner.build.background import Background
 from runner.build.build_dirs import BuildDirs
-from runner.build.derivation_goal import BuildMode, DerivationGoal
+from runner.build.derivation_goal import BuildMode, DerivationGoal, dependencies_failed_message
 from runner.build.progress import Progress
 from runner.build.remote_builder import RemoteBuilders
-from runner.build.result import BuildResult
+from runner.build.result import BuildResult, Status
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
@@ -241,7 +241,34 @@ class Worker:
         for task in self._tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 raise error
+        if self._stopping:
+            self._dependencies_failed(drv_paths)
         return [self.results[p] for p in drv_paths if p in self.results]
+
+    def _dependencies_failed(self, drv_paths: list[str]) -> None:
+        """Without --keep-going the first failure cancels the goals waiting for it. Each
+        waiter then ends as Nix's does, `N dependencies of derivation '…' failed to
+        build` (N: its own inputs that failed); the requested ones are reported."""
+        # Level by level up from the failures (no recursion: a chain may be long); like
+        # Nix's, a waiter ends with the failures known when it was woken.
+        while True:
+            known = dict(self.results)
+            for path, goal in self.derivation_goals.items():
+                if path in known:
+                    continue
+                failed = sorted(w.key for w in goal.waitees if isinstance(w, DerivationGoal)
+                                and w.key in known and not known[w.key].status.ok)
+                if failed:
+                    self.results[path] = BuildResult(
+                        path, Status.DEPENDENCY_FAILED,
+                        message=dependencies_failed_message(path, len(failed)),
+                        failed_dependency=failed[0])
+            if len(self.results) == len(known):
+                break
+        for path in drv_paths:
+            result = self.results.get(path)
+            if result is not None and result.status is Status.DEPENDENCY_FAILED:
+                self.progress.finished(result)
 
     def _on_signal(self, sig: int) -> None:
         if self.interrupted is None:
