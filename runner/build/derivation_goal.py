@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from runner.build import failure_cache
 from runner.build.builder import BuilderOutcome, BuildJob, run_builder
+from runner.build.fixed_mismatch import keep_under_real_hash
 from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
@@ -300,7 +301,14 @@ class DerivationGoal(Goal[BuildResult]):
             else:
                 self.store.register_valid_paths(infos)
         except OutputRejected as e:
+            if e.status is Status.HASH_MISMATCH and self.redirect is None:
+                keep_under_real_hash(self.store, self.drv_path, build_drv, closure)
             return self._result(e.status, e.message, exit_status=0)
+        except RunnerError as e:
+            if e.reason != "cycle":
+                raise
+            return self._result(Status.FAILED, f"cannot register the outputs of "
+                                f"'{self.drv_path}': {e.message}", exit_status=0)
         except OSError as e:  # disk full, permissions: not the derivation's fault
             return self._result(Status.SETUP_FAILED,
                                 f"cannot register outputs of '{self.drv_path}': {e}")
