@@ -169,7 +169,7 @@ def test_without_keep_going_the_requested_derivation_is_named(
   x3: {builder: /bin/sh, args: [-c, 'echo ${{ x2 }} > $out']}
   x4: {builder: /bin/sh, args: [-c, 'echo ${{ x3 }} ${{ x1 }} > $out']}
 """)
-    code, out, err = build(capsys, spec, "x4")
+    code, _, err = build(capsys, spec, "x4")
     assert code == 100
     x4 = next(line.split("'")[1] for line in err.splitlines() if "x4.drv" in line)
     assert x4.endswith("-x4.drv")

@@ -73,7 +73,8 @@ class Worker:
                         ) -> DerivationGoal:
         goal = self.derivation_goals.get(drv_path)
         if goal is None:
-            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, mode)
+            drv = self.store.read_derivation(drv_path)
+            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, drv, mode)
             self.progress.expect(drv_path)
         return goal
 
