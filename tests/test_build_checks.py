@@ -211,6 +211,7 @@ def test_a_builder_killed_by_a_signal_is_not_a_cached_failure(
 """)
     code, _, err = build(capsys, spec)
     assert code == 100 and "signal 9" in err
+    assert "which runner did not send" in err and "not cached" in err
     code, _, err = build(capsys, spec)  # no --rebuild-failed needed: nothing was cached
     assert code == 0, err
 

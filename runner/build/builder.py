@@ -40,6 +40,7 @@ class BuilderOutcome:
     returncode: int
     message: str
     build_dir: str
+    log_closed: bool = False  # runner killed it: it closed its log and kept running
 
 
 async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
@@ -82,7 +83,7 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     message = _describe(job, end.ending, end.returncode, limits)
     if end.log_closed:
         message += " (it closed its stdout and stderr and kept running)"
-    return BuilderOutcome(end.ending, end.returncode, message, build_dir)
+    return BuilderOutcome(end.ending, end.returncode, message, build_dir, end.log_closed)
 
 
 def _tighter(setting: int, attr: str | None) -> int:

@@ -273,7 +273,8 @@ class DerivationGoal(Goal[BuildResult]):
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()
-            self._after_failure(result, build_dir)
+            self._after_failure(result, build_dir, runner_killed=isinstance(
+                outcome, BuilderOutcome) and outcome.log_closed)
         else:
             self.worker.build_dirs.give_back(build_dir)
         return result
@@ -321,7 +322,15 @@ class DerivationGoal(Goal[BuildResult]):
         return self._result(Status.SUBSTITUTED if remote is not None and remote.substituted
                             else Status.BUILT)
 
-    def _after_failure(self, result: BuildResult, build_dir: str) -> None:
+    def _after_failure(self, result: BuildResult, build_dir: str, *,
+                       runner_killed: bool = False) -> None:
+        transient = None
+        if result.status in PERMANENT:  # before the leftovers go: they may fill the disk
+            transient = failure_cache.machine_cause(
+                result.exit_status, {"store": self.store.store_dir, "build directory": build_dir},
+                runner_killed=runner_killed)
+            if transient:
+                result.message += f"; {transient}: not cached"
         if self.settings.get("keep-failed"):
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
@@ -329,7 +338,7 @@ class DerivationGoal(Goal[BuildResult]):
             self._delete_leftovers()
         killed = result.exit_status is not None and result.exit_status < 0  # by a signal
         if (result.status in PERMANENT and self.settings.get("cache-failures") and not killed
-                and not self.drv.is_fixed_output and self.aside is None):
+                and not transient and not self.drv.is_fixed_output and self.aside is None):
             for path in self.outputs.values():
                 self.store.register_failure(path, exit_status=result.exit_status,
                                             drv_path=self.drv_path,
