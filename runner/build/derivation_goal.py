@@ -7,6 +7,7 @@ Each step is a small method; the first that settles the outcome returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import time
@@ -307,7 +308,8 @@ class DerivationGoal(Goal[BuildResult]):
                 self.store.register_valid_paths(infos)
         except OutputRejected as e:
             if e.status is Status.HASH_MISMATCH and self.aside is None:
-                keep_under_real_hash(self.store, self.drv_path, build_drv, closure)
+                with contextlib.suppress(OSError, RunnerError):  # best effort, as in Nix
+                    keep_under_real_hash(self.store, self.drv_path, build_drv, closure)
             return self._result(e.status, e.message, exit_status=0)
         except RunnerError as e:
             if e.reason != "cycle":
