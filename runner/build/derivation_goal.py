@@ -270,7 +270,12 @@ class DerivationGoal(Goal[BuildResult]):
         if partial := sink.flush_partial():
             progress.build_log(name, [partial])
         sink.close()
-        result = self._finish(build_drv, outcome, closure)
+        try:
+            result = self._finish(build_drv, outcome, closure)
+        except BaseException:  # a store error ends the run: still leave no build dir
+            self.worker.build_dirs.give_back(build_dir)
+            self._delete_leftovers()
+            raise
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()
