@@ -23,7 +23,7 @@ def _pins() -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, sep, version = line.partition("==")
+            name, sep, version = line.partition(";")[0].strip().partition("==")
             assert sep, f"constraints.txt: {line!r} is not an exact pin"
             pins[_name(name)] = version
     return pins

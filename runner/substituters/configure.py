@@ -51,7 +51,9 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     check_url(url)
     base, _, query = url.partition("?")
     try:
-        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+        # Python 3.10's strict parser refuses an empty query; there is nothing to parse.
+        params = (dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+                  if query else {})
     except ValueError:
         raise RunnerError(f"store URL '{url}' has malformed parameters", reason="bad-url") from None
     unknown = sorted(set(params) - set(KNOWN_PARAMS))

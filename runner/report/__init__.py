@@ -1,0 +1,1 @@
+"""What a run reports to people and programs: JUnit results, the event stream, the HTML report."""
