@@ -177,3 +177,23 @@ def test_a_local_build_next_to_remote_ones_is_sandboxed(tmp_path: Path) -> None:
     assert Path(local).read_text().split()[2:] == ["remote0", "remote1"]
     assert "building without a sandbox" not in err, err
     assert os.path.exists(local)
+
+
+def test_without_the_fork_server_a_local_build_next_to_remote_ones_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RUNNER_SANDBOX_FORK_SERVER=0 forks the sandbox from runner, which gRPC's threads
+    break: a clear error at once, never an unsandboxed build (nor a hang)."""
+    server = start_casd(tmp_path / "casd", tcp=True)
+    spec, _ = _spec(tmp_path, (
+        "  r0: {args: [-c, 'echo remote0 > $out']}\n"
+        f"  here: {{prefer-local-build: true, args: [-c, '{PROBE}; "
+        "cat ${{ r0 }} >> $out']}\n"))
+    monkeypatch.setenv("RUNNER_SANDBOX_FORK_SERVER", "0")
+    try:
+        code, results, err = _finish(_runner(server.url, spec))
+    finally:
+        server.stop()
+    assert code == 1, err
+    by_name = {r["drvPath"].rsplit("-", 1)[1]: r["status"] for r in results}
+    assert by_name == {"r0.drv": "built", "here.drv": "setup-failed"}, err
+    assert "needs the sandbox fork server" in err and "pthread_create" not in err, err

@@ -151,6 +151,8 @@ class DerivationGoal(Goal[BuildResult]):
             raise RunnerError(
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
                 "has its outputs", reason="no-build-slots")
+        if refusal := self.worker.sandbox_refusal(dict(self.drv.env)):
+            return self._result(Status.SETUP_FAILED, f"cannot build '{self.drv_path}': {refusal}")
         return await self._build_here()
 
     def _lock_set(self) -> list[str]:

@@ -46,7 +46,8 @@ def machine_cause(exit_status: int | None, file_systems: Mapping[str, str],
     failed build's leftovers are removed: what it wrote is what filled the disk."""
     if exit_status is not None and exit_status < 0 and not runner_killed:
         name = signal.Signals(-exit_status).name if -exit_status in _SIGNALS else "a signal"
-        return f"killed by {name}, which runner did not send (the OOM killer, an administrator)"
+        who = " (the OOM killer, an administrator)" if -exit_status == signal.SIGKILL else ""
+        return f"killed by {name}, which runner did not send{who}"
     for what, path in file_systems.items():
         try:
             st = os.statvfs(path)

@@ -64,6 +64,11 @@ class RemoteBuilders:
             before, self._before_open = self._before_open, None
             before()
 
+    @property
+    def started(self) -> bool:
+        """gRPC may run in this process (`prepare` was called)."""
+        return self._before_open is None
+
     def _open(self) -> RemoteExecutor:
         from runner.remote.executor import RemoteExecutor, RemoteOptions  # grpc: only if used
 

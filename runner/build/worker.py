@@ -127,6 +127,25 @@ class Worker:
 
             probe()
 
+    def sandbox_refusal(self, drv_env: dict[str, str]) -> str | None:
+        """Why a sandboxed local build cannot start in this process now: with the fork
+        server off (RUNNER_SANDBOX_FORK_SERVER=0) the sandbox is forked from runner, which
+        fails once gRPC runs here. An error, never a silent unsandboxed build."""
+        if self.remote is None or not self.remote.started:
+            return None
+        from runner.sandbox.executor import use_fork_server
+
+        if use_fork_server():
+            return None
+        try:
+            if not self.sandbox.enabled_for(drv_env):
+                return None
+        except RunnerError:
+            return None  # the builder reports it
+        return ("a sandboxed local build next to remote builds needs the sandbox fork "
+                "server (RUNNER_SANDBOX_FORK_SERVER=0 is set): a sandbox forked from runner "
+                "after gRPC started its threads does not work")
+
     @property
     def substituters(self) -> list[Substituter]:
         """Opened on first use (nothing is contacted until a path is asked for)."""
