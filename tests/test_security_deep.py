@@ -19,6 +19,7 @@ import pytest
 from runner.sandbox import probe as sandbox_probe
 from runner.sandbox.staging import chown_tree, copy_tree
 from runner.store.canonicalise import canonicalise, remove_tree
+from runner.store.layout import STATE_MARKER
 from tests import security_env
 from tests.security_env import REPO
 
@@ -100,7 +101,8 @@ def test_a_deep_output_is_refused_cleanly_and_gc_still_works(tmp_path: Path,
     assert done.returncode != 0
     assert "bytes or longer" in done.stderr and "is not acceptable" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
-    leftovers = [n for n in os.listdir(store_dir) if n.endswith("-deep") or n.startswith(".")]
+    leftovers = [n for n in os.listdir(store_dir)
+                 if n != STATE_MARKER and (n.endswith("-deep") or n.startswith("."))]
     assert [n for n in leftovers if not n.endswith(".drv")] in ([], [".links"]), leftovers
     # A crashed build's deep leftover (invalid) in the store does not block gc.
     leftover = Path(store_dir) / f"{security_env.HASH}-leftover"

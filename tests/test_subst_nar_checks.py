@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner.store.hashes import Hash
+from runner.store.layout import STATE_MARKER
 from runner.store.paths import hash_part, make_output_path
 from runner.substituters.compression import compress
 from runner.substituters.configure import open_substituters
@@ -64,7 +65,7 @@ def _substitute(stores: TwoStores, path: str, url: str) -> tuple[str, list[str]]
 def _leftovers(stores: TwoStores) -> list[str]:
     assert stores.b is not None
     return [n for n in os.listdir(stores.store_dir) if not n.endswith(".lock")
-            and not stores.b.is_valid(f"{stores.store_dir}/{n}")]
+            and n != STATE_MARKER and not stores.b.is_valid(f"{stores.store_dir}/{n}")]
 
 
 NAR = chain_nar(3, leaf=b"the real contents")
