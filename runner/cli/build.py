@@ -107,6 +107,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.spec import eval_cache
     from runner.spec.load import load_spec
     from runner.spec.translate import instantiate
+    from runner.why.record import record_build
 
     spec = load_spec(args.spec)
     digests = eval_cache.digests_of([str(f) for f in spec.files])
@@ -129,6 +130,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
                         mode=mode)
         results = worker.run(drv_paths)
+        record_build(settings, args.spec, targets, worker.results)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
         if args.json:

@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "runner.cli.remote": ("remote",),
     "runner.cli.config": ("config",),
     "runner.cli.hash": ("hash",),
+    "runner.cli.why": ("diff", "why"),
 }
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.
