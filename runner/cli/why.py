@@ -55,9 +55,9 @@ def _diff(args: argparse.Namespace, settings: Settings) -> int:
     from runner.why.render import report_lines
 
     with Archive(settings.state_dir) as archive:
-        paths = [_drv_arg(a, settings.store_dir, archive.text(os.path.abspath(a)) is not None)
-                 for a in (args.old, args.new)]
-        report = diff(*paths, store_loader(settings.store_dir, archive.text),
+        old, new = (_drv_arg(a, settings.store_dir, archive.text(os.path.abspath(a)) is not None)
+                    for a in (args.old, args.new))
+        report = diff(old, new, store_loader(settings.store_dir, archive.text),
                       settings.store_dir, patches=args.patch)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
