@@ -287,3 +287,14 @@ def test_concurrent_runs_record_safely(tmp_path: Path, state_dir: str) -> None:
         assert proc.wait(timeout=60) == 0
     for who in ("a", "b"):
         assert len(history.outcomes(state_dir, "/s", "/spec", who)) == 15
+
+
+def test_damaged_history_warns_on_build_and_fails_why_cleanly(
+        spec: Path, state_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    Path(state_dir, history.FILE).write_bytes(b"not a database" * 100)
+    code, _, err = build(capsys, str(spec), "base")
+    assert code == 0  # the build itself is not the history's business
+    assert "warning: could not record the build history" in err
+    assert _error("why", str(spec), "base").reason == "bad-history"
+    code, _, err = _why(capsys, str(spec), "base")
+    assert code == 1 and err.startswith("error: build history") and err.count("\n") == 1

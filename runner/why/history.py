@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from runner.errors import RunnerError
+
 KEEP = 20
 FILE = "history.sqlite"
 _BUSY_MS = 30_000
@@ -63,14 +65,19 @@ class Outcome:
 def open_history(state_dir: str) -> Iterator[sqlite3.Connection]:
     """The history database, created on first use; closed on exit."""
     os.makedirs(state_dir, exist_ok=True)
-    conn = sqlite3.connect(os.path.join(state_dir, FILE), timeout=_BUSY_MS / 1000,
-                           isolation_level=None)
+    path = os.path.join(state_dir, FILE)
+    conn = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
     try:
         conn.execute(f"pragma busy_timeout = {_BUSY_MS}")
         conn.execute("pragma journal_mode = wal")
         conn.execute("pragma synchronous = normal")
         conn.executescript(_SCHEMA)
         yield conn
+    except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise RunnerError(f"build history '{path}' is busy: {e}", reason="busy") from None
+        raise RunnerError(f"build history '{path}' is unreadable ({e}); delete it to start "
+                          "a new history", reason="bad-history") from None
     finally:
         conn.close()
 
