@@ -174,7 +174,7 @@ def test_check_records_history_too(spec: Path, capsys: pytest.CaptureFixture[str
                                    state_dir: str, store_dir: str) -> None:
     assert run(["check", "--sandbox=off", str(spec), "mid"]) == 0
     capsys.readouterr()
-    last = history.last(state_dir, store_dir, str(spec), "mid", ok=True)
+    last = history.last(state_dir, store_dir, os.path.realpath(spec), "mid", ok=True)
     assert last is not None and last.drv_path.endswith("-mid.drv")
 
 
@@ -241,10 +241,10 @@ def test_diff_bad_input_is_one_line_error(tmp_path: Path, store_dir: str, state_
 
 def test_history_is_bounded_and_keeps_the_last_success(state_dir: str) -> None:
     history.record(state_dir, "/s", [("/spec", "x", "/s/ok.drv", "built", True)],
-                   [("/s/ok.drv", b"Derive(...)")])
+                   lambda _: [("/s/ok.drv", b"Derive(...)")])
     for i in range(history.KEEP + 5):
         history.record(state_dir, "/s", [("/spec", "x", f"/s/f{i}.drv", "failed", False)],
-                       [(f"/s/f{i}.drv", b"x")])
+                       lambda _, i=i: [(f"/s/f{i}.drv", b"x")])  # type: ignore[misc]
     rows = history.outcomes(state_dir, "/s", "/spec", "x")
     assert len(rows) == history.KEEP + 1
     success = history.last(state_dir, "/s", "/spec", "x", ok=True)
@@ -268,7 +268,7 @@ while True:
         pass
 for i in range(15):
     history.record(state, "/s", [("/spec", who, f"/s/{who}{i}.drv", "built", True)],
-                   [(f"/s/{who}{i}.drv", b"t"), ("/s/shared.drv", b"s")])
+                   lambda _: [(f"/s/{who}{i}.drv", b"t"), ("/s/shared.drv", b"s")])
 """
 
 
@@ -298,3 +298,15 @@ def test_damaged_history_warns_on_build_and_fails_why_cleanly(
     assert _error("why", str(spec), "base").reason == "bad-history"
     code, _, err = _why(capsys, str(spec), "base")
     assert code == 1 and err.startswith("error: build history") and err.count("\n") == 1
+
+
+def test_same_outcome_again_refreshes_the_newest_instead_of_adding(
+        spec: Path, state_dir: str, store_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _built(capsys, spec, "base")
+    [first] = history.outcomes(state_dir, store_dir, os.path.realpath(spec), "base")
+    _built(capsys, spec, "base")  # valid now: same drv, same success
+    [again] = history.outcomes(state_dir, store_dir, os.path.realpath(spec), "base")
+    assert again.drv_path == first.drv_path and again.time > first.time
+    spec.write_text(SPEC.replace("MODE: fast", "MODE: slower"))
+    _built(capsys, spec, "base")
+    assert len(history.outcomes(state_dir, store_dir, os.path.realpath(spec), "base")) == 2

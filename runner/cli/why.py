@@ -81,7 +81,7 @@ def _why(args: argparse.Namespace, settings: Settings) -> int:
     from runner.why.diff import diff, store_loader
     from runner.why.render import report_lines
 
-    spec_path = os.path.abspath(args.spec)
+    spec_path = os.path.realpath(args.spec)
     spec = load_spec(args.spec)
     with open_store(settings) as store:
         current = instantiate(spec, store, [args.name])[args.name]

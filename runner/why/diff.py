@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from runner.errors import RunnerError
 from runner.store.derivation import Derivation
 from runner.store.paths import name_part
 from runner.why.listing import FileChange, compare
@@ -274,6 +275,9 @@ def store_loader(store_dir: str, archived: Callable[[str], bytes | None]) -> Loa
                 data = f.read()
         except FileNotFoundError:
             data = archived(path)
+        except OSError as e:
+            raise RunnerError(f"cannot read derivation '{path}': {e.strerror}",
+                              reason="bad-drv") from None
         cache[path] = None if data is None else parse(data, path)
         return cache[path]
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
@@ -83,33 +83,54 @@ def open_history(state_dir: str) -> Iterator[sqlite3.Connection]:
 
 
 def record(state_dir: str, store_dir: str, outcomes: Iterable[tuple[str, str, str, str, bool]],
-           drv_texts: Iterable[tuple[str, bytes]]) -> None:
-    """Record one run: `outcomes` are (spec, name, drv path, status, ok), `drv_texts`
-    the (path, ATerm) of every derivation in their closure."""
+           closure: Callable[[set[str]], Iterable[tuple[str, bytes]]]) -> None:
+    """Record one run: `outcomes` are (spec, name, drv path, status, ok); `closure(drv
+    paths)` gives the (path, ATerm) of every derivation they depend on, themselves
+    included. An outcome equal to the newest one of its name (same drv, same ok) only
+    refreshes that one's time: a no-op build costs a query per name, not an archive."""
     now = time.time()
     with open_history(state_dir) as conn:
+        fresh, same = [], []
+        for row in outcomes:
+            newest = conn.execute(
+                "select id, drv_path, ok from outcomes where store = ? and spec = ? and name = ?"
+                " order by id desc limit 1", (store_dir, row[0], row[1])).fetchone()
+            if newest is not None and (newest[1], bool(newest[2])) == (row[2], row[4]):
+                same.append(newest[0])
+            else:
+                fresh.append(row)
+        texts = list(closure({row[2] for row in fresh})) if fresh else []
         conn.execute("begin immediate")
         try:
-            run = conn.execute("insert into runs (time) values (?)", (now,)).lastrowid
-            for path, text in drv_texts:
-                conn.execute("insert or ignore into run_drvs (run, drv_path) values (?, ?)",
-                             (run, path))
-                if conn.execute("select 1 from drvs where path = ?", (path,)).fetchone() is None:
-                    conn.execute("insert into drvs (path, text) values (?, ?)",
-                                 (path, zlib.compress(text)))
-            pruned = 0
-            for spec, name, drv_path, status, ok in outcomes:
-                conn.execute(
-                    "insert into outcomes (run, store, spec, name, drv_path, ok, status, time)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run, store_dir, spec, name, drv_path, int(ok), status, now))
-                pruned += _prune(conn, store_dir, spec, name)
-            if pruned:
-                _sweep(conn)
+            conn.executemany("update outcomes set time = ? where id = ?",
+                             [(now, id_) for id_ in same])
+            if fresh:
+                _insert(conn, store_dir, fresh, texts, now)
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
+
+
+def _insert(conn: sqlite3.Connection, store_dir: str,
+            outcomes: list[tuple[str, str, str, str, bool]], texts: list[tuple[str, bytes]],
+            now: float) -> None:
+    run = conn.execute("insert into runs (time) values (?)", (now,)).lastrowid
+    conn.executemany("insert or ignore into run_drvs (run, drv_path) values (?, ?)",
+                     [(run, path) for path, _ in texts])
+    for path, text in texts:
+        if conn.execute("select 1 from drvs where path = ?", (path,)).fetchone() is None:
+            conn.execute("insert into drvs (path, text) values (?, ?)",
+                         (path, zlib.compress(text)))
+    pruned = 0
+    for spec, name, drv_path, status, ok in outcomes:
+        conn.execute(
+            "insert into outcomes (run, store, spec, name, drv_path, ok, status, time)"
+            " values (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run, store_dir, spec, name, drv_path, int(ok), status, now))
+        pruned += _prune(conn, store_dir, spec, name)
+    if pruned:
+        _sweep(conn)
 
 
 def _prune(conn: sqlite3.Connection, store: str, spec: str, name: str) -> int:
