@@ -3,6 +3,7 @@ then changed; the answer must name the change, root cause first."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -310,3 +311,42 @@ def test_same_outcome_again_refreshes_the_newest_instead_of_adding(
     spec.write_text(SPEC.replace("MODE: fast", "MODE: slower"))
     _built(capsys, spec, "base")
     assert len(history.outcomes(state_dir, store_dir, os.path.realpath(spec), "base")) == 2
+
+
+def _chain(store: LocalStore, depth: int, bottom: str) -> str:
+    """A chain of `depth` derivations; only the bottom one's env says `bottom`."""
+    from runner.store.derivation import derivation_path
+
+    drvs: list[Derivation] = []
+    by_path: dict[str, Derivation] = {}
+    cache: dict[str, bytes] = {}
+    below = ""
+    for i in range(depth):
+        env = {"name": f"link{i}", "out": ""} | ({"WHAT": bottom} if i == 0 else {})
+        drv = fill_output_paths(Derivation(
+            {"out": DerivationOutput("")}, {below: ["out"]} if below else {}, [],
+            "x86_64-linux", "/bin/sh", ["-c", "true"], env), store.store_dir,
+            by_path.__getitem__, cache)
+        below = derivation_path(drv, store.store_dir)
+        by_path[below] = drv
+        drvs.append(drv)
+    assert store.write_derivations(drvs)[-1] == below
+    return below
+
+
+def test_diff_walks_a_chain_deeper_than_the_recursion_limit(
+        store_dir: str, state_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    depth = 300
+    with LocalStore(store_dir, state_dir) as store:
+        old, new = _chain(store, depth, "a"), _chain(store, depth, "b")
+    # The walk runs with less stack than the chain is deep: recursion would fail.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + depth // 2)
+    try:
+        code = run(["diff", "--json", old, new])
+    finally:
+        sys.setrecursionlimit(limit)
+    assert code == 0
+    [cause] = json.loads(capsys.readouterr().out)["rootCauses"]
+    assert cause["derivation"] == "link0" and len(cause["trail"]) == depth
+    assert cause["changes"] == [{"kind": "env", "name": "WHAT", "old": "a", "new": "b"}]

@@ -136,18 +136,23 @@ def diff(old_path: str, new_path: str, load: Loader, store_dir: str, *,
     report = Report(old_path, new_path, [])
     if old_path == new_path:
         return report
-    queue: deque[tuple[str, str, list[str]]] = deque([(old_path, new_path, [])])
+    # Each pair of the walk is a node: (name, parent node); a trail is built only for
+    # the causes reported, so a deep chain costs memory linear in its depth.
+    nodes: list[tuple[str, int]] = []
+    queue: deque[tuple[str, str, int]] = deque([(old_path, new_path, -1)])
     seen: set[tuple[str, str]] = {(old_path, new_path)}
     seen_sources: set[tuple[str, str]] = set()
     path_only: list[Cause] = []
     while queue:
-        a_path, b_path, trail = queue.popleft()
+        a_path, b_path, parent = queue.popleft()
         a, b = load(a_path), load(b_path)
-        trail = [*trail, b.env.get("name", _drv_name(b_path)) if b else _drv_name(b_path)]
-        cause = Cause(trail[-1], a_path, b_path, trail)
+        nodes.append((b.env.get("name", _drv_name(b_path)) if b else _drv_name(b_path), parent))
+        node = len(nodes) - 1
+        cause = Cause(nodes[node][0], a_path, b_path, [])
         if a is None or b is None:
             gone = a_path if a is None else b_path
             cause.changes.append(Change("missing", old=gone))
+            cause.trail = _trail(nodes, node)
             report.causes.append(cause)
             continue
         renames = _Renamer(store_dir)
@@ -155,17 +160,26 @@ def diff(old_path: str, new_path: str, load: Loader, store_dir: str, *,
         for pair in below:
             if pair not in seen:
                 seen.add(pair)
-                queue.append((*pair, trail))
+                queue.append((*pair, node))
         _compare_sources(a, b, renames, cause, seen_sources, patches)
         leftover = _compare_own(a, b, renames, cause)
         if cause.changes:
+            cause.trail = _trail(nodes, node)
             report.causes.append(cause)
         elif leftover:
-            path_only.append(Cause(cause.name, a_path, b_path, trail, leftover))
+            path_only.append(Cause(cause.name, a_path, b_path, _trail(nodes, node), leftover))
     if not report.causes:
         # Nothing but store paths differ (e.g. a hard-coded path): show those.
         report.causes = path_only
     return report
+
+
+def _trail(nodes: list[tuple[str, int]], node: int) -> list[str]:
+    trail = []
+    while node >= 0:
+        name, node = nodes[node]
+        trail.append(name)
+    return trail[::-1]
 
 
 def _compare_inputs(a: Derivation, b: Derivation, load: Loader, renames: _Renamer,
