@@ -350,3 +350,22 @@ def test_diff_walks_a_chain_deeper_than_the_recursion_limit(
     [cause] = json.loads(capsys.readouterr().out)["rootCauses"]
     assert cause["derivation"] == "link0" and len(cause["trail"]) == depth
     assert cause["changes"] == [{"kind": "env", "name": "WHAT", "old": "a", "new": "b"}]
+
+
+def test_diff_says_when_an_input_is_in_neither_store_nor_history(
+        store_dir: str, state_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with LocalStore(store_dir, state_dir) as store:
+        dep1, dep2 = _drv(store, "dep"), _drv(store, "dep", args=["-c", "other"])
+        old = _drv(store, "app", input_drvs={dep1: ["out"]})
+        new = _drv(store, "app", input_drvs={dep2: ["out"]})
+        text = Path(old).read_bytes()
+        # Only `old` itself is archived; then both leave the store.
+        history.record(state_dir, store_dir, [("/spec", "app", old, "built", True)],
+                       lambda _: [(old, text)])
+        store.delete_path(old)
+        store.delete_path(dep1)
+    assert run(["diff", old, new]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["root cause in 'dep' (via app → dep):",
+                   f"  '{dep1}' is no longer in the store nor in the history; "
+                   "cannot compare further"]
