@@ -369,3 +369,20 @@ def test_diff_says_when_an_input_is_in_neither_store_nor_history(
     assert out == ["root cause in 'dep' (via app → dep):",
                    f"  '{dep1}' is no longer in the store nor in the history; "
                    "cannot compare further"]
+
+
+def test_failure_not_cached_of_the_same_drv_gives_a_plain_retry(
+        spec: Path, state_dir: str, store_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _built(capsys, spec, "base")
+    real = os.path.realpath(spec)
+    success = history.last(state_dir, store_dir, real, "base", ok=True)
+    assert success is not None
+    # A run that timed out (not cached: the next run may well succeed).
+    history.record(state_dir, store_dir, [(real, "base", success.drv_path, "timed-out", False)],
+                   lambda _: [])
+    _, out, _ = _why(capsys, str(spec), "base")
+    assert out.splitlines()[-2].startswith("nothing changed since its last failure")
+    assert out.splitlines()[-1] == f"to retry: runner build {spec} base"
+    _built(capsys, spec, "base")  # it succeeds again: that failure is old news
+    _, out, _ = _why(capsys, str(spec), "base")
+    assert out.splitlines()[1:] == ["nothing changed since then"]

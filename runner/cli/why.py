@@ -92,8 +92,11 @@ def _why(args: argparse.Namespace, settings: Settings) -> int:
     retry = f"runner build {shlex.quote(args.spec)} {shlex.quote(args.name)}"
     if cached is not None:
         retry += " --rebuild-failed"
-    same_failure = cached is not None or (failure is not None
-                                          and failure.drv_path == current.drv_path)
+    # A failure that a later success of the same drv superseded (a flaky build) is news
+    # to nobody; a cached failure is authoritative.
+    same_failure = cached is not None or (
+        failure is not None and failure.drv_path == current.drv_path
+        and (success is None or failure.time > success.time))
     report = None
     if success is not None:
         with history.Archive(settings.state_dir) as archive:
