@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("on", "off", "relaxed")),
     Setting("sandbox-fallback", "bool", True,
             "Build unsandboxed (with a warning) where namespaces are unavailable."),
+    Setting("sandbox-fork-server", "bool", True,
+            "Start sandboxed builds from a small fork server process instead of forking "
+            "runner itself (docs/sandbox.md); off is for comparison and debugging.",
+            env="RUNNER_SANDBOX_FORK_SERVER"),
     Setting("sandbox-paths", "list", list(DEFAULT_SANDBOX_PATHS),
             "Host paths mounted read-only into every sandbox."),
     Setting("allowed-spec-sandbox-paths", "list", [],
@@ -245,6 +249,11 @@ class Settings:
     def state_dir(self) -> str:
         return str(self._values["state-dir"])
 
+    def to_json(self) -> dict[str, dict[str, Value]]:
+        """`runner config show --json`: each setting's typed value and its origin."""
+        return {s.name: {"value": self._values[s.name], "origin": self.origins[s.name]}
+                for s in SETTINGS}
+
     def show(self) -> str:
         width = max(len(s.name) for s in SETTINGS)
         lines = []
@@ -298,7 +307,12 @@ def settings_markdown() -> str:
         "4. with a dedicated flag, where a command has one (e.g. `-j` for `max-jobs`).",
         "",
         "Booleans are `true`/`false`; lists are space-separated. "
-        "`runner config show` prints the effective values and where each came from.",
+        "`runner config show` prints the effective values and where each came from; "
+        "`runner config show --json` prints them as `{NAME: {\"value\": …, \"origin\": …}}` "
+        "with typed values (booleans, numbers, lists of strings; JSON Schema "
+        "`schemas/config-show.schema.json`). A command's flag for a "
+        "setting (`runner build --help`) is generated from this table: same type, "
+        "choices and description.",
         "",
         "| setting | type | default | env | description |",
         "| --- | --- | --- | --- | --- |",

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
 from tests.build_helpers import counts
 from tests.git_helpers import git, make_repo, write
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def checks_spec(counter: Path) -> str:
@@ -53,6 +56,8 @@ def check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 def outcomes(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, str]]:
     code, out, _ = check(capsys, "--json", *argv)
+    schema = json.loads((ROOT / "schemas" / "check-output.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(out))
     return code, {o["name"]: f"{o['result']}/{o['how']}" for o in json.loads(out)}
 
 
@@ -133,3 +138,28 @@ def test_spec_found_at_the_repository_root(repo: Path, capsys: pytest.CaptureFix
     code, _, err = check(capsys)
     assert code == 1
     assert err.startswith("error: no spec given") and len(err.splitlines()) == 1
+
+
+def test_fail_fast_counts_skipped_checks_apart_from_failures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "ff.yaml"
+    spec.write_text("""version: 1
+derivations:
+  lint:
+    builder: /bin/sh
+    args: ["-c", "echo lint is unhappy; exit 1"]
+  tests:
+    builder: /bin/sh
+    args: ["-c", "cat ${{ lint }} > $out"]
+""")
+    code, out, _ = check(capsys, "--fail-fast", str(spec))
+    assert code == 100
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[-3:-1]}
+    assert rows["lint"][0] == "FAIL" and rows["tests"][-1] == "skipped"
+    assert out.splitlines()[-1] == "0 passed, 1 failed, 1 skipped"
+    code, out, _ = check(capsys, "--fail-fast", "--json", str(spec))
+    assert code == 100
+    schema = json.loads((ROOT / "schemas" / "check-output.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(out))
+    shown = {o["name"]: (o["passed"], o["failed"], o["skipped"]) for o in json.loads(out)}
+    assert shown == {"lint": (False, True, False), "tests": (False, False, True)}

@@ -61,6 +61,19 @@ def test_pipeline_keeps_junit_and_coverage(capsys: pytest.CaptureFixture[str]) -
 
 
 @needs_pytest
+def test_pipeline_is_reproducible(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--check` rebuilds the reports bit for bit: no clock in the JUnit XML, coverage.xml
+    or pytest's summary line (all pinned to SOURCE_DATE_EPOCH by the builder script)."""
+    spec = str(SPECS / "python-tests.yaml")
+    code, results = build(capsys, spec, "tests")
+    assert code == 0, results
+    code = run(["build", "--check", "--no-out-link", spec, "tests"])
+    assert code == 0, capsys.readouterr().err
+    junit = ET.parse(results["tests"]["outputs"]["junit"]).getroot().find("testsuite")
+    assert junit is not None and junit.get("timestamp") == "1970-01-01T00:00:01"
+
+
+@needs_pytest
 def test_failing_run_is_cached_and_a_test_change_reruns_only_the_tests(
         pipeline: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert build(capsys, str(pipeline))[0] == 0
@@ -101,3 +114,31 @@ def test_checks_example_on_a_small_repository(tmp_path: Path,
     git(repo, "add", "-A")
     assert run(["check", "specs/checks.yaml", "typecheck"]) != 0
     assert "Incompatible return value" in capsys.readouterr().out
+
+
+@needs_pytest
+def test_checks_example_tests_run_as_in_a_checkout(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """What this repository's own suite needs from specs/checks.yaml's `tests` check in
+    the sandbox: `python3 -m pkg` from any directory imports the checked copy, the copy is
+    a git repository, and temp dirs lie outside the build dir the tests inspect."""
+    repo = make_repo(tmp_path / "repo")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "__main__.py").write_text("print('the checked copy')\n")
+    (repo / "tests").mkdir()
+    (repo / "tests" / "test_env.py").write_text(
+        "import os, subprocess, sys, tempfile\n\n\n"
+        "def test_env(tmp_path):\n"
+        "    out = subprocess.run([sys.executable, '-m', 'pkg'], cwd=tmp_path,\n"
+        "                         capture_output=True, text=True)\n"
+        "    assert out.stdout == 'the checked copy\\n', out.stderr\n"
+        "    git = subprocess.run(['git', 'ls-files'], capture_output=True, text=True)\n"
+        "    assert 'pkg/__main__.py' in git.stdout.split(), git.stderr\n"
+        "    assert not str(tmp_path).startswith(os.getcwd()), tmp_path\n")
+    (repo / "specs").mkdir()
+    shutil.copy(SPECS / "checks.yaml", repo / "specs" / "checks.yaml")
+    git(repo, "add", "-A")
+    monkeypatch.chdir(repo)
+    assert run(["check", "specs/checks.yaml", "tests"]) == 0, capsys.readouterr()

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.errors import RunnerError
-from runner.settings import SETTINGS, Settings, config_file_path, settings_markdown
+from runner.settings import BY_NAME, SETTINGS, Settings, config_file_path, settings_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +119,38 @@ def test_dedicated_flags_parse_as_their_setting(command: str) -> None:
                            "'max-jobs': must not be negative, got -2\n")
     proc = runner(command, "-j", "auto", "--no-such-flag")
     assert "argument -j" not in proc.stderr  # 'auto' is a valid value for both
+
+
+def test_config_show_json_has_typed_values_and_origins(tmp_path: Path) -> None:
+    proc = runner("config", "show", "--json", "--option", "log-lines", "4",
+                  "--option", "sandbox-paths", "/a /b", "--option", "keep-going", "true")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    schema = json.loads((ROOT / "schemas" / "config-show.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(shown)
+    assert set(shown) == {s.name for s in SETTINGS}
+    assert shown["log-lines"] == {"value": 4, "origin": "--option"}
+    assert shown["sandbox-paths"]["value"] == ["/a", "/b"]
+    assert shown["keep-going"]["value"] is True
+    assert shown["cache-failures"] == {"value": True, "origin": "default"}
+
+
+def test_fork_server_switch_is_a_declared_setting(tmp_path: Path) -> None:
+    setting = BY_NAME["sandbox-fork-server"]
+    assert (setting.env, setting.kind) == ("RUNNER_SANDBOX_FORK_SERVER", "bool")
+    assert Settings.load(environ={"RUNNER_SANDBOX_FORK_SERVER": "0"},
+                         config_file=tmp_path / "none").get("sandbox-fork-server") is False
+    # From the config file or --option it reaches the sandbox executor too.
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_SANDBOX_FORK_SERVER"}
+
+    def fork_server_with(value: str) -> str:
+        probe = ("import sys; from runner.cli.main import run; "
+                 f"run(['config', 'show', '--option', 'sandbox-fork-server', '{value}']); "
+                 "from runner.sandbox import executor; "
+                 "print('fork-server', executor.use_fork_server(), file=sys.stderr)")
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={**env, "PYTHONPATH": str(ROOT)})
+        return proc.stderr.strip()
+
+    assert fork_server_with("true") == "fork-server True"  # the control
+    assert fork_server_with("false") == "fork-server False"

@@ -163,3 +163,21 @@ def test_graph_formats(fmt: str) -> None:
     else:
         assert out.startswith("graph LR")
         assert "n_greeting -->|doc| n_manual" in out
+
+
+def test_derivation_without_out_stands_for_its_first_output(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(ROOT / "tests/specs_good/first-output.yaml")
+    code, out, err = run_cli("show", spec)
+    assert (code, err) == (0, ""), err
+    shown = {Path(p).name.split("-", 1)[1]: d for p, d in json.loads(out).items()}
+    a_outputs = shown["a.drv"]["outputs"]
+    (deps,) = shown["b.drv"]["inputDrvs"].values()
+    assert sorted(deps) == ["first", "second"]
+    assert shown["b.drv"]["args"][1] == f"cat {a_outputs['second']['path']} " \
+                                        f"{a_outputs['first']['path']} > $out"
+    code, out, _ = run_cli("graph", spec, "--format", "json")
+    assert {"from": "a", "to": "b", "output": "second"} in json.loads(out)["edges"]
+    code, out, err = run_cli("build", "--sandbox=off", "--no-out-link", spec, "b")
+    assert code == 0, err
+    assert Path(out.strip()).read_text() == "2\n1\n"

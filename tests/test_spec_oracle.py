@@ -92,6 +92,19 @@ CASES = [
            in [lib (derivation { name = "app"; builder = "/bin/sh"; system = sys;
                  args = ["-c" "cp ${lib.dev}/x ${lib.doc} ${lib} ${lib.out} $out"]; })]""",
         "lib app"),
+    case("no-out-output-as-string", """
+        version: 1
+        derivations:
+          a: {builder: /bin/sh, outputs: [second, first], system: x86_64-linux}
+          b:
+            builder: /bin/sh
+            system: x86_64-linux
+            args: ["${{ a }}", "${{ a.first }}"]
+        """, """let a = derivation { name = "a"; builder = "/bin/sh"; system = sys;
+                                  outputs = ["second" "first"]; };
+           in [(derivation { name = "b"; builder = "/bin/sh"; system = sys;
+                 args = ["${a}" "${a.first}"]; })]""",
+        "b"),  # `a` itself nix-instantiate prints as `a.drv!second`; b's path covers it
     case("refs-in-builder-and-env", """
         version: 1
         derivations:

@@ -111,7 +111,8 @@ def test_recursive_alias() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: [1\n", "f.yaml:2:1: invalid YAML: did not find expected ',' or ']'"),
+        ("a: [1\n", "f.yaml:1:4: invalid YAML: the '[' list that starts here is not closed "
+                    "(did not find expected ',' or ']' at line 2, column 1)"),
         ("a: !!binary aGk=\n", "f.yaml:1:4: unsupported YAML tag 'tag:yaml.org,2002:binary'"),
         ("a: !custom x\n", "f.yaml:1:4: unsupported YAML tag '!custom'"),
         ("? [1]\n: 2\n", "f.yaml:1:3: a mapping key must be a plain string"),
@@ -190,3 +191,33 @@ def test_kebab_keys_map_to_nix_attribute_names() -> None:
     assert attrs["no-chroot"] == "__noChroot"
     assert "env" not in attrs
     assert len(set(attrs.values())) == len(attrs)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "nth", "where"),
+    [
+        ('a: "x ${{ b }} ${{ b }}"\n', "${{ b }}", 1, (1, 16)),
+        ("a: |\n  one\n  two ${{ b }}\n", "${{ b }}", 0, (3, 7)),
+        ("a: >\n  one\n\n  two ${{ b }}\n", "${{ b }}", 0, (4, 7)),
+        ("a:\r\n  - x\r\n  - 'y ${{ b }}'\r\n", "${{ b }}", 0, (3, 8)),
+        ("a: {k: [1, \"é ${{ b }}\"]}\n", "${{ b }}", 0, (1, 15)),
+        # Not written verbatim (an escape inside): the string's own position.
+        ('a: "x \\x24{{ b }}"\n', "${{ b }}", 0, (1, 4)),
+    ],
+)
+def test_locate_points_inside_strings(text: str, needle: str, nth: int,
+                                      where: tuple[int, int]) -> None:
+    root = parse_yaml(text, "f.yaml")
+    node = root.at("a")
+    assert node is not None
+    while isinstance(node.value, (list, dict)):
+        node = list(node.value.values())[-1] if isinstance(node.value, dict) else node.value[-1]
+    assert (node.locate(needle, nth).line, node.locate(needle, nth).col) == where
+
+
+def test_escape_error_inside_a_multi_line_string_points_at_the_escape() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_yaml('a: "one\n  two \\q"\n', "f.yaml")
+    # libyaml points at the backslash, the pure-Python parser at the letter after it.
+    assert info.value.problems[0].startswith(("f.yaml:2:7: invalid YAML",
+                                              "f.yaml:2:8: invalid YAML"))

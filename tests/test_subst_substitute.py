@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import RunnerError
-from runner.settings import BY_NAME, Settings
+from runner.settings import Settings
 from runner.store import nar
 from runner.store.path_info import PathInfo
 from runner.store.paths import hash_part, make_output_path
@@ -417,8 +417,6 @@ def test_spec_declared_program_does_not_run_unless_the_user_trusts_it(stores: Tw
     assert mark.read_text() == f"query {lib}\n"
 
 
-@pytest.mark.skipif("trusted-substituter-commands" not in BY_NAME,
-                    reason="setting not declared yet")
 def test_trusted_substituter_commands_setting(stores: TwoStores) -> None:
     _, lib, _ = _closure(stores)
     prog, mark = _marked_program(stores)

@@ -99,13 +99,13 @@ def plan(store: LocalStore, drv_paths: list[str], *, use_failure_cache: bool,
 def describe(p: Plan) -> str:
     lines: list[str] = []
     if p.build:
-        lines.append(f"these {len(p.build)} derivations will be built:")
+        lines.append(f"{_these(len(p.build), 'derivation')} will be built:")
         lines.extend(f"  {path}" for path in p.build)
     if p.fetch:
-        lines.append(f"these {len(p.fetch)} paths will be fetched:")
+        lines.append(f"{_these(len(p.fetch), 'path')} will be fetched:")
         lines.extend(f"  {path}" for path in p.fetch)
     if p.cached_failures:
-        lines.append(f"these {len(p.cached_failures)} derivations failed previously "
+        lines.append(f"{_these(len(p.cached_failures), 'derivation')} failed previously "
                      "(pass --rebuild-failed to retry):")
         for path, record in p.cached_failures.items():
             age = failure_cache.describe_age(time.time() - record.time)
@@ -113,3 +113,8 @@ def describe(p: Plan) -> str:
     if not lines:
         lines.append("nothing to build: every output is valid")
     return "\n".join(lines)
+
+
+def _these(count: int, noun: str) -> str:
+    """`this derivation` / `these 2 derivations`, as Nix words its dry-run lists."""
+    return f"this {noun}" if count == 1 else f"these {count} {noun}s"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
+from runner.errors import RunnerError
 from runner.store.roots import add_perm_root
 
 
@@ -20,5 +22,32 @@ def link_names(base: str, outputs: Sequence[Mapping[str, str]]) -> list[tuple[st
 
 def create_out_links(store_dir: str, state_dir: str, base: str,
                      outputs: Sequence[Mapping[str, str]]) -> list[str]:
-    return [add_perm_root(store_dir, state_dir, target, link)
-            for link, target in link_names(base, outputs)]
+    """Make every link, or none: a file or directory in the way of any link is refused
+    before one is made. Any existing symlink is replaced, as nix-build does, also one
+    into another store (`/nix/store/…` left by Nix) or a dangling one."""
+    pairs = link_names(base, outputs)
+    for link, _ in pairs:
+        if os.path.lexists(link) and not os.path.islink(link):
+            what = "directory" if os.path.isdir(link) else "file"
+            raise RunnerError(f"cannot create out-link '{link}': a {what} of that name exists "
+                              "and is not a symlink (remove it, or pick another name with -o)",
+                              reason="bad-root")
+    made = []
+    for link, target in pairs:
+        if os.path.islink(link):
+            _point(link, target)  # so that the store's check sees a link into the store
+        made.append(add_perm_root(store_dir, state_dir, target, link))
+    return made
+
+
+def _point(link: str, target: str) -> None:
+    """Point the existing symlink `link` at `target` in one step (never absent)."""
+    tmp = f"{link}.tmp-out-link-{os.getpid()}"
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    except OSError as e:
+        raise RunnerError(f"cannot replace out-link '{link}': {e.strerror}",
+                          reason="bad-root") from None

@@ -1,18 +1,23 @@
 """What the user sees on stderr while building; stdout stays for paths and JSON.
 
-On a terminal: one live status line, redrawn in place, with any messages
-and -L log lines printed above it. Elsewhere: one plain line per event.
+On a terminal: one live status line (drawn by `rich`), redrawn in place after
+every change of the counts, with any messages and -L log lines printed above
+it. Elsewhere: one plain line per event. Either way a build ends with a
+one-line summary of what happened and how long it took.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
+import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from runner.build.result import BuildResult, Status
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 
 class Progress:
@@ -25,6 +30,9 @@ class Progress:
         self.known: set[str] = set()
         self.running: dict[str, str] = {}  # drv path -> name
         self.counts = {"built": 0, "substituted": 0, "failed": 0}
+        self.cached = 0  # already valid: nothing to do
+        self.skipped = 0  # a dependency failed
+        self.started_at = time.monotonic()
 
     # -- events from the worker
 
@@ -41,7 +49,12 @@ class Progress:
             self.counts["built"] += 1
         elif result.status is Status.SUBSTITUTED:
             self.counts["substituted"] += 1
-        elif not result.status.ok:
+        elif result.status is Status.ALREADY_VALID:
+            self.cached += 1
+        elif result.status is Status.DEPENDENCY_FAILED:
+            self.skipped += 1
+            self.report_failure(result)
+        else:
             self.counts["failed"] += 1
             self.report_failure(result)
         self.redraw()
@@ -84,8 +97,17 @@ class Progress:
     def close(self) -> None:
         pass
 
+    def summary(self) -> str:
+        """The run's last line, as Bazel and Nix end theirs."""
+        c = self.counts
+        text = (f"{c['built']} built, {c['substituted']} substituted, {self.cached} cached, "
+                f"{c['failed']} failed")
+        if self.skipped:
+            text += f", {self.skipped} not built (a dependency failed)"
+        return f"{text} in {time.monotonic() - self.started_at:.2f}s"
+
     def status_line(self) -> str:
-        done = sum(self.counts.values())
+        done = sum(self.counts.values()) + self.cached + self.skipped
         remaining = max(len(self.known) - done - len(self.running), 0)
         parts = [f"{self.counts['built']} built", f"{len(self.running)} running"]
         if self.counts["substituted"]:
@@ -100,45 +122,49 @@ class Progress:
 
 
 class LiveProgress(Progress):
-    """One status line at the bottom of the terminal, throttled to ~20 redraws a second."""
+    """One status line at the bottom of the terminal. It is redrawn after every change
+    of the counts (starts and ends are few), so it is always exact; messages and log
+    lines print above it. `rich` draws it; no refresh thread (auto_refresh off): the
+    sandbox forks builders and a process with extra threads is best avoided."""
 
     def __init__(self, stream: TextIO, *, log_lines: int, print_build_logs: bool) -> None:
         super().__init__(stream, log_lines=log_lines, print_build_logs=print_build_logs)
-        self._shown = False
-        self._last_draw = 0.0
+        self._live: Live | None = None
+        self._lock = threading.Lock()  # warnings also come from background threads
 
     def event(self, text: str) -> None:
         self.redraw()  # events are the status line's business on a terminal
 
     def message(self, text: str) -> None:
-        self._clear()
-        self.stream.write(text + "\n")
-        self._draw()
+        live = self._start()
+        live.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
     def redraw(self) -> None:
-        now = time.monotonic()
-        if now - self._last_draw >= 0.05 or not self.running:
-            self._clear()
-            self._draw()
+        from rich.text import Text
+
+        self._start().update(Text(self.status_line(), no_wrap=True, overflow="ellipsis"),
+                             refresh=True)
 
     def close(self) -> None:
-        self._clear()
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()  # transient: the status line goes, the messages stay
+                self._live = None
         self.stream.flush()
 
-    def _clear(self) -> None:
-        if self._shown:
-            self.stream.write("\r\x1b[K")
-            self._shown = False
+    def _start(self) -> Live:
+        with self._lock:
+            if self._live is None:
+                from rich.console import Console
+                from rich.live import Live
+                from rich.text import Text
 
-    def _draw(self) -> None:
-        width = shutil.get_terminal_size((80, 24)).columns
-        line = self.status_line()
-        if len(line) > width - 1:
-            line = line[: max(width - 4, 1)] + "..."
-        self.stream.write(line)
-        self.stream.flush()
-        self._shown = True
-        self._last_draw = time.monotonic()
+                console = Console(file=self.stream, force_terminal=True, highlight=False)
+                self._live = Live(Text(self.status_line(), no_wrap=True, overflow="ellipsis"),
+                                  console=console, auto_refresh=False, transient=True,
+                                  redirect_stdout=False, redirect_stderr=False)
+                self._live.start()
+            return self._live
 
 
 def make_progress(*, log_lines: int, print_build_logs: bool,

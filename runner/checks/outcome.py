@@ -17,6 +17,11 @@ class Outcome:
     result: BuildResult | None
 
     @property
+    def skipped(self) -> bool:
+        """Did not run: a dependency failed, or the run stopped first (--fail-fast)."""
+        return self.how == "skipped"
+
+    @property
     def label(self) -> str:
         if self.result is None:
             return "skipped"
@@ -26,6 +31,7 @@ class Outcome:
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "drvPath": self.drv_path, "passed": self.passed,
+                "skipped": self.skipped, "failed": not self.passed and not self.skipped,
                 "result": self.label, "how": self.how, "seconds": round(self.seconds, 3),
                 "status": self.result.status.value if self.result else None}
 

@@ -14,10 +14,17 @@ def table(outcomes: Sequence[Outcome]) -> str:
     for o in outcomes:
         time = f"{o.seconds:.2f}s" if o.result is not None else "-"
         lines.append(f"{o.name:<{width}}  {o.label:<10}  {time:>8}  {o.how}")
-    passed = sum(o.passed for o in outcomes)
-    failed = len(outcomes) - passed
-    lines.append(f"{passed} passed, {failed} failed")
+    lines.append(summary(outcomes))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def summary(outcomes: Sequence[Outcome]) -> str:
+    """`2 passed, 1 failed`, plus `, 1 skipped` for checks that did not run (a dependency
+    failed, or --fail-fast stopped the run): those are not failures of their own."""
+    passed = sum(o.passed for o in outcomes)
+    skipped = sum(o.skipped for o in outcomes)
+    text = f"{passed} passed, {len(outcomes) - passed - skipped} failed"
+    return text + (f", {skipped} skipped" if skipped else "")
 
 
 def failure_details(outcomes: Sequence[Outcome], log_lines: int) -> str:

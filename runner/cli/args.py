@@ -38,3 +38,31 @@ def setting_arg(name: str) -> Callable[[str], Any]:
 
     parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+FLAG_PREFIX = "setting:"  # as runner.cli.main: flags store typed values under this dest
+
+_METAVARS = {"int": "N", "str": "VALUE", "path": "PATH", "list": "VALUES"}
+
+
+def setting_flag(parser: argparse._ActionsContainer, *flags: str, name: str,
+                 const: bool = True, metavar: str | None = None,
+                 help: str | None = None) -> argparse.Action:
+    """A dedicated flag for the setting `name`, generated from the settings table:
+    its type, choices and help come from the setting's declaration, so a flag never
+    restates (and never drifts from) the table. A bool setting's flag sets `const`;
+    `help` words a flag that sets the opposite of what the setting's doc says."""
+    setting = lookup(name)
+    text = help or setting.doc.rstrip(".")
+    if text[1:2].islower():
+        text = text[0].lower() + text[1:]  # flag help starts lower-case, as argparse's own
+    text = text.replace("%", "%%") + f" (setting {name}{'' if const else ' = false'})"
+    dest = FLAG_PREFIX + name
+    if setting.kind == "bool":
+        return parser.add_argument(*flags, dest=dest, action="store_const", const=const,
+                                   help=text)
+    if setting.kind == "enum":
+        return parser.add_argument(*flags, dest=dest, choices=setting.choices, help=text)
+    return parser.add_argument(*flags, dest=dest, type=setting_arg(name),
+                               metavar=metavar or _METAVARS.get(setting.kind, "VALUE"),
+                               help=text)

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from runner.cli.args import setting_arg
+from runner.cli.args import setting_flag
 from runner.errors import RunnerError
 from runner.settings import Settings
 
@@ -22,15 +22,15 @@ if TYPE_CHECKING:
 # The build machinery is imported by the handlers that use it: `runner --help`,
 # `runner log` and a no-op `runner build` do not pay for it.
 
-S = "setting:"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build", help="build derivations of a spec",
                        description="Instantiate SPEC and realise the named derivations "
                                    "(all when none are named).")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="derivations to build (default: all of the spec's)")
     p.add_argument("-o", "--out-link", default="result", metavar="PATH",
                    help="base name of the result symlinks (default: result)")
     p.add_argument("--no-out-link", action="store_true", help="create no result symlinks")
@@ -39,31 +39,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print per-derivation results as JSON")
     p.add_argument("--rebuild-failed", action="store_true",
                    help="ignore and clear cached failures of the requested builds")
-    p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
-    p.add_argument("--remote", dest=S + "remote-builders", metavar="URL",
-                   help="build on this REAPI endpoint (grpc://host:port, grpcs://…, "
-                        "unix:/path); see docs/remote.md")
-    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=setting_arg("max-jobs"),
-                   metavar="N")
-    p.add_argument("--cores", dest=S + "cores", type=setting_arg("cores"), metavar="N")
-    p.add_argument("-k", "--keep-going", dest=S + "keep-going", action="store_const", const=True)
-    p.add_argument("-K", "--keep-failed", dest=S + "keep-failed", action="store_const",
-                   const=True)
-    p.add_argument("--timeout", dest=S + "timeout", type=setting_arg("timeout"),
-                   metavar="SECONDS")
-    p.add_argument("--max-silent-time", dest=S + "max-silent-time",
-                   type=setting_arg("max-silent-time"),
-                   metavar="SECONDS")
-    p.add_argument("--max-log-size", dest=S + "max-log-size", type=setting_arg("max-log-size"),
-                   metavar="BYTES")
-    p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
-                   action="store_const", const=True)
-    p.add_argument("--no-substitute", dest=S + "substitute", action="store_const", const=False,
-                   help="build everything locally; ask no substituter")
-    p.add_argument("--fallback", dest=S + "fallback", action="store_const", const=True,
-                   help="build locally when a substituter that has a path fails to deliver it")
-    p.add_argument("--substituter-errors", dest=S + "substituter-errors",
-                   choices=("warn", "fail"))
+    setting_flag(p, "--sandbox", name="sandbox")
+    setting_flag(p, "--remote", name="remote-builders", metavar="URL",
+                 help="build on this REAPI endpoint (grpc://host:port, grpcs://…, "
+                      "unix:/path); see docs/remote.md")
+    setting_flag(p, "-j", "--max-jobs", name="max-jobs")
+    setting_flag(p, "--cores", name="cores")
+    setting_flag(p, "-k", "--keep-going", name="keep-going")
+    setting_flag(p, "-K", "--keep-failed", name="keep-failed")
+    setting_flag(p, "--timeout", name="timeout", metavar="SECONDS")
+    setting_flag(p, "--max-silent-time", name="max-silent-time", metavar="SECONDS")
+    setting_flag(p, "--max-log-size", name="max-log-size", metavar="BYTES")
+    setting_flag(p, "-L", "--print-build-logs", name="print-build-logs")
+    setting_flag(p, "--no-substitute", name="substitute", const=False,
+                 help="build everything locally; ask no substituter")
+    setting_flag(p, "--fallback", name="fallback")
+    setting_flag(p, "--substituter-errors", name="substituter-errors")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="build valid outputs again and fail (104) if they differ")
@@ -74,8 +65,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     log = sub.add_parser("log", help="print the build log of a derivation",
                          description="TARGET is a .drv path, an output path, or a spec "
                                      "followed by a derivation name.")
-    log.add_argument("target", metavar="DRV|OUTPUT|SPEC")
-    log.add_argument("name", nargs="?", metavar="NAME")
+    log.add_argument("target", metavar="DRV|OUTPUT|SPEC",
+                     help="a .drv path, an output path (or a link to one), or a spec")
+    log.add_argument("name", nargs="?", metavar="NAME",
+                     help="the derivation of the spec whose log to print")
     log.set_defaults(func=_log)
 
 
@@ -84,10 +77,11 @@ def register_failed(actions: argparse._SubParsersAction[argparse.ArgumentParser]
     failed = actions.add_parser("failed", help="list or clear cached build failures")
     failed_sub = failed.add_subparsers(dest="failed_command", metavar="ACTION", required=True)
     listing = failed_sub.add_parser("list", help="list cached failures")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the failures as JSON")
     listing.set_defaults(func=_failed_list)
     clear = failed_sub.add_parser("clear", help="forget cached failures (all, or of PATHs)")
-    clear.add_argument("paths", nargs="*", metavar="PATH")
+    clear.add_argument("paths", nargs="*", metavar="PATH",
+                       help="output paths whose failures to forget (default: all)")
     clear.set_defaults(func=_failed_clear)
 
 
@@ -96,8 +90,9 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     # `runner log`, `runner store failed` and every other command do not need.
     from runner.store.local_store import open_store
 
+    started = time.monotonic()
     simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed)
-    if simple and _all_valid_from_cache(args, settings):
+    if simple and _all_valid_from_cache(args, settings, started):
         return 0
     from runner.build.derivation_goal import BuildMode
     from runner.build.out_links import create_out_links
@@ -106,20 +101,23 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.worker import Worker
     from runner.spec import eval_cache
     from runner.spec.load import load_spec
+    from runner.spec.targets import parse_targets
     from runner.spec.translate import instantiate
     from runner.why.record import record_build
 
     spec = load_spec(args.spec)
+    wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
     digests = eval_cache.digests_of([str(f) for f in spec.files])
     declared = spec_substituters(spec)
     with open_store(settings) as store:
-        targets = instantiate(spec, store, args.names or None)
+        targets = instantiate(spec, store, list(wanted) or None)
         drv_paths = [inst.drv_path for inst in targets.values()]
+        picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
+                  for k, i in targets.items()]  # the outputs printed and linked
         if not spec.inputs:
             eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names,
                               digests, eval_cache.Entry(
-                                  {}, drv_paths, [(i.drv_path, i.outputs)
-                                                  for i in targets.values()]))
+                                  {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=int(settings.get("log-lines")),
@@ -131,23 +129,24 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                         mode=mode)
         results = worker.run(drv_paths)
         record_build(settings, args.spec, targets, worker.results)
+        print(progress.summary(), file=sys.stderr)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
         if args.json:
             print(json.dumps([r.to_json() for r in everything], indent=2))
         elif ok:
-            for result in results:
-                for _, path in sorted(result.outputs.items()):
+            for outputs in picked:
+                for _, path in sorted(outputs.items()):
                     print(path)
         if ok and not args.no_out_link:
-            create_out_links(settings.store_dir, settings.state_dir, args.out_link,
-                             [r.outputs for r in results])
+            create_out_links(settings.store_dir, settings.state_dir, args.out_link, picked)
         if not ok:
             raise _failure(results, everything)
     return 0
 
 
-def _all_valid_from_cache(args: argparse.Namespace, settings: Settings) -> bool:
+def _all_valid_from_cache(args: argparse.Namespace, settings: Settings,
+                          started: float) -> bool:
     """The no-op fast path: an unchanged spec (eval cache) whose outputs are all valid
     needs no parsing, no goals and no locks; print and link as a build would."""
     from runner.spec import eval_cache
@@ -165,6 +164,8 @@ def _all_valid_from_cache(args: argparse.Namespace, settings: Settings) -> bool:
     for _, outputs in entry.targets:
         for _, path in sorted(outputs.items()):
             print(path)
+    print(f"0 built, 0 substituted, {len(entry.targets)} cached, 0 failed "
+          f"in {time.monotonic() - started:.2f}s", file=sys.stderr)
     if not args.no_out_link:
         from runner.build.out_links import create_out_links
 
@@ -219,41 +220,16 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
 
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.build.logs import read_log
+    from runner.build.log_target import find_log
     from runner.store.local_store import open_store
 
     with open_store(settings) as store:
-        drv_path = _log_target(store, args.target, args.name)
-    data = read_log(settings.state_dir, drv_path)
-    if data is None:
-        raise RunnerError(f"no build log available for '{drv_path}'", reason="no-log")
+        data = find_log(store, settings.state_dir, args.target, args.name)
+    if not data:  # said on stderr: stdout stays the log's exact (empty) contents
+        print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
-
-
-def _log_target(store: LocalStore, target: str, name: str | None) -> str:
-    from runner.spec.load import load_spec
-    from runner.spec.translate import source_paths, translate
-
-    in_store = os.path.abspath(target).startswith(store.store_dir + "/")
-    if name is not None or not in_store:
-        if name is None:
-            raise RunnerError(f"'{target}' is not a store path; to see a log of a spec's "
-                              "derivation, name it: runner log SPEC NAME", reason="usage")
-        spec = load_spec(target)
-        sources = source_paths(spec, store.store_dir, [name])
-        return translate(spec, store.store_dir, sources, [name])[name].drv_path
-    path = os.path.abspath(target)
-    if path.endswith(".drv"):
-        return path
-    deriver = store.query_deriver(path)
-    derivers = store.query_valid_derivers(path)
-    if deriver is None and derivers:
-        deriver = sorted(derivers)[0]
-    if deriver is None:
-        raise RunnerError(f"'{path}' is not a known output of any derivation", reason="no-log")
-    return deriver
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:

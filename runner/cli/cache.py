@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "?compression=)")
     p.add_argument("--no-check-sigs", action="store_true",
                    help="with --from: accept paths without a trusted signature")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="store paths to copy")
     p.set_defaults(func=_copy)
 
     cache = sub.add_parser("cache", help="binary cache tools")

@@ -13,13 +13,13 @@ from runner.build.result import BuildResult, Status, exit_code
 from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
-from runner.cli.args import setting_arg
+from runner.cli.args import FLAG_PREFIX, setting_flag
 from runner.cli.build import spec_substituters
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import open_store
 
-S = "setting:"
+S = FLAG_PREFIX
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,19 +29,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     ".runner.yaml at the repository root; all of them unless NAMEs are "
                     "given. A check passes when its derivation builds. Exits non-zero "
                     "when one fails.")
-    p.add_argument("args", nargs="*", metavar="[SPEC] NAME")
+    p.add_argument("args", nargs="*", metavar="[SPEC] NAME",
+                   help="the spec (default: runner.yaml or .runner.yaml at the repository "
+                        "root), then the checks to run (default: all)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing when every check passes (for hooks)")
     p.add_argument("--json", action="store_true", help="print the outcomes as JSON")
-    p.add_argument("--fail-fast", dest=S + "keep-going", action="store_const", const=False,
-                   help="stop at the first failing check (default: run them all)")
+    setting_flag(p, "--fail-fast", name="keep-going", const=False,
+                 help="stop at the first failing check (default: run them all)")
     p.add_argument("--rebuild-failed", action="store_true",
                    help="run checks again that failed before on the same inputs")
-    p.add_argument("--sandbox", dest=S + "sandbox", choices=("on", "off", "relaxed"))
-    p.add_argument("-j", "--max-jobs", dest=S + "max-jobs", type=setting_arg("max-jobs"),
-                   metavar="N")
-    p.add_argument("-L", "--print-build-logs", dest=S + "print-build-logs",
-                   action="store_const", const=True)
+    setting_flag(p, "--sandbox", name="sandbox")
+    setting_flag(p, "-j", "--max-jobs", name="max-jobs")
+    setting_flag(p, "-L", "--print-build-logs", name="print-build-logs")
     p.set_defaults(func=_check, **{S + "keep-going": True})
 
     h = sub.add_parser("hook", help="install or remove a git pre-commit hook running "
@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inst.add_argument("spec", nargs="?", metavar="SPEC",
                       help="spec the hook checks (default: found at each run)")
     inst.add_argument("-f", "--force", action="store_true",
-                      help="replace a hook runner did not write (kept as pre-commit.legacy)")
+                      help="replace a hook runner did not write (it is kept as "
+                           "pre-commit.before-runner and run before the checks)")
     inst.set_defaults(func=_hook_install)
     rm = actions.add_parser("uninstall", help="remove the hook runner installed")
     rm.set_defaults(func=_hook_uninstall)
@@ -130,15 +131,21 @@ def _hook_install(args: argparse.Namespace, settings: Settings) -> int:
         full = (cwd / spec).resolve()
         spec = os.path.relpath(full, root.resolve()) if full.is_relative_to(root.resolve()) \
             else str(full)
-    path = hook.install(cwd, spec, force=args.force)
-    print(f"installed the pre-commit hook at '{path}'", file=sys.stderr)
+    installed = hook.install(cwd, spec, force=args.force)
+    print(f"installed the pre-commit hook at '{installed.hook}'", file=sys.stderr)
+    if installed.saved is not None:
+        print(f"{installed.saved_kind} is kept as '{installed.saved}' and runs first at every "
+              "commit; its failure fails the commit", file=sys.stderr)
     return 0
 
 
 def _hook_uninstall(args: argparse.Namespace, settings: Settings) -> int:
-    path = hook.uninstall(Path.cwd())
-    if path is None:
+    removed = hook.uninstall(Path.cwd())
+    if removed is None:
         print("no pre-commit hook installed by runner", file=sys.stderr)
+    elif removed.restored is None:
+        print(f"removed the pre-commit hook '{removed.hook}'", file=sys.stderr)
     else:
-        print(f"removed the pre-commit hook '{path}'", file=sys.stderr)
+        print(f"removed runner's pre-commit hook and restored '{removed.hook}' from "
+              f"'{removed.restored}' ({hook.kind_of(removed.hook)})", file=sys.stderr)
     return 0

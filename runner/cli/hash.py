@@ -19,11 +19,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("file", "hash the contents of each file (nix-hash --flat)"),
     ):
         p = actions.add_parser(mode, help=help_text)
-        p.add_argument("paths", nargs="+", metavar="PATH")
+        p.add_argument("paths", nargs="+", metavar="PATH", help="files to hash")
         p.add_argument("--type", default="sha256", choices=ALGOS, help="hash algorithm")
         enc = p.add_mutually_exclusive_group()
         for flag in ("base16", "base32", "base64", "sri"):
-            enc.add_argument(f"--{flag}", dest="encoding", action="store_const", const=flag)
+            enc.add_argument(f"--{flag}", dest="encoding", action="store_const", const=flag,
+                             help=f"print the hash in {flag}")
         p.set_defaults(func=_run, mode=mode, encoding="base16")
 
 

@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_gc)
 
     p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("dependency", metavar="DEPENDENCY")
+    p.add_argument("path", metavar="PATH", help="the store path that depends")
+    p.add_argument("dependency", metavar="DEPENDENCY", help="the store path depended on")
     p.set_defaults(func=_why_depends)
 
 
@@ -39,12 +39,12 @@ def register_store(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     """The maintenance actions of `runner store`."""
     sub = actions
     p = sub.add_parser("delete", help="delete specific store paths (refused if still in use)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="store paths to delete")
     p.set_defaults(func=_delete)
 
     p = sub.add_parser("add-root", help="create a symlink LINK -> PATH that is a GC root")
-    p.add_argument("link", metavar="LINK")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("link", metavar="LINK", help="the symlink to create")
+    p.add_argument("path", metavar="PATH", help="the store path it roots")
     p.set_defaults(func=_add_root)
 
     p = sub.add_parser("optimise", help="hard-link identical files in the store")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from runner.cli.main import build_parser
 
@@ -22,15 +21,65 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
 def _section(parser: argparse.ArgumentParser, path: str, helptext: str, out: list[str]) -> None:
     children = _subcommands(parser)
     if not children:
-        out += [f"## `{path}`", "", helptext.rstrip(".") + ".", "", "```",
-                parser.format_help().rstrip(), "```", ""]
+        out += [f"## `{path}`", "", helptext.rstrip(".") + ".", "",
+                f"Usage: `{path} {_usage(parser)}`".rstrip(), "", "| argument | meaning |",
+                "| --- | --- |"]
+        out += [f"| {_names(action)} | {_help(action)} |" for action in _documented(parser)]
+        out.append("")
         return
     for name, child_help, child in children:
         _section(child, f"{path} {name}", child_help, out)
 
 
+# Our own rendering, not argparse's format_help: its layout changes between Python
+# releases (3.13 prints `-j, --max-jobs N`), and the page must be the same on all of them.
+def _documented(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions
+            if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+
+
+def _metavar(action: argparse.Action) -> str:
+    if action.metavar is not None:
+        return action.metavar if isinstance(action.metavar, str) else " ".join(action.metavar)
+    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+        return "{" + ",".join(str(c) for c in action.choices) + "}"
+    return action.dest.upper() if action.option_strings else action.dest
+
+
+def _takes_value(action: argparse.Action) -> bool:
+    return action.nargs != 0
+
+
+def _positional(action: argparse.Action) -> str:
+    name = _metavar(action)
+    if action.nargs in ("*", argparse.REMAINDER):
+        return f"[{name} ...]"
+    if action.nargs == "+":
+        return f"{name} [{name} ...]"
+    return f"[{name}]" if action.nargs == "?" else name
+
+
+def _usage(parser: argparse.ArgumentParser) -> str:
+    actions = _documented(parser)
+    options = "[options] " if any(a.option_strings for a in actions) else ""
+    return options + " ".join(_positional(a) for a in actions if not a.option_strings)
+
+
+def _names(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return f"`{_positional(action)}`"
+    value = f" {_metavar(action)}" if _takes_value(action) else ""
+    return ", ".join(f"`{flag}{value}`" for flag in action.option_strings)
+
+
+def _help(action: argparse.Action) -> str:
+    text = action.help or ""
+    if "%(" in text:
+        text = text % {**vars(action), "prog": ""}
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def cli_markdown() -> str:
-    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal: make it fixed
     parser = build_parser()
     out = [
         "# Command-line reference",
@@ -40,7 +89,40 @@ def cli_markdown() -> str:
         "Every command also takes `--store-dir DIR`, `--state-dir DIR` and "
         "`--option NAME VALUE` (any setting of [settings.md](settings.md)). "
         "Errors print one `error: …` line and exit non-zero; build failures exit "
-        "100 to 104 as described in [building.md](building.md).",
+        "100 to 104 as described in [building.md](building.md). An internal error (a bug "
+        "of runner's) also prints one line; `--show-trace` (or `RUNNER_DEBUG=1`) adds "
+        "its traceback.",
+        "",
+        "Flags may come anywhere among a command's positional arguments, as nix-build "
+        "takes them: `runner build spec.yaml -k a b` is `runner build -k spec.yaml a b`. "
+        "A flag that sets a setting (`-j`, `-k`, `--sandbox`, …) takes its type, choices "
+        "and help from the settings table, and names the setting in its help.",
+        "",
+        "`runner build` ends with one summary line on stderr: "
+        "`2 built, 0 substituted, 1 cached, 0 failed in 1.52s` (`cached`: outputs that "
+        "were already valid; `N not built (a dependency failed)` is added when some were "
+        "skipped). On a terminal it shows one status line while building, drawn with "
+        "[rich](https://github.com/Textualize/rich) and redrawn after every start and end "
+        "of a build, so its counts are exact; messages and `-L` log lines print above it. "
+        "Off a terminal (or with `TERM=dumb`) each event is one plain line.",
+        "",
+        "## Shell completion",
+        "",
+        "`runner completion bash|zsh|fish` prints a completion script generated from these "
+        "parsers by [shtab](https://github.com/iterative/shtab): commands, flags, flag "
+        "choices, setting names after `--option`, and the derivation names of the spec on "
+        "the line (the first `.yaml`/`.yml` word; `runner check` without one uses the "
+        "repository's default spec). For the names the script runs the hidden "
+        "`runner __complete-names [SPEC]`, so `runner` must be on `PATH`. Install:",
+        "",
+        "```sh",
+        "echo 'source <(runner completion bash)' >> ~/.bashrc",
+        "runner completion zsh > \"${fpath[1]}/_runner\"   # or in ~/.zshrc, after compinit:",
+        "#   eval \"$(runner completion zsh)\"",
+        "runner completion fish > ~/.config/fish/completions/runner.fish",
+        "```",
+        "",
+        "## Commands",
         "",
         "| command | what it does |",
         "| --- | --- |",

@@ -19,22 +19,24 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("validate", help="check spec files; writes nothing")
-    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files to check")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("instantiate", help="write a spec's .drv files and inputs to the store")
-    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
     p.add_argument("names", nargs="*", metavar="NAME", help="derivations (default: all)")
     p.add_argument("--json", action="store_true", help="print drvPath and outputs per key")
     p.set_defaults(func=_instantiate)
 
     p = sub.add_parser("show", help="print derivations as `nix show-derivation` does")
-    p.add_argument("targets", nargs="+", metavar="SPEC [NAME…] | DRVPATH…")
+    p.add_argument("targets", nargs="+", metavar="SPEC [NAME…] | DRVPATH…",
+                   help="a spec and derivation names, or .drv paths")
     p.set_defaults(func=_show)
 
     p = sub.add_parser("graph", help="print a spec's dependency graph")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--format", choices=("dot", "mermaid", "json"), default="dot")
+    p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
+    p.add_argument("--format", choices=("dot", "mermaid", "json"), default="dot",
+                   help="output format (default: dot)")
     p.set_defaults(func=_graph)
 
 

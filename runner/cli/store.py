@@ -22,15 +22,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = group.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 
     p = actions.add_parser("add", help="copy files or trees into the store (nix-store --add)")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or store paths")
     p.set_defaults(func=_add)
 
     p = actions.add_parser("dump", help="write a path's NAR serialisation to stdout")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="a store path (or a link to one)")
     p.set_defaults(func=_dump)
 
     p = actions.add_parser("path-info", help="show NAR hash, size, references and deriver")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or store paths")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("-S", "--closure-size", action="store_true",
                    help="also show the total NAR size of each path's closure")

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "system, outputs; changed inputs one level down until "
                                    "the changes that are their own; changed sources file "
                                    "by file.")
-    p.add_argument("old", metavar="DRV1")
-    p.add_argument("new", metavar="DRV2")
+    p.add_argument("old", metavar="DRV1", help="the old derivation (a .drv store path)")
+    p.add_argument("new", metavar="DRV2", help="the new derivation (a .drv store path)")
     p.add_argument("-p", "--patch", action="store_true",
                    help="show a unified diff of changed text files")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("why", help="show what changed in a derivation since it last built",
                        description="Instantiate NAME of SPEC as it is now and compare it "
                                    "with its last recorded success (and its cached failure).")
-    p.add_argument("spec", metavar="SPEC")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("spec", metavar="SPEC", help="the spec file")
+    p.add_argument("name", metavar="NAME", help="a derivation of the spec")
     p.add_argument("-p", "--patch", action="store_true",
                    help="show a unified diff of changed text files")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")

@@ -10,7 +10,7 @@ import graphlib
 from collections.abc import Callable, Iterable, Iterator
 
 from runner.spec.hints import did_you_mean
-from runner.spec.interpolate import Ref, TemplateError, parse_template
+from runner.spec.interpolate import Ref, TemplateError, parse_template, ref_spans
 from runner.spec.model import LITERAL_ATTRS, DerivationEntry, InputEntry
 from runner.spec.yaml_loader import Node, Pos
 
@@ -34,15 +34,20 @@ def check_references(
         for node in template_nodes(entry):
             if not isinstance(node.value, str):
                 continue
+            text = node.value
             try:
-                refs = [p for p in parse_template(node.value) if isinstance(p, Ref)]
+                refs = [p for p in parse_template(text) if isinstance(p, Ref)]
             except TemplateError as e:
-                report(node.pos, str(e))
+                report(node.locate("${{", text[:e.offset].count("${{")), str(e))
                 continue
-            for ref in refs:
+            if all(_ref_problem(ref, derivations, inputs, names) is None for ref in refs):
+                continue
+            for ref, start, end in ref_spans(text):  # point at each bad reference
                 problem = _ref_problem(ref, derivations, inputs, names)
                 if problem:
-                    report(node.pos, f"derivation '{entry.key}': {problem}")
+                    written = text[start:end]
+                    at = node.locate(written, text[:start].count(written))
+                    report(at, f"derivation '{entry.key}': {problem}")
 
 
 def _ref_problem(
@@ -114,6 +119,7 @@ def edges(
     for key, entry in derivations.items():
         for ref in entry.refs:
             if ref.name in derivations or ref.name in inputs:
-                output = ref.output or ("out" if ref.name in derivations else None)
+                output = ref.output or (derivations[ref.name].default_output
+                                        if ref.name in derivations else None)
                 found[(ref.name, key, output)] = None
     return list(found)

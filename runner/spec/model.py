@@ -70,6 +70,12 @@ class DerivationEntry:
     args: tuple[Node, ...]
     fixed: FixedOutput | None
 
+    @property
+    def default_output(self) -> str:
+        """The output `${{ key }}` stands for: as in Nix, a derivation used as a string is
+        its first output in `outputs:` as written (`out` unless the list says otherwise)."""
+        return self.outputs[0]
+
     def template_nodes(self) -> Iterator[Node]:
         """Every string node of the entry that may hold `${{ … }}` references."""
         yield from self.args

@@ -96,7 +96,7 @@ def _translate(
     by_path: dict[str, Derivation] = {}
     cache: dict[str, bytes] = {}
     for key in keys:
-        drv = _derivation(spec.derivations[key], done, source_paths)
+        drv = _derivation(spec.derivations[key], spec.derivations, done, source_paths)
         drv = fill_output_paths(drv, store_dir, by_path.__getitem__, cache)
         path = derivation_path(drv, store_dir)
         by_path[path] = drv
@@ -106,7 +106,8 @@ def _translate(
 
 
 def _derivation(
-    entry: DerivationEntry, done: Mapping[str, Instantiated], sources: Mapping[str, str]
+    entry: DerivationEntry, entries: Mapping[str, DerivationEntry],
+    done: Mapping[str, Instantiated], sources: Mapping[str, str]
 ) -> Derivation:
     input_drvs: dict[str, set[str]] = {}
     input_srcs: set[str] = set()
@@ -116,7 +117,7 @@ def _derivation(
             input_srcs.add(sources[ref.name])
             return sources[ref.name]
         dep = done[ref.name]
-        output = ref.output or "out"
+        output = ref.output or entries[ref.name].default_output
         input_drvs.setdefault(dep.drv_path, set()).add(output)
         return dep.outputs[output]
 
@@ -174,6 +175,12 @@ def instantiate(
 
 
 def source_paths(spec: Spec, store_dir: str, keys: Iterable[str] | None = None) -> dict[str, str]:
-    """Store paths the inputs would get, computed without writing (for `validate`, `show`)."""
-    names = needed_inputs(spec, keys) if keys is not None else list(spec.inputs)
+    """Store paths the inputs would get, computed without writing (for `validate`, `show`).
+
+    With `keys`, only the inputs that they and their dependencies refer to; an unknown key
+    is refused with a did-you-mean."""
+    if keys is None:
+        names = list(spec.inputs)
+    else:
+        names = needed_inputs(spec, closure(select(spec, keys), spec.derivations))
     return {name: source_path(spec.inputs[name], store_dir) for name in names}

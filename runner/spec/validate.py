@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from runner.spec import compiled_schema
 from runner.spec.hints import did_you_mean
-from runner.spec.quick_schema import QuickChecker
 from runner.spec.yaml_loader import Node, Pos
 
 if TYPE_CHECKING:
@@ -53,20 +53,15 @@ def nix_attributes() -> dict[str, str]:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
-    import jsonschema  # ~75 ms: only for documents the quick check does not pass
+    import jsonschema  # ~75 ms: only for documents the compiled check rejects
 
     return jsonschema.Draft202012Validator(spec_schema())
-
-
-@functools.cache
-def _quick() -> QuickChecker:
-    return QuickChecker(spec_schema())
 
 
 def schema_problems(root: Node) -> list[tuple[Pos, str]]:
     """Every schema problem of one spec file, with its position."""
     plain = root.plain()
-    if _quick().valid(plain):  # certainly valid: jsonschema would find nothing
+    if compiled_schema.is_valid(plain):  # jsonschema would find nothing: skip its cost
         return []
     found: list[tuple[Pos, str]] = []
     for error in _validator().iter_errors(plain):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -49,6 +50,25 @@ class Node:
     value: Value
     pos: Pos
     key_pos: dict[str, Pos] = field(default_factory=dict)
+    # The text a string scalar holding `${{` was written as (quotes, indentation and all),
+    # so that an error can point at one reference inside it: see `locate`.
+    source: str | None = None
+
+    def locate(self, needle: str, nth: int = 0) -> Pos:
+        """Where the `nth` occurrence of `needle`, a piece of this string's value, was
+        written; the value's own position when it was not written verbatim (an escape
+        or a line fold inside it)."""
+        if self.source is None:
+            return self.pos
+        at = -1
+        for _ in range(nth + 1):
+            at = self.source.find(needle, at + 1)
+            if at < 0:
+                return self.pos
+        breaks = list(_line_breaks(self.source[:at]))
+        if not breaks:
+            return Pos(self.pos.file, self.pos.line, self.pos.col + at)
+        return Pos(self.pos.file, self.pos.line + len(breaks), at - breaks[-1] + 1)
 
     def plain(self) -> object:
         """The value as plain Python data (for JSON Schema validation)."""
@@ -71,6 +91,14 @@ class Node:
             else:
                 return None
         return node
+
+
+_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # YAML's line breaks
+
+
+def _line_breaks(text: str) -> Iterator[int]:
+    """The offset just past each line break in `text`."""
+    return (m.end() for m in _BREAK.finditer(text))
 
 
 _STR = "tag:yaml.org,2002:str"
@@ -129,8 +157,9 @@ def _scalar(tag: str, text: str) -> Scalar:
 class _Walker:
     """Turns composed yaml nodes into `Node`s, collecting problems as it goes."""
 
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, text: str) -> None:
         self.file = file
+        self.text = text
         self.problems: list[str] = []
         self.seen: set[int] = set()
         self.aliases = 0
@@ -178,6 +207,9 @@ class _Walker:
                 # An escaped "\0": no argument, environment value or file name can hold it.
                 self.problem(pos, "the value contains a NUL character (\\0)")
                 return Node(None, pos)
+            if isinstance(value, str) and "${{" in value:
+                source = self.text[node.start_mark.index : node.end_mark.index]
+                return Node(value, pos, source=source)
             return Node(value, pos)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
@@ -204,7 +236,15 @@ class _Walker:
                 first = result.key_pos[key]
                 self.problem(key_pos, f"duplicate key '{key}' (first defined at line {first.line})")
                 continue
-            result.value[key] = self.walk(value_node)
+            aliased = id(value_node) in self.seen
+            value = self.walk(value_node)
+            if aliased or _block_below(key_node, value_node):
+                # A block collection on the lines below its key has no token of its own
+                # (its first token is its first child's); an alias's own position is
+                # lost in composing. Point at the key that introduces the value.
+                value.pos = key_pos
+                value.source = None  # its text is the anchor's, elsewhere in the file
+            result.value[key] = value
             result.key_pos[key] = key_pos
         # `<<: *base` fills in keys the mapping does not set itself.
         for source in merged:
@@ -221,6 +261,11 @@ class _Walker:
         if len(good) != len(items):
             self.problem(value.pos, "'<<' must merge a mapping or a list of mappings")
         return good
+
+
+def _block_below(key: yaml.Node, value: yaml.Node) -> bool:
+    return (isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style
+            and value.start_mark.line > key.start_mark.line)
 
 
 class _TooManyAliases(Exception):
@@ -271,7 +316,7 @@ def parse_yaml(text: str, file: str) -> Node:
         loader.dispose()
     if composed is None:
         raise SpecError([f"{file}:1:1: the file is empty; a spec needs at least 'version: 1'"])
-    walker = _Walker(file)
+    walker = _Walker(file, text)
     try:
         root = walker.walk(composed)
     except _TooDeep as err:
@@ -309,7 +354,22 @@ def _check_depth(text: str, file: str, loader: type = _CoreLoader) -> None:
         events.dispose()
 
 
+# Contexts of a token left open: the parser notices only on a later line (often at the end
+# of the file), so the error points where the token starts, and says where it gave up.
+_UNCLOSED = {
+    "while scanning a quoted scalar": "the quoted string that starts here is not closed",
+    "while parsing a flow sequence": "the '[' list that starts here is not closed",
+    "while parsing a flow mapping": "the '{' mapping that starts here is not closed",
+}
+
+
 def _yaml_error(err: yaml.MarkedYAMLError, file: str) -> str:
+    opened, gave_up = err.context_mark, err.problem_mark
+    if (err.context in _UNCLOSED and opened is not None and gave_up is not None
+            and gave_up.line > opened.line):
+        return (f"{file}:{opened.line + 1}:{opened.column + 1}: invalid YAML: "
+                f"{_UNCLOSED[err.context]} ({err.problem} at line {gave_up.line + 1}, "
+                f"column {gave_up.column + 1})")
     mark = err.problem_mark or err.context_mark
     where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else f"{file}:1:1"
     what = err.problem or err.context or "invalid YAML"
