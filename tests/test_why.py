@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
+from referencing import Registry, Resource
 
 from runner.cli import main
 from runner.cli.main import run
@@ -47,9 +50,26 @@ def spec(tmp_path: Path) -> Path:
     return path
 
 
+SCHEMAS = Path(__file__).parent.parent / "runner" / "schemas"
+
+
+def _schema(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((SCHEMAS / f"{name}-output.schema.json").read_text())
+    return data
+
+
+def _validate(kind: str, data: object) -> None:
+    """`runner why|diff --json` output against its published JSON Schema."""
+    registry: Registry[Any] = Registry().with_resources(
+        (_schema(n)["$id"], Resource.from_contents(_schema(n))) for n in ("diff", "why"))
+    jsonschema.Draft202012Validator(_schema(kind), registry=registry).validate(data)
+
+
 def _why(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = run(["why", *argv])
     out, err = capsys.readouterr()
+    if "--json" in argv:
+        _validate("why", json.loads(out))
     return code, out, err
 
 
@@ -169,6 +189,10 @@ def test_no_recorded_success_is_a_clear_error(
     assert code == 1 and out == ""
     assert err.startswith("error: no recorded success of 'top'") and err.count("\n") == 1
     assert _error("why", str(spec), "nope").reason == "not-found"
+    code, out, _ = _why(capsys, "--json", str(spec), "top")  # still says what it knows
+    assert code == 1 and json.loads(out)["lastSuccess"] is None and json.loads(out)["diff"] is None
+    with pytest.raises(jsonschema.ValidationError):  # control: the schema does reject
+        _validate("why", {**json.loads(out), "diff": {"old": 1}})
 
 
 def test_check_records_history_too(spec: Path, capsys: pytest.CaptureFixture[str],
@@ -217,6 +241,7 @@ def test_diff_of_hand_made_derivations(store_dir: str, state_dir: str,
     assert f"  fixed-output hash of 'out': r:sha256:{'00' * 32} → r:sha256:{'11' * 32}" in out
     assert run(["diff", "--json", old, new]) == 0
     data = json.loads(capsys.readouterr().out)
+    _validate("diff", data)
     assert {c["derivation"] for c in data["rootCauses"]} == {"app", "dep", "fetched"}
 
 
@@ -347,7 +372,9 @@ def test_diff_walks_a_chain_deeper_than_the_recursion_limit(
     finally:
         sys.setrecursionlimit(limit)
     assert code == 0
-    [cause] = json.loads(capsys.readouterr().out)["rootCauses"]
+    data = json.loads(capsys.readouterr().out)
+    _validate("diff", data)
+    [cause] = data["rootCauses"]
     assert cause["derivation"] == "link0" and len(cause["trail"]) == depth
     assert cause["changes"] == [{"kind": "env", "name": "WHAT", "old": "a", "new": "b"}]
 
