@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tier-2 REAPI tests (tests/test_remote_buildgrid.py): BuildGrid 0.4.4 in its own virtualenv,
+# Tier-2 REAPI tests (tests/test_remote_suite.py, case buildgrid): BuildGrid 0.4.4 in its own virtualenv,
 # so its dependencies never meet runner's, and PostgreSQL from Debian. Idempotent: does
 # nothing when both are there. The venv is $RUNNER_BUILDGRID_VENV (default
 # /opt/runner-buildgrid; the tests read the same variable).

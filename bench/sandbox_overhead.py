@@ -14,6 +14,10 @@
    `RUNNER_SANDBOX_FORK_SERVER=0`, each in a fresh store, rounds interleaved
    (median of three). The difference divided by N is what a user pays per
    derivation, with registration, logs and scheduling around it.
+3. `--copy-mb M` (0: skip): collecting one M MB output by copying it into
+   fresh inodes (what the supervisor does since docs/security.md class 1)
+   against the rename it replaced, in `--copy-dir` (default: the temp dir;
+   point it at the store's filesystem).
 """
 
 from __future__ import annotations
@@ -84,7 +88,11 @@ def main() -> None:
     parser.add_argument("--derivations", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--ballast", type=int, default=60, help="MB to grow this process by")
+    parser.add_argument("--copy-mb", type=int, default=256)
+    parser.add_argument("--copy-dir", default=None)
     args = parser.parse_args()
+    if args.copy_mb:
+        copy_cost(args.copy_mb, args.copy_dir)
     ballast = [str(i) * 8 for i in range(args.ballast * 7_000)]  # ~1 MB per 7,000
     why = probe()
     if why is not None:
@@ -122,6 +130,34 @@ def spawn_only(runs: int) -> None:
         boxed = statistics.median(times)
         print(f"  {name + ':':23}{boxed:7.2f} ms per build, overhead {boxed - plain:6.2f} ms, "
               f"ratio {boxed / plain:.1f}x")
+
+
+def copy_cost(mb: int, where: str | None) -> None:
+    from runner.sandbox.staging import copy_tree
+
+    with tempfile.TemporaryDirectory(dir=where) as tmp:
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with open(os.path.join(tmp, "big"), "wb") as f:
+                chunk = os.urandom(1 << 20)
+                for _ in range(mb):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            copies, renames = [], []
+            for i in range(3):
+                began = time.perf_counter()
+                copy_tree(fd, "big", fd, f"copy{i}", None)
+                copies.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                os.rename(f"{tmp}/copy{i}", f"{tmp}/moved{i}")
+                renames.append(time.perf_counter() - began)
+                os.unlink(f"{tmp}/moved{i}")
+        finally:
+            os.close(fd)
+    print(f"collecting a {mb} MB output in {where or tempfile.gettempdir()} (median of 3): "
+          f"copy {statistics.median(copies) * 1000:.0f} ms, "
+          f"rename {statistics.median(renames) * 1000:.2f} ms")
 
 
 def _rss_mb() -> float:

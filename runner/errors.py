@@ -7,6 +7,8 @@ with `exit_code`. Tests assert `reason`, not the wording.
 
 from __future__ import annotations
 
+import os
+
 
 class RunnerError(Exception):
     """An error meant for the user: one line, a reason code, an exit code."""
@@ -27,3 +29,13 @@ class SpecError(RunnerError):
     def __init__(self, problems: list[str], *, reason: str = "spec") -> None:
         super().__init__("\n".join(problems), reason=reason, exit_code=1)
         self.problems = problems
+
+
+def os_error_text(what: str, e: OSError) -> str:
+    """`WHAT: REASON ('FILE')` for an OSError: the file(s) it names, if any, else `what`
+    alone, which therefore must say which file or operation failed (ENOSPC from a
+    write or close carries no file name)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    files = [os.fsdecode(f) for f in (e.filename, e.filename2) if isinstance(f, (str, bytes))]
+    named = [f for f in files if f not in what]
+    return f"{what}: {reason}" + "".join(f" ('{f}')" for f in named)

@@ -133,7 +133,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allowed-spec-sandbox-paths", "list", [],
             "Host paths that specs may add to their sandbox with `sandbox-paths`."),
     Setting("build-dir", "str", "",
-            "Where build directories are created; empty means the system temp dir."),
+            "Where build directories are created (in a private `runner-builds-<uid>` "
+            "dir; docs/security.md); empty means the system temp dir."),
     Setting("keep-going", "bool", False, "Go on with other builds after one fails."),
     Setting("keep-failed", "bool", False, "Keep the build directory of failed builds."),
     Setting("timeout", "int", 0, "Seconds a build may run; 0 means no limit."),
@@ -158,7 +159,16 @@ SETTINGS: tuple[Setting, ...] = (
             choices=("warn", "fail")),
     Setting("narinfo-cache-negative-ttl", "int", 3600,
             "Seconds a 'not in this cache' answer is remembered."),
+    Setting("substituter-down-time", "int", 60,
+            "Seconds an HTTP cache that failed to answer is skipped by every run before it "
+            "is probed again; doubles with each failure in a row."),
+    Setting("substituter-down-max", "int", 3600,
+            "Longest back-off, in seconds, of a cache that keeps failing."),
     Setting("auto-optimise", "bool", False, "Hard-link identical files as paths are added."),
+    Setting("keep-derivations", "bool", True,
+            "`runner gc` keeps the `.drv` of every live output (as Nix does by default)."),
+    Setting("keep-outputs", "bool", False,
+            "`runner gc` keeps the valid outputs of every live derivation."),
     Setting("remote-builders", "str", "",
             "REAPI endpoint builds are sent to (`grpc://host:port`, `grpcs://…`, "
             "`unix:/path`); empty builds locally."),
@@ -170,6 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Build locally when the remote endpoint is unavailable."),
     Setting("remote-max-jobs", "int", 8,
             "Remote builds run at the same time (they take no local build slot)."),
+    Setting("allowed-users", "list", ["*"],
+            "Users (`*`, names, `@group`) who may connect to `runner daemon`."),
+    Setting("trusted-users", "list", ["root"],
+            "Users (`*`, names, `@group`) the daemon trusts: unsigned imports, any option, "
+            "repair, garbage collection."),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import pytest
 
 from runner.build.redirect import _rewrite_stream
 from runner.build.repair import repair_paths
+from runner.cli.main import run
 from runner.settings import Settings
 from runner.store import nar
 from runner.store.local_store import LocalStore
-from tests.build_helpers import build, build_json, counts, write_spec
+from tests.build_helpers import build, build_json, counts, runner_process, write_spec
 
 SPEC = """\
 derivations:
@@ -140,3 +142,72 @@ def test_rewriting_a_stream_across_chunk_boundaries() -> None:
     for size in (1, 5, 31, 32, 33, 64, 1000):
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
         assert b"".join(_rewrite_stream(chunks, {old: new})) == data.replace(old, new)
+
+
+_REFERS = """\
+derivations:
+  lib:
+    builder: /bin/sh
+    args: ["-c", "echo lib >> {counter}; echo library > $out"]
+  app:
+    builder: /bin/sh
+    args: ["-c", "echo app >> {counter}; echo ${{{{ lib }}}} > $out"]
+"""
+
+
+def _built_elsewhere(spec: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Build in another process (its temporary roots end with it); name -> --json entry."""
+    proc = runner_process("build", "--sandbox=off", "--no-out-link", "--json", spec, "app")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    return {os.path.basename(e["drvPath"])[33:-4]: e for e in json.loads(out)}
+
+
+def _corrupt_file(path: str) -> None:
+    os.chmod(path, 0o644)
+    Path(path).write_text("evil\n")
+    os.chmod(path, 0o444)
+
+
+@pytest.mark.parametrize("deriver_gone", [False, True], ids=["drv-valid", "drv-deleted"])
+def test_repair_restores_a_corrupted_dependency_of_a_healthy_output(
+        tmp_path: Path, deriver_gone: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, _REFERS.format(counter=tmp_path / "counter"))
+    built = _built_elsewhere(spec)
+    lib, app = built["lib"]["outputs"]["out"], built["app"]["outputs"]["out"]
+    _corrupt_file(lib)  # in app's closure; app itself is healthy
+    if deriver_gone:
+        assert run(["store", "delete", built["app"]["drvPath"], built["lib"]["drvPath"]]) == 0
+        assert run(["store", "verify", "--check-contents", "--repair"]) == 1
+        assert f"not fixed: '{lib}' is broken but still referenced by '{app}'" \
+            in capsys.readouterr().out
+    code, _, err = build(capsys, "--repair", spec, "app")
+    assert code == 0, err
+    assert Path(lib).read_text() == "library\n"
+    assert str(nar.hash_path(lib)[0]) == _db_hash(lib)
+    assert counts(tmp_path / "counter") == {"lib": 2, "app": 1}  # app was healthy
+    assert run(["store", "verify", "--check-contents"]) == 0
+
+
+_BUILD_ONLY = """\
+derivations:
+  tool:
+    builder: /bin/sh
+    args: ["-c", "echo tool >> {counter}; echo made-by-tool > $out"]
+  app:
+    builder: /bin/sh
+    args: ["-c", "echo app >> {counter}; cat ${{{{ tool }}}} > $out"]
+"""
+
+
+def test_repair_of_a_healthy_output_leaves_its_build_only_inputs_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As nix-build --repair: the output closure is repaired, not what it was built from."""
+    spec = write_spec(tmp_path, _BUILD_ONLY.format(counter=tmp_path / "counter"))
+    built = _built_elsewhere(spec)
+    tool = built["tool"]["outputs"]["out"]
+    assert run(["store", "delete", tool]) == 0  # app does not refer to it (gc would take it)
+    code, _, err = build(capsys, "--repair", spec, "app")
+    assert code == 0, err
+    assert counts(tmp_path / "counter") == {"tool": 1, "app": 1}  # nothing rebuilt
+    assert not os.path.exists(tool)

@@ -157,3 +157,25 @@ def test_dry_run_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     plan = __import__("json").loads(capsys.readouterr().out)
     assert [e["status"] for e in plan] == ["will-build", "will-build"]
     assert not counter.exists()
+
+
+def test_without_keep_going_the_requested_derivation_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As Nix: `1 dependencies of derivation '…x4.drv' failed to build` (x4 ends when its
+    first input fails), for each level of a chain, though the run stops at that failure."""
+    spec = write_spec(tmp_path, """derivations:
+  x1: {builder: /bin/sh, args: [-c, 'exit 1']}
+  x2: {builder: /bin/sh, args: [-c, 'echo ${{ x1 }} > $out']}
+  x3: {builder: /bin/sh, args: [-c, 'echo ${{ x2 }} > $out']}
+  x4: {builder: /bin/sh, args: [-c, 'echo ${{ x3 }} ${{ x1 }} > $out']}
+""")
+    code, _, err = build(capsys, spec, "x4")
+    assert code == 100
+    x4 = next(line.split("'")[1] for line in err.splitlines() if "x4.drv" in line)
+    assert x4.endswith("-x4.drv")
+    assert f"error: 1 dependencies of derivation '{x4}' failed to build" in err
+    code, results = build_json(capsys, spec, "x4")  # the failure is cached now
+    by_name = {Path(r["drvPath"]).name.split("-", 1)[1]: r for r in results}
+    assert by_name["x4.drv"]["status"] == "dependency-failed"
+    assert by_name["x4.drv"]["error"] == f"1 dependencies of derivation '{x4}' failed to build"
+    assert {r["status"] for r in results} == {"cached-failure", "dependency-failed"}

@@ -105,3 +105,18 @@ def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert _gone(int(pidfile.read_text()))
+
+
+def test_a_builder_that_closes_its_log_and_keeps_running_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    end, out = _run(f"echo before; echo $$ > {pid_file}; exec >&- 2>&-; sleep 1000",
+                    Limits())
+    assert (end.ending, end.returncode, end.log_closed) == (Ending.EXITED, -9, True)
+    assert out == b"before\n"
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_a_builder_that_exits_as_its_log_closes_keeps_its_status() -> None:
+    for status in (0, 3):
+        end, _ = _run(f"echo done; exit {status}", Limits())
+        assert (end.returncode, end.log_closed) == (status, False)

@@ -273,3 +273,29 @@ def test_repair_fetches_a_corrupt_output_again(site: Site, tmp_path: Path) -> No
     assert site.built() == {"lib": 1, "app": 1}  # fetched again, not rebuilt
     assert Path(lib, "msg").read_text() == "hello from the source\n"
     assert nar.hash_path(lib)[0] == site.hashes[lib]
+
+
+@pytest.mark.parametrize("over_http", [False, True], ids=["file", "http"])
+def test_a_nar_missing_from_the_cache_is_a_miss(site: Site, tmp_path: Path,
+                                                over_http: bool) -> None:
+    """As in Nix (SubstituteGone): warn and build, no --fallback needed."""
+    cache = tmp_path / "cache"
+    site.copy_to(f"file://{cache}")
+    for nar_file in (cache / "nar").iterdir():
+        nar_file.unlink()  # the narinfos stay: the cache claims paths it cannot deliver
+    site.move_to_b()
+
+    def attempt(url: str) -> None:
+        code, results, err = site.build("--option", "substituters", url,
+                                        "--option", "trusted-public-keys", site.pub)
+        assert code == 0, err
+        assert _statuses(results) == ["built", "built"]
+        assert err.count("does not exist in binary cache") >= 1
+        assert "--fallback" not in err
+
+    if over_http:
+        with cache_server(cache) as url:
+            attempt(url)
+    else:
+        attempt(f"file://{cache}")
+    assert site.b_hashes() == site.hashes

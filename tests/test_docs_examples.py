@@ -24,9 +24,11 @@ PLACEHOLDERS; what cannot run here at all is listed, with the reason, in EXCLUDE
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
+from runner.cli.main import build_parser
 from tests.git_helpers import git
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +304,22 @@ def check_python(block: Block) -> None:
             exec(compile(line.split("#")[0], block.name, "exec"), {})
 
 
+def check_unit(block: Block) -> None:
+    """A systemd unit: well-formed, and a `runner …` it starts parses as our CLI would."""
+    unit = configparser.ConfigParser(strict=True, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(block.text, source=block.name)
+    assert unit.sections(), block.name
+    start = unit.get("Service", "ExecStart", fallback="")
+    if start:
+        argv = shlex.split(start)
+        assert os.path.basename(argv[0]) == "runner", block.name
+        build_parser().parse_args(argv[1:])  # exits (SystemExit) on a flag we do not have
+
+
 def runnable(block: Block) -> bool:
+    if block.lang == "ini":
+        return True
     if block.lang in ("yaml", "sh", "python"):
         return excluded(block.text.splitlines()[0] if block.text else "") is None
     return block.header == CONFIG_HEADER
@@ -320,6 +338,8 @@ def test_examples_of_page_work_as_written(page: str, tmp_path: Path) -> None:
                 check_commands(world, block)
             elif block.lang == "python":
                 check_python(block)
+            elif block.lang == "ini":
+                check_unit(block)
             else:
                 check_config(world, block)
     finally:
@@ -333,7 +353,7 @@ def test_every_example_is_run_or_excluded_with_a_reason() -> None:
             if block.lang in ("", "text", "console"):
                 assert not block.header.endswith("runner.conf") or runnable(block), block.name
             else:
-                assert block.lang in ("yaml", "sh", "python", "json"), block.name
+                assert block.lang in ("yaml", "sh", "python", "json", "ini"), block.name
     used = {key for key in EXCLUDED
             if any(key in b.text for page in PAGES for b in blocks(page))}
     assert used == set(EXCLUDED), f"exclusions that match no example: {set(EXCLUDED) - used}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,8 +10,10 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
@@ -18,6 +21,7 @@ from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.derivation import Derivation, DerivationOutput
 from runner.store.gc import GCOptions, collect_garbage, delete_paths
+from runner.store.layout import STATE_MARKER
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
@@ -26,11 +30,11 @@ from runner.store.roots import (
     add_perm_root,
     auto_roots_dir,
     find_roots,
-    process_temp_roots,
     read_temp_roots,
     roots_dir,
 )
 from runner.store.verify import verify_store
+from tests.build_helpers import runner_process
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def store(store_dir: str, state_dir: str) -> Iterator[LocalStore]:
 def _added_elsewhere(store: LocalStore) -> None:
     """Drop the temporary roots `add_*` gave this process, as if another process
     had added the paths and exited: what the collector sees in real use."""
-    process_temp_roots(store.state_dir).close()
+    store.temp_roots.close()
 
 
 def _chain(store: LocalStore, prefix: str, length: int) -> list[str]:
@@ -164,9 +168,9 @@ def test_keep_derivations_and_keep_outputs(store: LocalStore, tmp_path: Path) ->
     src, drv, out = _built(store)
     link = tmp_path / "result"
     add_perm_root(store.store_dir, store.state_dir, out, str(link))
-    dry = GCOptions(dry_run=True)
+    dry = GCOptions(dry_run=True, keep_derivations=False)
     assert collect_garbage(store, dry).deleted == [drv, src]
-    kept = GCOptions(dry_run=True, keep_derivations=True)
+    kept = GCOptions(dry_run=True)  # keep_derivations is the default, as in Nix
     assert collect_garbage(store, kept).deleted == []
     add_perm_root(store.store_dir, store.state_dir, drv, str(link))
     assert collect_garbage(store, dry).deleted == [out]
@@ -182,7 +186,6 @@ HOLDER = textwrap.dedent("""
     import hashlib, sys
     from runner.store.local_store import LocalStore
     from runner.store.paths import make_text_path
-    from runner.store.roots import add_temp_root
 
     store_dir, state_dir, prefix, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = LocalStore(store_dir, state_dir)
@@ -191,7 +194,7 @@ HOLDER = textwrap.dedent("""
         text = f"{prefix} {i} {previous}"
         path = make_text_path(f"{prefix}{i}", hashlib.sha256(text.encode()).digest(),
                               previous, store.store_dir)
-        add_temp_root(state_dir, path)  # before the path exists, as the protocol requires
+        store.temp_roots.add_temp_root(path)  # before the path exists, as the protocol requires
         assert store.add_text(f"{prefix}{i}", text, previous) == path
         print(path, flush=True)
         previous = [path]
@@ -321,10 +324,11 @@ def test_leftovers_and_stale_lock_files_are_removed(store: LocalStore) -> None:
     Path(store.store_dir, ".link-tmp-1-x").write_text("")  # an optimiser that crashed
     with PathLocks([busy]):
         result = collect_garbage(store)
-        assert result.leftovers == [leftover]
+        assert result.leftovers == [os.path.join(store.store_dir, ".link-tmp-1-x"), leftover]
+        assert result.locks_removed == 1
         assert os.path.isdir(busy)  # its builder holds the lock
         assert os.path.exists(busy + ".lock")
-    assert sorted(os.listdir(store.store_dir)) == [os.path.basename(busy)]
+    assert sorted(os.listdir(store.store_dir)) == [STATE_MARKER, os.path.basename(busy)]
 
 
 def test_drop_failures_is_explicit(store: LocalStore) -> None:
@@ -419,7 +423,7 @@ def test_gc_after_a_build_keeps_the_result_until_its_link_goes(store: LocalStore
     assert proc.returncode == 0, err
     main = out.strip()
     assert os.readlink(tmp_path / "result") == main
-    deleted = collect_garbage(store).deleted
+    deleted = collect_garbage(store, GCOptions(keep_derivations=False)).deleted
     assert main not in deleted and len(deleted) == 4  # two .drv files, src, dep
     assert (tmp_path / "result").read_text() == "dep\nhi\n"
     (tmp_path / "result").unlink()
@@ -479,3 +483,214 @@ def _raw_insert_valid(store: LocalStore, path: str) -> None:
     with store.db.transaction() as conn:
         conn.execute("insert into ValidPaths (path, hash, registrationTime, narSize)"
                      " values (?, ?, 1, 0)", (path, "sha256:" + "0" * 64))
+
+
+# ------------------------------------------------------------------ keep-derivations / keep-outputs
+
+_TWO_STEP = ("version: 1\nderivations:\n"
+             "  dep: {builder: /bin/sh, args: [-c, 'echo dep > $out']}\n"
+             "  app: {builder: /bin/sh, args: [-c, 'cat ${{ dep }} > $out; echo app >> $out']}\n")
+
+
+def _build_linked(tmp_path: Path) -> dict[str, dict]:  # type: ignore[type-arg]
+    """Build the two-step spec with a `result` link to app; name -> its --json entry."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_TWO_STEP)
+    # Another process, as in real use: its temporary roots end with it.
+    proc = runner_process("build", "--sandbox=off", "--json", "-o", str(tmp_path / "result"),
+                          str(spec), "app")
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    entries = json.loads(out)
+    return {os.path.basename(e["drvPath"]).split("-", 1)[1][:-4]: e for e in entries}
+
+
+def test_gc_keeps_the_derivation_of_a_rooted_output(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    built = _build_linked(tmp_path)
+    app_drv, app_out = built["app"]["drvPath"], built["app"]["outputs"]["out"]
+    assert run(["gc"]) == 0
+    capsys.readouterr()
+    # keep-derivations (on by default, as in Nix): the .drv and its closure stay.
+    assert store.is_valid(app_drv) and store.is_valid(built["dep"]["drvPath"])
+    assert store.is_valid(app_out)
+    assert not store.is_valid(built["dep"]["outputs"]["out"])  # nothing refers to it
+    # Turned off, the .drv is garbage; the rooted output stays.
+    assert run(["gc", "--option", "keep-derivations", "false"]) == 0
+    assert app_drv in capsys.readouterr().out.split()
+    assert not store.is_valid(app_drv) and store.is_valid(app_out)
+
+
+def test_gc_keep_outputs_keeps_the_outputs_of_a_rooted_derivation(
+        store: LocalStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    built = _build_linked(tmp_path)
+    (tmp_path / "result").unlink()
+    drv_link = tmp_path / "drv-link"
+    assert run(["store", "add-root", str(drv_link), built["app"]["drvPath"]]) == 0
+    assert run(["gc", "--option", "keep-outputs", "true"]) == 0
+    capsys.readouterr()
+    # The rooted .drv keeps its outputs and, through its inputs, theirs too.
+    assert store.is_valid(built["app"]["outputs"]["out"])
+    assert store.is_valid(built["dep"]["outputs"]["out"])
+    assert run(["gc"]) == 0  # keep-outputs is off by default
+    assert built["app"]["outputs"]["out"] in capsys.readouterr().out.split()
+    assert store.is_valid(built["app"]["drvPath"])
+
+
+def test_gc_deletes_stale_lock_files_of_live_paths(store: LocalStore, tmp_path: Path) -> None:
+    (path,) = _chain(store, "rooted", 1)
+    add_perm_root(store.store_dir, store.state_dir, path, str(tmp_path / "result"))
+    # A process that dies holding the path's lock (SIGKILL: no clean-up) leaves the file.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from runner.store.locks import PathLocks;"
+         f" locks = PathLocks([{path!r}]); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    assert collect_garbage(store).deleted == []
+    assert os.path.exists(path + ".lock")  # held: a build or add in progress
+    holder.kill()
+    holder.wait()
+    assert os.path.exists(path + ".lock")
+    collect_garbage(store)
+    assert not os.path.exists(path + ".lock") and _valid_and_present(store, [path])
+
+
+# ------------------------------------------------------------------ one store, one state dir
+
+
+SOLO = "version: 1\nderivations:\n  solo: {{builder: /bin/sh, args: [-c, 'echo {text} > $out']}}\n"
+
+
+def test_a_second_state_dir_on_one_store_is_refused(tmp_path: Path) -> None:
+    """Issue 23: state dir y built into x's store, x's gc then deleted y's rooted output."""
+    store_dir = str(tmp_path / "S")
+    spec = tmp_path / "solo.yaml"
+
+    def runner(state: str, *argv: str) -> tuple[int, str, str]:
+        env = {**os.environ, "RUNNER_STORE_DIR": store_dir,
+               "RUNNER_STATE_DIR": str(tmp_path / state)}
+        proc = runner_process(*argv, env=env, cwd=str(tmp_path))
+        out, err = proc.communicate()
+        return proc.returncode, out, err
+
+    spec.write_text(SOLO.format(text="one"))
+    code, out, err = runner("x", "build", "--sandbox=off", str(spec), "-o", "x-link")
+    assert code == 0, err
+    x_out = out.strip()
+    spec.write_text(SOLO.format(text="two"))
+    code, _, err = runner("y", "build", "--sandbox=off", str(spec), "-o", "y-link")
+    assert code == 1 and not (tmp_path / "y-link").exists()
+    assert err.startswith(f"error: the store '{store_dir}' belongs to the state dir "
+                          f"'{tmp_path / 'x'}', not '{tmp_path / 'y'}'")
+    code, out, err = runner("x", "gc")
+    assert code == 0, err
+    assert (tmp_path / "x-link").read_text() == "one\n" and x_out not in out
+    # Every store entry is one x's database knows: nothing of y's was ever written.
+    with LocalStore(store_dir, str(tmp_path / "x")) as x:
+        assert all(x.is_valid(os.path.join(store_dir, n))
+                   for n in os.listdir(store_dir) if not n.startswith("."))
+        assert x.is_valid(x_out)
+
+
+def test_the_store_binding_names_the_reason(tmp_path: Path) -> None:
+    with LocalStore(str(tmp_path / "s"), str(tmp_path / "a")):
+        pass
+    os.symlink(tmp_path / "a", tmp_path / "a-again")
+    with LocalStore(str(tmp_path / "s"), str(tmp_path / "a-again")):  # the same dir
+        pass
+    with pytest.raises(RunnerError) as caught:
+        LocalStore(str(tmp_path / "s"), str(tmp_path / "b"))
+    assert caught.value.reason == "store-mismatch"
+    assert not os.path.exists(tmp_path / "s" / ".links")  # refused before any change
+
+
+def test_gc_dry_run_lists_exactly_what_gc_deletes(store: LocalStore, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    kept = _chain(store, "kept", 2)
+    garbage = _chain(store, "junk", 3)
+    busy = _chain(store, "busy", 2)
+    add_perm_root(store.store_dir, store.state_dir, kept[-1], str(tmp_path / "result"))
+    d = store.store_dir
+    os.mkdir(os.path.join(d, "0" * 32 + "-interrupted"))  # an add that died mid-way
+    Path(d, "0" * 32 + "-interrupted", "f").write_text("partial")
+    os.mkdir(os.path.join(d, ".tmp-999999999-abc"))  # a temp dir whose process is gone
+    Path(d, ".link-tmp-1-x").write_text("")  # an optimiser that crashed
+    os.mkdir(os.path.join(d, ".sandbox-" + "1" * 32 + "-out"))  # a killed sandboxed build
+    Path(d, "2" * 32 + "-old.lock").write_text("")
+    with PathLocks([busy[-1]]):  # being rebuilt: it, and so what it refers to, stay
+        before = set(os.listdir(d))
+        assert run(["gc", "--dry-run", "--json"]) == 0
+        dry = json.loads(capsys.readouterr().out)
+        assert set(os.listdir(d)) == before  # a dry run changes nothing
+        assert run(["gc", "--json"]) == 0
+        real = json.loads(capsys.readouterr().out)
+    assert (dry["deleted"], dry["leftovers"]) == (real["deleted"], real["leftovers"])
+    assert real["deleted"] == garbage[::-1] and dry["dryRun"] and not real["dryRun"]
+    assert len(real["leftovers"]) == 4 and dry["lockFilesRemoved"] == real["lockFilesRemoved"]
+    assert dry["bytesFreed"] == real["bytesFreed"] > 0
+    # Every entry that went is one it listed (lock files are counted).
+    vanished = {os.path.join(d, n) for n in before - set(os.listdir(d))
+                if not n.endswith(".lock")}
+    assert vanished == set(real["deleted"]) | set(real["leftovers"])
+    assert _valid_and_present(store, kept + busy)
+
+
+def test_cli_gc_json(store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    garbage = _chain(store, "junk", 2)
+    assert run(["gc", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["deleted"] == garbage[::-1] and report["bytesFreed"] > 0
+    assert report["dryRun"] is False and report["leftovers"] == []
+    schema = json.loads(resources.files("runner").joinpath("schemas/gc.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    with pytest.raises(jsonschema.ValidationError):  # control: the schema does check
+        jsonschema.validate({**report, "bytesFreed": "0"}, schema)
+
+
+def test_temporary_roots_belong_to_a_store_and_end_with_it(store: LocalStore) -> None:
+    with LocalStore(store.store_dir, store.state_dir) as other:
+        path = other.add_text("held", "held")
+        assert collect_garbage(store).deleted == []  # the open store's roots keep it
+    # Closed: its roots are gone although this process lives on (no process-global).
+    assert collect_garbage(store).deleted == [path]
+
+
+def test_verify_repair_keeps_a_broken_derivation_a_root_keeps_alive(store: LocalStore,
+                                                                    tmp_path: Path) -> None:
+    _, drv, out = _built(store)
+    add_perm_root(store.store_dir, store.state_dir, out, str(tmp_path / "result"))
+    os.chmod(drv, 0o644)
+    Path(drv).write_text("Derive(broken")
+    report = verify_store(store, check_contents=True, repair=True)  # no rebuild, no cache
+    assert not report.ok and store.is_valid(drv) and os.path.exists(drv)
+    assert report.unfixed == [f"'{drv}' is broken and could not be rebuilt or substituted; "
+                              "it is kept because a GC root keeps it alive"]
+    # Without keep-derivations it is garbage, and repair removes it.
+    report = verify_store(store, check_contents=True, repair=True,
+                          keep=GCOptions(keep_derivations=False))
+    assert report.ok and not store.is_valid(drv) and store.is_valid(out)
+
+
+def test_first_users_racing_for_a_new_store_bind_it_to_one_state_dir(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys
+        from runner.errors import RunnerError
+        from runner.store.local_store import LocalStore
+        sys.stdin.readline()  # the start gate: every process opens at once
+        try:
+            LocalStore(sys.argv[1], sys.argv[2]).close()
+            print("bound")
+        except RunnerError as e:
+            print(e.reason)
+    """)
+    store_dir = str(tmp_path / "fresh")
+    procs = [subprocess.Popen([sys.executable, "-c", script, store_dir, str(tmp_path / f"s{i}")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(3)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    answers = sorted(proc.communicate()[0].strip() for proc in procs)
+    assert answers == ["bound", "store-mismatch", "store-mismatch"]
+    assert sorted(os.listdir(store_dir)) == [STATE_MARKER]  # no temp file left behind

@@ -19,6 +19,7 @@ from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree
 from runner.store.derivation import Derivation, DerivationOutput, derivation_path
 from runner.store.hashes import hash_bytes
+from runner.store.layout import STATE_MARKER
 from runner.store.local_store import LocalStore, open_store
 from runner.store.locks import PathLocks
 from runner.store.path_info import PathInfo
@@ -52,7 +53,7 @@ def _tree(root: Path) -> Path:
 
 
 def _store_entries(store: LocalStore) -> set[str]:
-    return set(os.listdir(store.store_dir))
+    return set(os.listdir(store.store_dir)) - {STATE_MARKER}
 
 
 # ------------------------------------------------------------------ adding

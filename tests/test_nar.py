@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from runner.errors import RunnerError
+from runner.store import dirfd
+from runner.store.hashes import Hash
 from runner.store.nar import CHUNK, dump, hash_path, restore
+from runner.store.references import scan
 from tests.deep_trees import flatten, make_chain
 from tests.golden import assert_golden
 
@@ -178,10 +181,15 @@ def test_restore_every_truncation(tmp_path: Path) -> None:
 
 
 def test_restore_refuses_existing_dest(tmp_path: Path) -> None:
-    (tmp_path / "f").write_bytes(b"")
+    (tmp_path / "f").write_bytes(b"mine")
     with pytest.raises(RunnerError) as info:
         restore(io.BytesIO(GOOD_FILE).read, tmp_path / "f")
     assert info.value.reason == "io"
+    assert (tmp_path / "f").read_bytes() == b"mine"  # not "cleaned up": restore did not make it
+    (tmp_path / "d").mkdir()
+    with pytest.raises(RunnerError) as info:
+        restore(io.BytesIO(chain_nar(2)).read, tmp_path / "d")
+    assert info.value.reason == "io" and (tmp_path / "d").is_dir()
 
 
 def test_dump_rejects_special_files_and_missing(tmp_path: Path) -> None:
@@ -234,3 +242,51 @@ def test_exclude_leaves_entries_out_as_if_they_were_not_there(tmp_path: Path) ->
 
     assert hash_path(full, exclude=exclude) == hash_path(trimmed)
     assert "__pycache__/" in seen and "keep/sub/" in seen and "keep/sub/f" in seen
+
+
+def chain_nar(depth: int, leaf: bytes = b"leaf", name: bytes = b"d") -> bytes:
+    """The NAR of `d/d/…/d/f` (`depth` directories under the root) without touching disk."""
+    down = nar(b"(", b"type", b"directory", b"entry", b"(", b"name", name, b"node")
+    inner = nar(b"(", b"type", b"directory", b"entry", b"(", b"name", b"f", b"node",
+                b"(", b"type", b"regular", b"contents", leaf, b")", b")", b")")
+    return field(b"nix-archive-1") + down * depth + inner + nar(b")", b")") * depth
+
+
+def _remove(path: Path) -> None:
+    """Delete a tree past PATH_MAX (pytest's clean-up goes by name and would fail)."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dirfd.remove_at(fd, os.fsencode(path.name))
+    finally:
+        os.close(fd)
+
+
+def test_tree_past_path_max_restores_and_dumps(tmp_path: Path) -> None:
+    data = chain_nar(40, name=b"n" * 200)  # 8,000+ bytes of path: past PATH_MAX
+    dest = tmp_path / "copy"
+    try:
+        restore(io.BytesIO(data).read, dest)
+        assert nar_bytes(dest) == data
+        assert hash_path(dest) == (Hash("sha256", hashlib.sha256(data).digest()), len(data))
+        assert scan(dest, ["leaf" * 8]) == set()
+    finally:
+        _remove(dest)
+    assert not dest.exists()
+
+
+def test_restore_refuses_a_path_past_max_rel_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RunnerError) as info:
+        restore(io.BytesIO(chain_nar(1500)).read, tmp_path / "copy", max_rel=2000)
+    assert info.value.reason == "path-too-long"
+    assert not (tmp_path / "copy").exists()
+    restore(io.BytesIO(chain_nar(100)).read, tmp_path / "ok", max_rel=2000)  # control
+    assert (tmp_path / "ok" / ("d/" * 100) / "f").read_bytes() == b"leaf"
+
+
+def test_failed_restore_removes_its_partial_tree(tmp_path: Path) -> None:
+    data = chain_nar(1100)  # deeper than the recursion limit
+    for cut in (len(data) - 8,):  # every directory made, then the end is missing
+        with pytest.raises(RunnerError) as info:
+            restore(io.BytesIO(data[:cut]).read, tmp_path / "copy")
+        assert info.value.reason == "bad-nar"
+        assert not (tmp_path / "copy").exists()

@@ -14,7 +14,6 @@ from runner.store import nar
 from runner.store.gc import collect_garbage
 from runner.store.local_store import LocalStore
 from runner.store.optimise import links_dir, optimise_path, optimise_store
-from runner.store.roots import process_temp_roots
 
 SHARED = b"shared contents\n" * 4096  # 64 KiB
 
@@ -38,7 +37,7 @@ def _add_two(store: LocalStore, tmp_path: Path) -> tuple[str, str]:
     a = store.add_path(str(_tree(tmp_path / "a", "a")))
     b = store.add_path(str(_tree(tmp_path / "b", "b")))
     # As if another process had added them: this process's temporary roots go.
-    process_temp_roots(store.state_dir).close()
+    store.temp_roots.close()
     return a, b
 
 
@@ -99,8 +98,10 @@ def test_gc_drops_links_no_path_uses(store: LocalStore, tmp_path: Path) -> None:
     optimise_store(store)
     links = os.listdir(links_dir(store.store_dir))
     assert len(links) == 4  # data, tool, and each `own`
-    assert collect_garbage(store).deleted  # deletes both: nothing is rooted
+    result = collect_garbage(store)
+    assert result.deleted  # deletes both: nothing is rooted
     assert os.listdir(links_dir(store.store_dir)) == []
+    assert result.links_removed == 4  # counted, as everything gc removes
 
 
 def test_gc_frees_shared_bytes_only_with_the_last_user(store: LocalStore,
@@ -134,3 +135,32 @@ def test_auto_optimise_links_files_as_paths_are_added(tmp_path: Path,
     assert _inode(auto[0] + "/sub/data") == _inode(auto[1] + "/sub/data")
     assert _inode(auto[0] + "/tool") == _inode(auto[1] + "/tool")
     assert _inode(auto[0] + "/tool") != _inode(auto[0] + "/sub/data")  # executable bit differs
+
+
+def _corrupt_in_place(path: str, data: bytes) -> None:
+    """Write into the inode itself, as a tool editing a store file would (every hard
+    link to it, its `.links` entry too, sees the change)."""
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.chmod(path, 0o444)
+
+
+@pytest.mark.parametrize("evil", [b"X" * len(SHARED), b"short"], ids=["same-size", "other-size"])
+def test_optimise_never_links_to_a_corrupted_entry(store: LocalStore, tmp_path: Path,
+                                                  evil: bytes,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    a = store.add_path(str(_tree(tmp_path / "a", "a")))
+    optimise_store(store)
+    entry = os.path.join(links_dir(store.store_dir), nar.hash_path(a + "/sub/data")[0].base32())
+    assert _inode(entry) == _inode(a + "/sub/data")
+    _corrupt_in_place(a + "/sub/data", evil)  # the entry is corrupt now too
+    b = store.add_path(str(_tree(tmp_path / "b", "b")))  # a good copy of the same file
+    store.temp_roots.close()
+    optimise_store(store)
+    assert Path(b, "sub", "data").read_bytes() == SHARED
+    assert f"removing corrupted link '{entry}'" in capsys.readouterr().err
+    assert _inode(entry) == _inode(b + "/sub/data")  # the good copy took its place
+    info = store.query_path_info(b)
+    assert info is not None and nar.hash_path(b)[0] == info.nar_hash

@@ -339,3 +339,50 @@ def test_busy_answers_are_retried_with_backoff(failures: int, code: str, ok: boo
     finally:
         channel.close()
         server.stop(None)  # type: ignore[attr-defined]
+
+
+def test_keepalive_pings_stay_within_grpc_servers_default_policy() -> None:
+    """gRPC servers accept a ping without data at most every 5 minutes by default
+    (`grpc.http2.min_ping_interval_without_data_ms`) and end the connection with
+    GOAWAY `too_many_pings` after that: buildbox-casd did, 90 s into a long remote build."""
+    from runner.remote.endpoint import CHANNEL_OPTIONS
+
+    assert dict(CHANNEL_OPTIONS)["grpc.keepalive_time_ms"] >= 300_000
+
+
+def test_too_many_pings_is_not_a_dead_endpoint() -> None:
+    """A real server with a strict ping policy, a client that pings too often: the call
+    fails, but as `remote-error` (the server is up), not `remote-unavailable`."""
+    import time
+    from concurrent import futures
+
+    import grpc
+
+    from runner.remote import rpc
+    from runner.remote.endpoint import CHANNEL_OPTIONS
+
+    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        deadline = time.monotonic() + 20  # longer than the GOAWAY takes
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return b"ok"
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=[
+        ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
+        ("grpc.http2.max_ping_strikes", 1)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Slow", {"Do": grpc.unary_unary_rpc_method_handler(slow)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    endpoint = Endpoint.parse(f"grpc://127.0.0.1:{port}")
+    options = [*(o for o in CHANNEL_OPTIONS if o[0] != "grpc.keepalive_time_ms"),
+               ("grpc.keepalive_time_ms", 1000)]
+    channel = grpc.insecure_channel(endpoint.target, options=options)
+    try:
+        with pytest.raises(RunnerError) as e:
+            rpc.call(endpoint, "Do", channel.unary_unary("/test.Slow/Do"), b"", timeout=10)
+        assert "Too many pings" in e.value.message
+        assert e.value.reason == "remote-error"
+    finally:
+        channel.close()
+        server.stop(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.sandbox import SandboxPlan, make_plan, use_sandbox
-from runner.sandbox.plan import Mount
+from runner.sandbox.plan import BuildIds, Mount
 from runner.settings import Settings
 
 STORE = "/nix/store"
@@ -42,7 +43,8 @@ def test_layout() -> None:
     mounts = _by_target(plan)
     assert plan.mounts[0] == Mount("tmpfs", "/", data="mode=0755")
     assert mounts["/build"] == Mount("bind", "/build", source="/tmp/b", writable=True)
-    assert mounts[STORE].source == plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
+    assert plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
+    assert mounts[STORE].source == plan.staging_store == f"{plan.staging_dir}/store"
     assert mounts[STORE].writable
     assert mounts[IN] == Mount("bind", IN, source=IN)  # read-only, required
     assert mounts["/tmp"].writable and mounts["/dev/shm"].writable
@@ -82,6 +84,35 @@ def test_identity_and_id_maps() -> None:
     assert (plan.owner_uid, plan.owner_gid) == (os.geteuid(), os.getegid())
     assert f"nixbld:x:{plan.build_uid}:{plan.build_gid}:" in mounts["/etc/passwd"].data
     assert f"nixbld:!:{plan.build_gid}:" in mounts["/etc/group"].data
+
+
+def test_root_and_rootless_plans_from_explicit_ids() -> None:
+    """The plan is pure: the ids are arguments, so both shapes are tested on any host."""
+    root = _plan(ids=BuildIds(False, 30042, 30000, 0, 0))
+    assert (root.build_uid, root.build_gid, root.owner_uid) == (30042, 30000, 0)
+    assert not root.user_namespace and root.uid_map == root.gid_map == ""
+    assert "nixbld:x:30042:30000:" in _by_target(root)["/etc/passwd"].data
+    rootless = _plan(ids=BuildIds(True, 1000, 100, 4321, 8765))
+    assert rootless.user_namespace
+    assert (rootless.uid_map, rootless.gid_map) == ("1000 4321 1\n", "100 8765 1\n")
+    assert (rootless.owner_uid, rootless.owner_gid) == (4321, 8765)
+    # Everything but identity is the same.
+    strip = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
+             "build_gid": 0, "owner_uid": 0, "owner_gid": 0}
+    assert (dataclasses.replace(root, mounts=(), **strip)
+            == dataclasses.replace(rootless, mounts=(), **strip))
+    assert _plan(ids=BuildIds(False, 30042, 30000, 0, 0)) == root
+
+
+def test_fixed_output_builds_deny_unix_sockets() -> None:
+    assert _plan(fixed_output=True).deny_unix_sockets
+    assert not _plan().deny_unix_sockets
+
+
+def test_spec_paths_carry_the_resolved_check() -> None:
+    plan = _plan(settings=_settings(allowed_spec_sandbox_paths=["/srv/"]),
+                 env={"out": OUT, "__sandboxPaths": "/data=/srv/x"})
+    assert _by_target(plan)["/data"].within == ("/srv",)
 
 
 def test_network_only_for_fixed_output() -> None:

@@ -110,3 +110,24 @@ def test_bad_input_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 7 and all(e.startswith("error: ") for e in errors), errors
     assert "port 99999 is out of range" in errors[5]
+
+
+def test_a_failed_copy_to_writes_nothing(stores: TwoStores, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    lib = make_output(stores.a, "lib", "library")
+    a_args = _args(stores, str(stores.root / "state-a"))
+    cache = tmp_path / "cache"
+    invalid = os.path.join(stores.store_dir, "0" * 32 + "-missing")
+    assert run(["copy", "--to", f"file://{cache}", invalid, *a_args]) == 1
+    assert "is not valid" in capsys.readouterr().err
+    assert not cache.exists()
+    os.chmod(lib, 0o755)
+    Path(lib, "data").chmod(0o644)
+    Path(lib, "data").write_text("changed since it was added")
+    assert run(["copy", "--to", f"file://{cache}", lib, *a_args]) == 1
+    assert "modified since it was added" in capsys.readouterr().err
+    assert not cache.exists()
+    # The control: a valid path is copied, so the probe above can see a cache appear.
+    other = make_output(stores.a, "other", "fine")
+    assert run(["copy", "--to", f"file://{cache}", other, *a_args]) == 0
+    assert (cache / "nix-cache-info").exists()

@@ -17,6 +17,7 @@ import pytest
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
+from runner.store.layout import STATE_MARKER
 from runner.store.path_info import PathInfo
 from runner.store.paths import hash_part, make_output_path
 from runner.substituters import narinfo
@@ -97,7 +98,8 @@ def _no_leftovers(stores: TwoStores) -> None:
     """Nothing but valid paths in the store dir: no temp dirs, no half-unpacked trees."""
     assert stores.b is not None
     for name in os.listdir(stores.store_dir):
-        assert name.endswith(".lock") or stores.b.is_valid(f"{stores.store_dir}/{name}"), name
+        assert (name.endswith(".lock") or name == STATE_MARKER
+                or stores.b.is_valid(f"{stores.store_dir}/{name}")), name
 
 
 @pytest.mark.parametrize("compression", ["xz", "zstd", "none"])
@@ -278,6 +280,23 @@ def test_next_cache_is_tried_after_a_rejection(stores: TwoStores) -> None:
     result = _run(stores, lib, bad, good)
     assert result.status == SUBSTITUTED and result.substituter == good
     assert [r.reason for r in result.rejections] == ["untrusted-key"]
+
+
+def test_dry_run_offer_and_substitution_choose_alike(stores: TwoStores) -> None:
+    """`find_offer` (--dry-run) and `substitute` walk the same offers: an untrusted one and
+    an unreadable narinfo are passed over by both, for the same cache."""
+    _, lib, _ = _closure(stores)
+    untrusted = _fill(stores, [lib], "zstd", key=SecretKey.generate("evil"))
+    unreadable = _fill(stores, [lib], "none")
+    _narinfo_path(unreadable, lib).write_text("StorePath: nonsense\n")
+    good = _fill(stores, [lib], "xz")
+    b = stores.fresh()
+    subs, settings = _subs(stores, untrusted, unreadable, good)
+    offer = find_offer(b, lib, subs, settings)
+    assert offer is not None and offer.compression == "xz"
+    result = substitute(b, lib, subs, settings)
+    assert result.substituter == good
+    assert [r.reason for r in result.rejections] == ["untrusted-key", "bad-narinfo"]
 
 
 def test_missing_reference_gives_incomplete_closure(stores: TwoStores) -> None:

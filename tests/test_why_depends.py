@@ -17,6 +17,7 @@ from runner.store.hashes import hash_bytes
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
 from runner.store.paths import hash_part, make_source_path
+from tests.nix_oracle import NixOracle
 
 
 @pytest.fixture
@@ -105,3 +106,28 @@ def test_cli_closure_size(store: LocalStore, capsys: pytest.CaptureFixture[str])
     assert f"  closure:    {closure_size(store, user)}\n" in capsys.readouterr().out
     assert run(["store", "path-info", "--closure-size", "/elsewhere"]) == 1
     assert "not in the store" in capsys.readouterr().err
+
+
+def test_cli_path_info_json_lists_a_path_that_is_not_valid(
+        store: LocalStore, capsys: pytest.CaptureFixture[str]) -> None:
+    kept = _text(store, "kept")
+    gone = _text(store, "gone")
+    store.delete_path(gone)
+    assert run(["store", "path-info", "--json", kept, gone]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert entries[0]["path"] == kept and "valid" not in entries[0]
+    assert entries[1] == {"path": gone, "valid": False}
+    assert run(["store", "path-info", kept, gone]) == 1  # without --json it is an error
+    assert f"path '{gone}' is not valid" in capsys.readouterr().err
+
+
+def test_path_info_json_of_a_path_that_is_not_valid_is_nix_s(
+        oracle: NixOracle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with LocalStore(oracle.store_dir, str(tmp_path / "state")) as ours:
+        gone = _text(ours, "gone")
+        ours.delete_path(gone)
+    argv = ["store", "path-info", "--json", gone,
+            "--store-dir", oracle.store_dir, "--state-dir", str(tmp_path / "state")]
+    assert run(argv) == 0
+    nix = json.loads(oracle.run("nix", "path-info", "--json", gone))  # exits 0 too
+    assert json.loads(capsys.readouterr().out) == nix == [{"path": gone, "valid": False}]

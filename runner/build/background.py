@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from runner.errors import os_error_text
+
 Job = tuple[Callable[..., object], tuple[Any, ...]]
 
 
@@ -43,4 +45,12 @@ class Background:
             try:
                 fn(*args)
             except OSError as e:  # a log or a temp dir: worth a warning, not a failure
-                self._warn(f"{e.strerror or e} ('{e.filename}')")
+                self._warn(os_error_text(_what(fn, args), e))
+
+
+def _what(fn: Callable[..., object], args: tuple[Any, ...]) -> str:
+    """`cannot write file '/…/x.drv'` for `_write_file('/…/x.drv', …)`: the job's
+    name and the path it works on."""
+    action = fn.__name__.strip("_").replace("_", " ")
+    target = f" '{args[0]}'" if args and isinstance(args[0], str) else ""
+    return f"cannot {action}{target}"

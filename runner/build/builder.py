@@ -40,6 +40,7 @@ class BuilderOutcome:
     returncode: int
     message: str
     build_dir: str
+    log_closed: bool = False  # runner killed it: it closed its log and kept running
 
 
 async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
@@ -55,7 +56,8 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     try:
         try:
             write_attr_files(job.drv, build_dir)
-            if job.sandbox.enabled_for(job.drv.env):
+            sandboxed = job.sandbox.enabled_for(job.drv.env)
+            if sandboxed:
                 # The sandbox set-up runs before Popen returns: off the loop thread,
                 # so sandboxed builds start in parallel.
                 proc, release = await job.spawner.run(
@@ -75,11 +77,13 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
         os.close(read_fd)
         raise
     try:
-        end = await supervise(proc, read_fd, limits, job.on_output)
+        end = await supervise(proc, read_fd, limits, job.on_output, sandboxed=sandboxed)
     finally:
         release()
-    return BuilderOutcome(end.ending, end.returncode, _describe(job, end.ending, end.returncode,
-                                                                limits), build_dir)
+    message = _describe(job, end.ending, end.returncode, limits)
+    if end.log_closed:
+        message += " (it closed its stdout and stderr and kept running)"
+    return BuilderOutcome(end.ending, end.returncode, message, build_dir, end.log_closed)
 
 
 def _tighter(setting: int, attr: str | None) -> int:

@@ -7,20 +7,29 @@ Each step is a small method; the first that settles the outcome returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from runner.build import failure_cache
 from runner.build.builder import BuilderOutcome, BuildJob, run_builder
+from runner.build.fixed_mismatch import keep_under_real_hash
 from runner.build.goal import Goal
 from runner.build.logs import LogSink, log_path
 from runner.build.outputs import OutputRejected, collect_outputs
 from runner.build.platform import local_platform_refusal
 from runner.build.process import Ending
-from runner.build.rebuild import check_outputs, is_corrupt, repair_outputs
+from runner.build.rebuild import (
+    check_outputs,
+    corrupt_in_closure,
+    is_corrupt,
+    producers,
+    repair_outputs,
+)
 from runner.build.redirect import Redirect
 from runner.build.remote_builder import RemoteOutcome
 from runner.build.result import PERMANENT, BuildResult, Status
@@ -28,7 +37,6 @@ from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
-from runner.store.roots import add_temp_root
 
 if TYPE_CHECKING:
     from runner.build.worker import Worker
@@ -40,25 +48,38 @@ _ENDINGS = {
 }
 
 
+def dependencies_failed_message(drv_path: str, count: int) -> str:
+    return f"{count} dependencies of derivation '{drv_path}' failed to build"  # Nix's words
+
+
 class BuildMode(enum.Enum):
     NORMAL = "normal"
     CHECK = "check"  # build valid outputs again and compare (--check)
     REPAIR = "repair"  # replace corrupt valid outputs (--repair; inputs too)
 
 
+@dataclass(frozen=True)
+class Aside:
+    """--check or --repair: valid outputs are rebuilt at scratch paths (`redirect`), then
+    compared with them (check) or swapped in for the `corrupt` ones (repair)."""
+
+    check: bool
+    redirect: Redirect
+    corrupt: frozenset[str] = frozenset()
+
+
 class DerivationGoal(Goal[BuildResult]):
-    def __init__(self, worker: Worker, drv_path: str, mode: BuildMode = BuildMode.NORMAL
-                 ) -> None:
+    def __init__(self, worker: Worker, drv_path: str, drv: Derivation,
+                 mode: BuildMode = BuildMode.NORMAL) -> None:
         super().__init__(worker, drv_path)
         self.drv_path = drv_path
+        self.drv = drv  # read by the worker's goal table, before the goal exists
         self.mode = mode
         self.store = worker.store
         self.settings = worker.settings
-        self.drv: Derivation | None = None
-        self.outputs: dict[str, str] = {}
+        self.outputs = {name: out.path for name, out in drv.outputs.items()}
         self.input_paths: set[str] = set()
-        self.redirect: Redirect | None = None  # --check/--repair: valid outputs built aside
-        self.corrupt: set[str] = set()  # --repair: valid outputs whose files are damaged
+        self.aside: Aside | None = None  # set once, when a --check/--repair build is planned
 
     async def run(self) -> BuildResult:
         start = time.time()
@@ -73,20 +94,21 @@ class DerivationGoal(Goal[BuildResult]):
         return BuildResult(self.drv_path, status, message=message, **extra)  # type: ignore[arg-type]
 
     async def _realise(self) -> BuildResult:
-        self.drv = self.store.read_derivation(self.drv_path)
-        self.outputs = {name: out.path for name, out in self.drv.outputs.items()}
         for path in self.outputs.values():  # before checking validity, so GC keeps them
-            add_temp_root(self.settings.state_dir, path)
+            self.store.temp_roots.add_temp_root(path)
         if self.mode is BuildMode.CHECK:
             return await self._check()
+        corrupt = set()  # --repair: valid outputs whose files are damaged
         if self.mode is BuildMode.REPAIR:
-            self.corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
-        if self._outputs_valid() and not self.corrupt:
+            corrupt = {p for p in self.outputs.values() if is_corrupt(self.store, p)}
+        if self._outputs_valid() and not corrupt:
+            if self.mode is BuildMode.REPAIR and (failed := await self._repair_closure()):
+                return failed
             return self._result(Status.ALREADY_VALID)
         if self.worker.rebuild_failed:
             self.store.clear_failures(list(self.outputs.values()))
         # Substitutes first: a path someone else built supersedes our cached failure.
-        substitution = await self._substitute()
+        substitution = await self._substitute(corrupt)
         if substitution is Substitution.SUBSTITUTED:
             return self._result(Status.SUBSTITUTED)
         if not self.worker.rebuild_failed and (cached := self._cached_failure()):
@@ -99,9 +121,9 @@ class DerivationGoal(Goal[BuildResult]):
                     "pass --fallback to build it instead")
             self.worker.progress.warn(f"substitution failed, building '{self.drv_path}' "
                                       "instead (--fallback)")
-        if self.corrupt:  # what substitution did not repair is rebuilt aside
-            self.corrupt = {p for p in self.corrupt if is_corrupt(self.store, p)}
-            self._redirect([p for p in self.outputs.values() if self.store.is_valid(p)])
+        if corrupt:  # what substitution did not repair is rebuilt aside
+            self._set_aside(False, [p for p in self.outputs.values() if self.store.is_valid(p)],
+                            {p for p in corrupt if is_corrupt(self.store, p)})
         return await self._build()
 
     async def _check(self) -> BuildResult:
@@ -110,22 +132,21 @@ class DerivationGoal(Goal[BuildResult]):
             return self._result(
                 Status.SETUP_FAILED,
                 f"some outputs of '{self.drv_path}' are not valid, so checking is not possible")
-        self._redirect(self.outputs.values())
+        self._set_aside(True, self.outputs.values())
         return await self._build()
 
-    def _redirect(self, paths: Iterable[str]) -> None:
-        assert self.drv is not None
-        self.redirect = Redirect.for_outputs(self.drv_path, self.drv, paths,
-                                             self.store.store_dir)
-        for path in self.redirect.scratch.values():
-            add_temp_root(self.settings.state_dir, path)
+    def _set_aside(self, check: bool, paths: Iterable[str], corrupt: Iterable[str] = ()
+                   ) -> None:
+        redirect = Redirect.for_outputs(self.drv_path, self.drv, paths, self.store.store_dir)
+        for path in redirect.scratch.values():
+            self.store.temp_roots.add_temp_root(path)
+        self.aside = Aside(check, redirect, frozenset(corrupt))
 
     async def _build(self) -> BuildResult:
         if failed := await self._realise_inputs():
             return failed
-        assert self.drv is not None
         remote = self.worker.remote
-        if remote is not None and self.redirect is None and not remote.refusal(self.drv):
+        if remote is not None and self.aside is None and not remote.refusal(self.drv):
             async with remote.slots:  # remote builds take no local build slot
                 result = await self._locked(remote=True)
             if not result.remote_unavailable or not self.settings.get("remote-fallback"):
@@ -137,12 +158,30 @@ class DerivationGoal(Goal[BuildResult]):
             raise RunnerError(
                 f"unable to build '{self.drv_path}': '--max-jobs' is 0 and no substituter "
                 "has its outputs", reason="no-build-slots")
-        async with self.worker.build_slot():
-            return await self._locked(remote=False)
+        if refusal := self.worker.sandbox_refusal(dict(self.drv.env)):
+            return self._result(Status.SETUP_FAILED, f"cannot build '{self.drv_path}': {refusal}")
+        return await self._build_here()
+
+    def _lock_set(self) -> list[str]:
+        scratch = self.aside.redirect.scratch.values() if self.aside else ()
+        return [*self.outputs.values(), *scratch]
+
+    async def _build_here(self) -> BuildResult:
+        """A build slot, then the output locks without waiting. Locks that another
+        process holds are waited for without a slot (as Nix does), so this runner builds
+        other ready derivations meanwhile instead of idling behind a lock."""
+        while True:
+            async with self.worker.build_slot():
+                locks = self.worker.try_lock_paths(self._lock_set())
+                if locks is not None:
+                    try:
+                        return await self._build_locked(locks.fds, remote=False)
+                    finally:
+                        self.worker.unlock(locks)
+            await self.worker.wait_lockable(self._lock_set())
 
     async def _locked(self, *, remote: bool) -> BuildResult:
-        scratch = self.redirect.scratch.values() if self.redirect else ()
-        locks = await self.worker.lock_paths([*self.outputs.values(), *scratch])
+        locks = await self.worker.lock_paths(self._lock_set())
         try:
             return await self._build_locked(locks.fds, remote=remote)
         finally:
@@ -163,33 +202,50 @@ class DerivationGoal(Goal[BuildResult]):
             log_tail=record.log_tail.splitlines(), exit_status=record.exit_status,
             log_path=log_path(self.settings.state_dir, self.drv_path) if has_log else None)
 
-    async def _substitute(self) -> Substitution:
-        """SUBSTITUTED when every missing output was fetched; FAILED when a substituter
-        had one but could not deliver it (Nix then builds only with --fallback)."""
-        assert self.drv is not None
+    async def _substitute(self, corrupt: set[str]) -> Substitution:
+        """SUBSTITUTED when every missing (or `corrupt`) output was fetched; FAILED when a
+        substituter had one but could not deliver it (Nix then builds only with --fallback)."""
         if not self.settings.get("substitute") or self.drv.env.get("allowSubstitutes") == "":
             return Substitution.NO_SUBSTITUTERS
         missing = [p for p in self.outputs.values()
-                   if p in self.corrupt or not self.store.is_valid(p)]
+                   if p in corrupt or not self.store.is_valid(p)]
         outcomes = await self.wait_for(
-            self.worker.substitution_goal(p, repair=p in self.corrupt) for p in missing)
+            self.worker.substitution_goal(p, repair=p in corrupt) for p in missing)
         if all(o.ok for o in outcomes):
             return Substitution.SUBSTITUTED
         if Substitution.FAILED in outcomes:
             return Substitution.FAILED
         return Substitution.NO_SUBSTITUTERS
 
+    async def _repair_closure(self) -> BuildResult | None:
+        """--repair of healthy outputs: repair what they refer to, as nix-build --repair
+        does; a corrupt path by the derivation that produced it, else from a substituter."""
+        corrupt = corrupt_in_closure(self.store, self.outputs.values())
+        if not corrupt:
+            return None
+        made_by = producers(self.store, self.drv_path)
+        built = await self.wait_for(self.worker.derivation_goal(drv, BuildMode.REPAIR)
+                                    for drv in sorted({made_by[p] for p in corrupt
+                                                       if p in made_by}))
+        await self.wait_for(self.worker.substitution_goal(p, repair=True)
+                            for p in corrupt if p not in made_by)
+        still = [p for p in corrupt if is_corrupt(self.store, p)]
+        if not still:
+            return None
+        failed = next((r.drv_path for r in built if not r.status.ok), None)
+        return self._result(
+            Status.DEPENDENCY_FAILED,
+            f"cannot repair '{still[0]}' in the output closure of '{self.drv_path}'",
+            failed_dependency=failed)
+
     async def _realise_inputs(self) -> BuildResult | None:
-        assert self.drv is not None
         mode = BuildMode.REPAIR if self.mode is BuildMode.REPAIR else BuildMode.NORMAL
         deps = {p: self.worker.derivation_goal(p, mode) for p in self.drv.input_drvs}
         results = await self.wait_for(deps.values())
-        for result in results:
-            if not result.status.ok:
-                return self._result(
-                    Status.DEPENDENCY_FAILED,
-                    f"cannot build '{self.drv_path}': its dependency '{result.drv_path}' failed",
-                    failed_dependency=result.drv_path)
+        if failed := [r.drv_path for r in results if not r.status.ok]:
+            return self._result(Status.DEPENDENCY_FAILED,
+                                dependencies_failed_message(self.drv_path, len(failed)),
+                                failed_dependency=failed[0])
         for result in results:
             wanted = self.drv.input_drvs[result.drv_path]
             self.input_paths.update(result.outputs[name] for name in wanted
@@ -197,6 +253,10 @@ class DerivationGoal(Goal[BuildResult]):
         missing = [src for src in self.drv.input_srcs if not self.store.is_valid(src)]
         if missing and self.settings.get("substitute"):
             await self.wait_for(self.worker.substitution_goal(src) for src in missing)
+        if self.mode is BuildMode.REPAIR:  # a source has no deriver: fetch it again
+            damaged = [src for src in self.drv.input_srcs if is_corrupt(self.store, src)]
+            await self.wait_for(self.worker.substitution_goal(src, repair=True)
+                                for src in damaged)
         for src in self.drv.input_srcs:
             if not self.store.is_valid(src):
                 return self._result(
@@ -207,14 +267,13 @@ class DerivationGoal(Goal[BuildResult]):
         return None
 
     async def _build_locked(self, lock_fds: tuple[int, ...], *, remote: bool) -> BuildResult:
-        if self.redirect is None and self._outputs_valid():  # another process built it
+        if self.aside is None and self._outputs_valid():  # another process built it
             return self._result(Status.ALREADY_VALID)
         if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
                 and (cached := self._cached_failure())):
             return cached
         self._delete_leftovers()
-        assert self.drv is not None
-        build_drv = self.redirect.derivation(self.drv) if self.redirect else self.drv
+        build_drv = self.aside.redirect.derivation(self.drv) if self.aside else self.drv
         closure = self.worker.input_closure(self.input_paths)
         name = self.drv.name
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
@@ -245,24 +304,28 @@ class DerivationGoal(Goal[BuildResult]):
         if partial := sink.flush_partial():
             progress.build_log(name, [partial])
         sink.close()
-        result = self._finish(build_drv, outcome.ending, outcome.returncode, outcome.message,
-                              closure)
-        if isinstance(outcome, RemoteOutcome):
-            result.remote_unavailable = outcome.unavailable
-            if outcome.substituted and result.status is Status.BUILT:
-                result.status = Status.SUBSTITUTED  # a remote ActionCache hit
+        try:
+            result = self._finish(build_drv, outcome, closure)
+        except BaseException:  # a store error ends the run: still leave no build dir
+            self.worker.build_dirs.give_back(build_dir)
+            self._delete_leftovers()
+            raise
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()
-            self._after_failure(result, build_dir)
+            self._after_failure(result, build_dir, runner_killed=isinstance(
+                outcome, BuilderOutcome) and outcome.log_closed)
         else:
             self.worker.build_dirs.give_back(build_dir)
         return result
 
-    def _finish(self, build_drv: Derivation, ending: Ending | None, returncode: int,
-                message: str, closure: frozenset[str]) -> BuildResult:
+    def _finish(self, build_drv: Derivation, outcome: BuilderOutcome | RemoteOutcome,
+                closure: frozenset[str]) -> BuildResult:
+        ending, returncode, message = outcome.ending, outcome.returncode, outcome.message
+        remote = outcome if isinstance(outcome, RemoteOutcome) else None
         if ending is None:
-            return self._result(Status.SETUP_FAILED, message)
+            return self._result(Status.SETUP_FAILED, message,
+                                remote_unavailable=remote is not None and remote.unavailable)
         if ending in _ENDINGS:
             return self._result(_ENDINGS[ending], message)
         if returncode != 0:
@@ -270,35 +333,54 @@ class DerivationGoal(Goal[BuildResult]):
         try:
             infos = collect_outputs(self.drv_path, build_drv, closure,
                                     self.store.compute_closure)
-            if self.mode is BuildMode.CHECK and self.redirect is not None:
+            if self.aside is not None and self.aside.check:
                 keep = bool(self.settings.get("keep-failed"))
-                if problems := check_outputs(self.store, infos, self.redirect, keep=keep):
+                if problems := check_outputs(self.store, infos, self.aside.redirect, keep=keep):
                     return self._result(
                         Status.NOT_DETERMINISTIC,
                         f"derivation '{self.drv_path}' may not be deterministic: "
                         + "; ".join(problems))
-            elif self.redirect is not None:
-                repair_outputs(self.store, self.drv_path, infos, self.redirect, self.corrupt)
+            elif self.aside is not None:
+                repair_outputs(self.store, self.drv_path, infos, self.aside.redirect,
+                               set(self.aside.corrupt))
             else:
                 self.store.register_valid_paths(infos)
         except OutputRejected as e:
+            if e.status is Status.HASH_MISMATCH and self.aside is None:
+                with contextlib.suppress(OSError, RunnerError):  # best effort, as in Nix
+                    keep_under_real_hash(self.store, self.drv_path, build_drv, closure)
             return self._result(e.status, e.message, exit_status=0)
+        except RunnerError as e:
+            if e.reason != "cycle":
+                raise
+            return self._result(Status.FAILED, f"cannot register the outputs of "
+                                f"'{self.drv_path}': {e.message}", exit_status=0)
         except OSError as e:  # disk full, permissions: not the derivation's fault
             return self._result(Status.SETUP_FAILED,
                                 f"cannot register outputs of '{self.drv_path}': {e}")
         self.store.clear_failures(list(self.outputs.values()))
-        return self._result(Status.BUILT)
+        # A remote ActionCache hit: the outputs were not built now but fetched.
+        return self._result(Status.SUBSTITUTED if remote is not None and remote.substituted
+                            else Status.BUILT)
 
-    def _after_failure(self, result: BuildResult, build_dir: str) -> None:
-        assert self.drv is not None
+    def _after_failure(self, result: BuildResult, build_dir: str, *,
+                       runner_killed: bool = False) -> None:
+        transient = None
+        if result.status in PERMANENT:  # before the leftovers go: they may fill the disk
+            transient = failure_cache.machine_cause(
+                result.exit_status, {"store": self.store.store_dir, "build directory": build_dir},
+                runner_killed=runner_killed)
+            if transient:
+                result.message += f"; {transient}: not cached"
         if self.settings.get("keep-failed"):
+            self.worker.build_dirs.keep(build_dir)  # docs/security.md, class 4
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
             self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
         killed = result.exit_status is not None and result.exit_status < 0  # by a signal
         if (result.status in PERMANENT and self.settings.get("cache-failures") and not killed
-                and not self.drv.is_fixed_output and self.redirect is None):
+                and not transient and not self.drv.is_fixed_output and self.aside is None):
             for path in self.outputs.values():
                 self.store.register_failure(path, exit_status=result.exit_status,
                                             drv_path=self.drv_path,
@@ -310,5 +392,5 @@ class DerivationGoal(Goal[BuildResult]):
         for path in self.outputs.values():
             if os.path.lexists(path) and not self.store.is_valid(path):
                 remove_tree(path)
-        for path in self.redirect.scratch.values() if self.redirect else ():
+        for path in self.aside.redirect.scratch.values() if self.aside else ():
             remove_tree(path)  # never valid

@@ -25,6 +25,8 @@ from runner.store.paths import hash_part
 # `closure_of(paths)`: the closure of valid paths, from the store.
 ClosureFn = Callable[[Collection[str]], set[str]]
 
+PATH_MAX = 4096  # Linux's, with the terminating NUL
+
 REFERENCE_CHECKS = ("allowedReferences", "disallowedReferences", "allowedRequisites",
                     "disallowedRequisites")
 
@@ -54,8 +56,9 @@ def collect_outputs(
                 f"builder for '{drv_path}' failed to produce output path for output "
                 f"'{name}' at '{path}'")
         try:
-            canonicalise(path)
-        except RunnerError as e:  # a FIFO, socket or device in the output
+            # Paths beyond PATH_MAX could not be archived or used by name.
+            canonicalise(path, max_path=PATH_MAX)
+        except RunnerError as e:  # a FIFO, socket or device; a path too long
             raise OutputRejected(f"output '{path}' of '{drv_path}' is not acceptable: "
                                  f"{e.message}") from None
         nar_hash, nar_size = nar.hash_path(path)

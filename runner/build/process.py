@@ -4,6 +4,13 @@ No threads and no polling: the pipe and a pidfd are registered with the
 loop, and each limit is one timer. The builder leads its own process group
 (or PID namespace); whatever ends the build, the whole group is killed
 before the builder is reaped, so no child outlives it.
+
+A build also ends when its log closes, as in Nix: a builder that closed its
+stdout and stderr and kept running is killed (`failed due to signal 9`).
+A builder that exits closes its log a moment before it can be reaped, so
+the kill waits `LOG_CLOSED_GRACE`; for a sandboxed build `proc` is the
+sandbox supervisor, which holds no writer of the log and is left alone once
+its builder (its only child) has exited: it is moving the outputs out.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 READ_SIZE = 65536
+LOG_CLOSED_GRACE = 0.1  # seconds between the log's EOF and killing a builder still running
 
 
 class Ending(enum.Enum):
@@ -38,6 +46,7 @@ class Limits:
 class ProcessEnd:
     ending: Ending
     returncode: int  # negative: killed by that signal
+    log_closed: bool = False  # killed because it closed its log and kept running
 
 
 def kill_group(pid: int) -> None:
@@ -48,9 +57,11 @@ def kill_group(pid: int) -> None:
 class _Supervisor:
     def __init__(
         self, proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
-        on_output: Callable[[bytes], None],
+        on_output: Callable[[bytes], None], sandboxed: bool = False,
     ) -> None:
         self.proc = proc
+        self.sandboxed = sandboxed
+        self.log_closed = False
         self.read_fd = read_fd
         self.limits = limits
         self.on_output = on_output
@@ -84,7 +95,8 @@ class _Supervisor:
         finally:
             self._cleanup()
         returncode = self.proc.returncode
-        return ProcessEnd(self.ending, -signal.SIGKILL if returncode is None else returncode)
+        return ProcessEnd(self.ending, -signal.SIGKILL if returncode is None else returncode,
+                          self.log_closed)
 
     def _wait_blocking(self) -> None:
         os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
@@ -98,12 +110,21 @@ class _Supervisor:
             data = b""
         if not data:
             self.loop.remove_reader(self.read_fd)
+            self.timers.append(self.loop.call_later(LOG_CLOSED_GRACE, self._on_log_closed))
             return
         self.last_output = self.loop.time()
         self.size += len(data)
         self.on_output(data)
         if self.limits.max_log_size and self.size > self.limits.max_log_size:
             self._kill(Ending.LOG_LIMIT)
+
+    def _on_log_closed(self) -> None:
+        if self.done.done() or self.killed:
+            return
+        if self.sandboxed and not _running_children(self.proc.pid):
+            return  # the builder has exited; its supervisor collects the outputs
+        self.log_closed = True
+        self._kill(Ending.EXITED)
 
     def _check_silence(self) -> None:
         quiet = self.loop.time() - self.last_output
@@ -153,10 +174,30 @@ class _Supervisor:
         os.close(self.read_fd)
 
 
+def _running_children(pid: int) -> list[int]:
+    """Children of `pid` that have not exited (zombies do not count)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+    running = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            running.append(child)
+    return running
+
+
 async def supervise(
     proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
-    on_output: Callable[[bytes], None],
+    on_output: Callable[[bytes], None], *, sandboxed: bool = False,
 ) -> ProcessEnd:
-    """Wait for `proc` to end (or be killed by a limit); `read_fd` is its output pipe,
-    owned and closed here."""
-    return await _Supervisor(proc, read_fd, limits, on_output).run()
+    """Wait for `proc` to end (or be killed by a limit, or for closing its log while
+    running); `read_fd` is its output pipe, owned and closed here. `sandboxed`: `proc`
+    is a sandbox supervisor whose one child is the builder."""
+    return await _Supervisor(proc, read_fd, limits, on_output, sandboxed).run()

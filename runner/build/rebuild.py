@@ -7,16 +7,16 @@ Called with the derivation's output locks held.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from runner.build.redirect import Redirect, differences
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import remove_tree, rename_tree
+from runner.store.layout import CHECK_SUFFIX
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
 from runner.store.staging import TempDir, replace_tree
-
-CHECK_SUFFIX = ".check"
 
 
 def check_outputs(store: LocalStore, infos: list[PathInfo], redirect: Redirect, *,
@@ -83,3 +83,21 @@ def is_corrupt(store: LocalStore, path: str) -> bool:
         return nar.hash_path(path, info.nar_hash.algo)[0] != info.nar_hash
     except (OSError, RunnerError):
         return True
+
+
+def corrupt_in_closure(store: LocalStore, outputs: Iterable[str]) -> list[str]:
+    """The corrupt paths that `outputs` refer to, directly or not (not `outputs` themselves)."""
+    own = set(outputs)
+    return sorted(p for p in store.compute_closure(own) - own if is_corrupt(store, p))
+
+
+def producers(store: LocalStore, drv_path: str) -> dict[str, str]:
+    """Output path -> the derivation that produces it, for every derivation that
+    `drv_path` depends on (its closure of `.drv` files, as Nix's repairClosure maps them)."""
+    found: dict[str, str] = {}
+    for path in store.compute_closure([drv_path]) - {drv_path}:
+        if path.endswith(".drv"):
+            for out in store.query_derivation_outputs(path).values():
+                found[out] = path
+    return found
+

@@ -8,13 +8,14 @@ allows it. Its errors reach the builder as set-up failures, which are not cached
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from runner.sandbox import staging
+from runner.sandbox import staging, uidpool
 from runner.sandbox.executor import spawn
-from runner.sandbox.plan import make_plan
+from runner.sandbox.plan import default_ids, make_plan
 from runner.sandbox.policy import use_sandbox
 from runner.settings import Settings
 
@@ -40,13 +41,26 @@ class SandboxMode:
         self, *, argv: list[str], env: dict[str, str], build_dir: str,
         closure: Collection[str], outputs: list[str], fixed_output: bool, stdout: int, stderr: int,
     ) -> SandboxedBuild:
-        plan = make_plan(
-            argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
-            closure=closure, outputs=outputs, fixed_output=fixed_output, settings=self.settings,
-        )
-        proc = spawn(plan, stdout=stdout, stderr=stderr)
-        # A supervisor killed by a timeout or an interrupt leaves its staging dir.
-        return SandboxedBuild(proc, lambda: staging.discard(plan))
+        # As root, a build uid of its own for this build (docs/security.md, class 2).
+        lease = uidpool.acquire() if os.geteuid() == 0 else None
+        try:
+            plan = make_plan(
+                argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
+                closure=closure, outputs=outputs, fixed_output=fixed_output,
+                settings=self.settings, ids=default_ids(lease.uid) if lease else None,
+            )
+            proc = spawn(plan, stdout=stdout, stderr=stderr)
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+
+        def release() -> None:
+            # A supervisor killed by a timeout or an interrupt leaves its staging dir.
+            staging.discard(plan)
+            if lease is not None:
+                lease.release()  # the build's processes are gone: the uid is free
+        return SandboxedBuild(proc, release)
 
 
 def choose_sandbox(settings: Settings, warn: Callable[[str], None]) -> SandboxMode:

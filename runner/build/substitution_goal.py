@@ -69,7 +69,8 @@ class SubstitutionGoal(Goal[Substitution]):
             loop.call_soon_threadsafe(progress.warn, message)
 
         settings = self.worker.settings
-        with LocalStore(settings.store_dir, settings.state_dir) as store:
+        with LocalStore(settings.store_dir, settings.state_dir,
+                        temp_roots=self.worker.store.temp_roots) as store:
             return subst.substitute(store, self.path, self.worker.substituters, settings,
                                     warn=warn, repair=self.repair)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from runner.build.background import Background
 from runner.build.build_dirs import BuildDirs
-from runner.build.derivation_goal import BuildMode, DerivationGoal
+from runner.build.derivation_goal import BuildMode, DerivationGoal, dependencies_failed_message
 from runner.build.progress import Progress
 from runner.build.remote_builder import RemoteBuilders
-from runner.build.result import BuildResult
+from runner.build.result import BuildResult, Status
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
@@ -64,7 +64,8 @@ class Worker:
         self.build_dirs = BuildDirs(settings, self.background)
         self.spawner = Spawner(self.max_jobs)  # sandboxed builds start off the loop
         self._closures: dict[frozenset[str], frozenset[str]] = {}
-        self.remote = RemoteBuilders(settings) if settings.get("remote-builders") else None
+        self.remote = (RemoteBuilders(settings, before_open=self._probe_sandbox)
+                       if settings.get("remote-builders") else None)
 
     # -- the goal table
 
@@ -72,7 +73,8 @@ class Worker:
                         ) -> DerivationGoal:
         goal = self.derivation_goals.get(drv_path)
         if goal is None:
-            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, mode)
+            drv = self.store.read_derivation(drv_path)
+            goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, drv, mode)
             self.progress.expect(drv_path)
         return goal
 
@@ -113,6 +115,36 @@ class Worker:
         if self._sandbox is None:
             self._sandbox = self._choose_sandbox()
         return self._sandbox
+
+    def _probe_sandbox(self) -> None:
+        """Before gRPC exists in this process. The probe forks runner itself, and a fork
+        of a process where gRPC runs cannot set up a sandbox (its fork handlers start
+        threads in the child, which fail in the new PID namespace): probing later would
+        turn the sandbox off for the whole run. Sandboxed builds themselves start from
+        fork servers, fresh processes gRPC never touched (runner/sandbox/forkserver.py)."""
+        if self.settings.get("sandbox") != "off":
+            from runner.sandbox.probe import probe
+
+            probe()
+
+    def sandbox_refusal(self, drv_env: dict[str, str]) -> str | None:
+        """Why a sandboxed local build cannot start in this process now: with the fork
+        server off (RUNNER_SANDBOX_FORK_SERVER=0) the sandbox is forked from runner, which
+        fails once gRPC runs here. An error, never a silent unsandboxed build."""
+        if self.remote is None or not self.remote.started:
+            return None
+        from runner.sandbox.executor import use_fork_server
+
+        if use_fork_server():
+            return None
+        try:
+            if not self.sandbox.enabled_for(drv_env):
+                return None
+        except RunnerError:
+            return None  # the builder reports it
+        return ("a sandboxed local build next to remote builds needs the sandbox fork "
+                "server (RUNNER_SANDBOX_FORK_SERVER=0 is set): a sandbox forked from runner "
+                "after gRPC started its threads does not work")
 
     @property
     def substituters(self) -> list[Substituter]:
@@ -164,6 +196,15 @@ class Worker:
             except asyncio.TimeoutError:
                 delay = min(delay * 2, LOCK_RETRY_MAX)
         return locks
+
+    def try_lock_paths(self, paths: Iterable[str]) -> PathLocks | None:
+        locks = PathLocks()
+        return locks if locks.try_lock(sorted(paths)) else None
+
+    async def wait_lockable(self, paths: Iterable[str]) -> None:
+        """Wait, holding nothing, until `paths` are free to lock (another process or goal
+        held them)."""
+        self.unlock(await self.lock_paths(paths))
 
     def unlock(self, locks: PathLocks) -> None:
         locks.unlock()
@@ -220,7 +261,34 @@ class Worker:
         for task in self._tasks:
             if not task.cancelled() and (error := task.exception()) is not None:
                 raise error
+        if self._stopping:
+            self._dependencies_failed(drv_paths)
         return [self.results[p] for p in drv_paths if p in self.results]
+
+    def _dependencies_failed(self, drv_paths: list[str]) -> None:
+        """Without --keep-going the first failure cancels the goals waiting for it. Each
+        waiter then ends as Nix's does, `N dependencies of derivation '…' failed to
+        build` (N: its own inputs that failed); the requested ones are reported."""
+        # Level by level up from the failures (no recursion: a chain may be long); like
+        # Nix's, a waiter ends with the failures known when it was woken.
+        while True:
+            known = dict(self.results)
+            for path, goal in self.derivation_goals.items():
+                if path in known:
+                    continue
+                failed = sorted(w.key for w in goal.waitees if isinstance(w, DerivationGoal)
+                                and w.key in known and not known[w.key].status.ok)
+                if failed:
+                    self.results[path] = BuildResult(
+                        path, Status.DEPENDENCY_FAILED,
+                        message=dependencies_failed_message(path, len(failed)),
+                        failed_dependency=failed[0])
+            if len(self.results) == len(known):
+                break
+        for path in drv_paths:
+            result = self.results.get(path)
+            if result is not None and result.status is Status.DEPENDENCY_FAILED:
+                self.progress.finished(result)
 
     def _on_signal(self, sig: int) -> None:
         if self.interrupted is None:

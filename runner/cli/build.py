@@ -151,26 +151,25 @@ def _all_valid_from_cache(args: argparse.Namespace, settings: Settings,
     needs no parsing, no goals and no locks; print and link as a build would."""
     from runner.spec import eval_cache
     from runner.store.local_store import open_store
-    from runner.store.roots import add_temp_roots
 
     entry = eval_cache.lookup(settings.state_dir, settings.store_dir, args.spec, args.names)
     if entry is None:
         return False
-    with open_store(settings) as store:
+    with open_store(settings) as store:  # open until linked: its temp roots keep the paths
         paths = entry.paths
-        add_temp_roots(settings.state_dir, paths)  # before checking, as goals do
+        store.temp_roots.add_temp_roots(paths)  # before checking, as goals do
         if store.valid_paths(paths) != set(paths):
             return False
-    for _, outputs in entry.targets:
-        for _, path in sorted(outputs.items()):
-            print(path)
-    print(f"0 built, 0 substituted, {len(entry.targets)} cached, 0 failed "
-          f"in {time.monotonic() - started:.2f}s", file=sys.stderr)
-    if not args.no_out_link:
-        from runner.build.out_links import create_out_links
+        for _, outputs in entry.targets:
+            for _, path in sorted(outputs.items()):
+                print(path)
+        print(f"0 built, 0 substituted, {len(entry.targets)} cached, 0 failed "
+              f"in {time.monotonic() - started:.2f}s", file=sys.stderr)
+        if not args.no_out_link:
+            from runner.build.out_links import create_out_links
 
-        create_out_links(settings.store_dir, settings.state_dir, args.out_link,
-                         [outputs for _, outputs in entry.targets])
+            create_out_links(settings.store_dir, settings.state_dir, args.out_link,
+                             [outputs for _, outputs in entry.targets])
     return True
 
 

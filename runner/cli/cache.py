@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--writable", action="store_true", help="accept PUT uploads (DIR only)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every request")
     s.set_defaults(func=_serve)
+    st = actions.add_parser("status", help="health of every substituter: up or down, since "
+                            "when, why, next probe, lookups and hits of the last run")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_status)
+    r = actions.add_parser("reset", help="forget substituter health records (all, or URL's)")
+    r.add_argument("url", nargs="?", metavar="URL", help="only this substituter")
+    r.set_defaults(func=_reset)
 
     key = sub.add_parser("key", help="signing keys for binary caches")
     key_actions = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
@@ -132,6 +139,51 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         server.server_close()
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import time
+
+    from runner.substituters.configure import open_health, parse_url
+    from runner.substituters.health import Record
+
+    health = open_health(settings)
+    try:
+        records = {r.url: r for r in health.all()}
+    finally:
+        health.close()
+    configured = [parse_url(u)[0] for u in settings.get("substituters")]
+    urls = list(dict.fromkeys([*configured, *sorted(records)]))
+    rows = [records.get(u) or Record(u, None, None, 0, None, 0, 0) for u in urls]
+    if args.json:
+        print(json.dumps([{**r.as_json(), "configured": r.url in configured} for r in rows],
+                         indent=2))
+        return 0
+    now = time.time()
+    for r in rows:
+        if r.is_down:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.down_since or now))
+            wait = max(0, round((r.next_probe or now) - now))
+            state = f"down since {since} ({r.last_error}); next probe in {wait} s"
+        else:
+            state = "up"
+        extra = "" if r.url in configured else " (not in your settings)"
+        print(f"{r.url}{extra}: {state}; last run: {r.lookups} lookups, {r.hits} hits")
+    return 0
+
+
+def _reset(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.substituters.configure import open_health, parse_url
+
+    health = open_health(settings)
+    try:
+        count = health.reset(parse_url(args.url)[0] if args.url else None)
+    finally:
+        health.close()
+    print(f"forgot {count} substituter health record{'s' if count != 1 else ''}",
+          file=sys.stderr)
     return 0
 
 

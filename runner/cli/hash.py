@@ -35,9 +35,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if not os.path.lexists(path):
             raise RunnerError(f"path '{path}' does not exist", reason="not-found")
         if args.mode == "file":
-            if not os.path.isfile(path):
-                raise RunnerError(f"'{path}' is not a regular file", reason="not-a-file")
-            h = hashes.hash_file(args.type, path)
+            # Any readable file, pipes too (`<(…)`), as `nix hash file`; not a directory.
+            if os.path.isdir(path):
+                raise RunnerError(f"'{path}' is a directory, not a file", reason="not-a-file")
+            try:
+                h = hashes.hash_file(args.type, path)
+            except OSError as e:
+                raise RunnerError(f"cannot read '{path}': {e.strerror}", reason="io") from None
         else:
             h = nar.hash_path(path, algo=args.type)[0]
         print(h.to_string(args.encoding, prefix=False))

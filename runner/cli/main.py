@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "runner.cli.config": ("config",),
     "runner.cli.hash": ("hash",),
     "runner.cli.completion": ("completion", "__complete-names"),
+    "runner.cli.daemon": ("daemon",),
     "runner.cli.why": ("diff", "why"),
 }
 
@@ -56,6 +57,7 @@ COMMAND_HELP = {
     "config": "show settings",
     "hash": "hash files or file trees as Nix does",
     "completion": "print a shell completion script (bash, zsh or fish)",
+    "daemon": "serve the store over Nix's worker protocol",
     "diff": "explain how two derivations differ, root cause first",
     "why": "show what changed in a derivation since it last built",
 }

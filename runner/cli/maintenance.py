@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 
@@ -21,12 +22,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     p.add_argument("--max-freed", type=_bytes, metavar="BYTES",
                    help="stop after freeing this much (suffixes K, M, G, T)")
-    p.add_argument("--keep-outputs", action="store_true",
-                   help="keep the outputs of live derivations")
-    p.add_argument("--keep-derivations", action="store_true",
-                   help="keep the derivations of live outputs")
+    p.add_argument("--keep-outputs", action="store_true", default=None,
+                   help="keep the outputs of live derivations (setting keep-outputs)")
+    p.add_argument("--keep-derivations", action="store_true", default=None,
+                   help="keep the derivations of live outputs (setting keep-derivations, "
+                        "on by default)")
     p.add_argument("--drop-failures", action="store_true",
                    help="also forget every cached build failure")
+    p.add_argument("--json", action="store_true",
+                   help="print what was (or would be) deleted and the bytes freed as JSON")
     p.set_defaults(func=_gc)
 
     p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
@@ -56,6 +60,8 @@ def register_store(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--repair", action="store_true",
                    help="rebuild or re-substitute broken paths; remove dangling rows and "
                         "broken paths that cannot be repaired and nothing refers to")
+    p.add_argument("--json", action="store_true",
+                   help="print each problem and what was repaired as JSON")
     p.set_defaults(func=_verify)
 
 
@@ -70,16 +76,27 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.gc import GCOptions, collect_garbage
 
     options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
-                        keep_outputs=args.keep_outputs, keep_derivations=args.keep_derivations,
-                        drop_failures=args.drop_failures)
+                        drop_failures=args.drop_failures,
+                        **_keep_options(settings, args.keep_outputs, args.keep_derivations))
     with open_store(settings) as store:
         result = collect_garbage(store, options)
-    for path in result.deleted:
+    if args.json:
+        print(json.dumps(result.to_json(dry_run=args.dry_run), indent=2))
+        return 0
+    for path in [*result.leftovers, *result.deleted]:  # in the order they go
         print(path)
     print(result.summary(dry_run=args.dry_run))
     if result.failures_dropped:
         print(f"{result.failures_dropped} cached build failures dropped")
     return 0
+
+
+def _keep_options(settings: Settings, outputs: bool | None = None,
+                  derivations: bool | None = None) -> dict[str, bool]:
+    """What `gc` keeps beyond the closure of the roots: a flag wins over the setting."""
+    return {"keep_outputs": bool(settings.get("keep-outputs")) if outputs is None else outputs,
+            "keep_derivations": (bool(settings.get("keep-derivations"))
+                                 if derivations is None else derivations)}
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,19 +133,24 @@ def _optimise(args: argparse.Namespace, settings: Settings) -> int:
 
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.repair import repair_paths
+    from runner.store.gc import GCOptions
     from runner.store.verify import verify_store
 
     with open_store(settings) as store:
         report = verify_store(store, check_contents=args.check_contents, repair=args.repair,
-                              rebuild=lambda paths: repair_paths(store, paths, settings))
-    for line in report.problems:
+                              rebuild=lambda paths: repair_paths(store, paths, settings),
+                              keep=GCOptions(**_keep_options(settings)))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    for line in report.problems if not args.json else ():
         print(f"problem: {line}")
-    for line in report.fixed:
+    for line in report.fixed if not args.json else ():
         print(f"fixed: {line}")
     if report.ok:
-        print("store is consistent" if not report.problems else "all problems fixed")
+        if not args.json:
+            print("store is consistent" if not report.problems else "all problems fixed")
         return 0
-    if args.repair:
+    if args.repair and not args.json:
         for line in report.unfixed:
             print(f"not fixed: {line}")
     raise RunnerError(f"store verification found {len(report.unfixed)} problem(s)"

@@ -113,14 +113,18 @@ def cli_markdown() -> str:
         "choices, setting names after `--option`, and the derivation names of the spec on "
         "the line (the first `.yaml`/`.yml` word; `runner check` without one uses the "
         "repository's default spec). For the names the script runs the hidden "
-        "`runner __complete-names [SPEC]`, so `runner` must be on `PATH`. Install:",
+        "`runner __complete-names [SPEC]`, so `runner` must be on `PATH`. Install for bash "
+        "and fish:",
         "",
         "```sh",
-        "echo 'source <(runner completion bash)' >> ~/.bashrc",
-        "runner completion zsh > \"${fpath[1]}/_runner\"   # or in ~/.zshrc, after compinit:",
-        "#   eval \"$(runner completion zsh)\"",
+        "mkdir -p ~/.local/share/bash-completion/completions ~/.config/fish/completions",
+        "runner completion bash > ~/.local/share/bash-completion/completions/runner",
         "runner completion fish > ~/.config/fish/completions/runner.fish",
         "```",
+        "",
+        "and for zsh, `runner completion zsh > ~/.zfunc/_runner` with "
+        "`fpath+=(~/.zfunc)` before `compinit` in `~/.zshrc` (or "
+        "`eval \"$(runner completion zsh)\"` after it).",
         "",
         "## Commands",
         "",

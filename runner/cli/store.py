@@ -15,6 +15,7 @@ from runner.settings import Settings
 from runner.store import nar
 from runner.store.closure_info import closure_size
 from runner.store.local_store import open_store
+from runner.store.path_info import PathInfo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,24 +65,27 @@ def _dump(args: argparse.Namespace, settings: Settings) -> int:
 
 def _path_info(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
-        infos = []
+        infos: list[PathInfo | str] = []  # a str: a store path that is not valid
         sizes: dict[str, int] = {}
         for arg in args.paths:
             path = store_path_arg(store, arg)
-            info = store.query_path_info(path)
-            if info is None:
+            found = store.query_path_info(path)
+            if found is None and not args.json:
                 raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
-            infos.append(info)
-            if args.closure_size:
+            infos.append(path if found is None else found)
+            if args.closure_size and found is not None:
                 sizes[path] = closure_size(store, path)
     if args.json:
-        entries = [info.to_json() for info in infos]
+        # As Nix 2.8: a path that is not valid is listed as such, and is no error.
+        entries = [{"path": i, "valid": False} if isinstance(i, str) else i.to_json()
+                   for i in infos]
         for entry in entries:
-            if args.closure_size:
+            if args.closure_size and entry.get("valid", True):
                 entry["closureSize"] = sizes[str(entry["path"])]
         print(json.dumps(entries, sort_keys=True))
         return 0
     for info in infos:
+        assert not isinstance(info, str)  # refused above without --json
         print(info.path)
         print(f"  nar-hash:   {info.nar_hash}")
         print(f"  nar-size:   {info.nar_size}")

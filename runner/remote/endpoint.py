@@ -11,9 +11,13 @@ import grpc
 from runner.errors import RunnerError
 
 # Keepalive pings notice a remote that vanished without closing the connection
-# (a dead host, a cut network) while an Execute stream waits for a long build.
+# (a dead host, a cut network) while an Execute stream waits for a long build. A
+# server that died closes its connections and is noticed at once. gRPC servers by
+# default accept a ping without data at most every 5 minutes and answer more with
+# GOAWAY `too_many_pings` (buildbox-casd did, 90 s into a long build): stay above that.
+KEEPALIVE_MS = 360_000
 CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),

@@ -36,7 +36,9 @@ def as_runner_error(endpoint: Endpoint, what: str, error: grpc.RpcError) -> Runn
     name = code_name(error)
     detail = details(error)
     suffix = f": {detail}" if detail else ""
-    if name in _DOWN:
+    # A server that finds our pings too frequent ends the connection (GOAWAY); it is
+    # up, and the channel reconnects: this call failed, the endpoint is not down.
+    if name in _DOWN and "too many pings" not in detail.lower():
         return RunnerError(f"remote executor '{endpoint.url}' is unavailable ({what}: "
                            f"{name}{suffix})", reason="remote-unavailable")
     return RunnerError(f"remote executor '{endpoint.url}' failed ({what}: {name}{suffix})",

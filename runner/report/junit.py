@@ -211,7 +211,8 @@ def merged(entries: Iterable[SuiteEntry]) -> bytes:
         root.set(key, str(getattr(totals, key)))
     root.set("time", f"{totals.time:.3f}")
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    text: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return text + b"\n"
 
 
 def _as_one_case(entry: SuiteEntry) -> Summary:

@@ -21,7 +21,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from runner.sandbox import libc
+from runner.sandbox import libc, seccomp
 from runner.sandbox.plan import Mount, SandboxPlan
 
 SCRATCH = "/tmp"  # any host dir works; its tmpfs is gone once the new root is in
@@ -41,6 +41,7 @@ class Step:
     mount: Mount
     source: str  # resolved host path, "" when there is none
     is_dir: bool
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) the bound source must have
 
 
 def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
@@ -61,6 +62,8 @@ def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
     _make_root(steps)
     _drop_privileges(plan)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if plan.deny_unix_sockets:
+        seccomp.deny_unix_sockets()
     # Changing uid cleared the death signal; set it again, then make sure the
     # parent did not die in between.
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -124,6 +127,10 @@ def _apply(step: Step) -> None:
     else:  # bind, device
         _mount_point(target, step.is_dir)
         libc.mount(OLD + step.source, target, None, libc.MS_BIND | libc.MS_REC)
+        if step.ident is not None:
+            st = os.stat(target)
+            if (st.st_dev, st.st_ino) != step.ident:  # swapped since it was checked
+                raise OSError(0, f"sandbox path '{m.source}' changed while being bound")
         _remount(target, readonly=not m.writable, nodev=m.kind != "device")
 
 

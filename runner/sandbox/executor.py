@@ -39,7 +39,7 @@ from typing import Any
 from runner.errors import RunnerError
 from runner.sandbox import forkserver, staging, supervisor
 from runner.sandbox.child import Step
-from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.store.canonicalise import remove_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -264,6 +264,11 @@ def resolve(plan: SandboxPlan) -> list[Step]:
             raise RunnerError(f"sandbox: '{m.source}' does not exist",
                               reason="sandbox-setup") from None
         source = m.source
+        if m.within:  # a spec's path: check where it really leads (docs/security.md, 6)
+            step = _resolve_spec_path(m)
+            if step is not None:
+                steps.append(step)
+            continue
         if stat.S_ISLNK(st.st_mode):
             real = os.path.realpath(m.source)
             # A store path stays a symlink; so does a host path whose target is
@@ -279,6 +284,19 @@ def resolve(plan: SandboxPlan) -> list[Step]:
             source = real
         steps.append(Step(m, source, stat.S_ISDIR(st.st_mode)))
     return steps
+
+
+def _resolve_spec_path(m: Mount) -> Step | None:
+    """Bind what `m.source` resolves to, only if that is under an allowed prefix
+    (itself resolved); the child checks that what it bound is this very inode."""
+    real = os.path.realpath(m.source)
+    if not any(_within(real, os.path.realpath(a)) for a in m.within):
+        raise not_allowed(m.source, real)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return None  # dangling: optional like every host path
+    return Step(m, real, stat.S_ISDIR(st.st_mode), (st.st_dev, st.st_ino))
 
 
 def _read_all_bytes(fd: int) -> bytes:

@@ -100,3 +100,8 @@ def setdomainname(name: str) -> None:
 
 def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl {option}")
+
+
+def prctl_ptr(option: int, arg: int, pointer: int) -> None:
+    """prctl whose third argument is an address (PR_SET_SECCOMP's filter)."""
+    _check(_libc.prctl(option, arg, pointer, 0, 0), f"prctl {option}")

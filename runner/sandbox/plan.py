@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from runner.errors import RunnerError
@@ -59,6 +59,33 @@ class Mount:
     data: str = ""
     writable: bool = False
     optional: bool = False  # skipped when the host source does not exist
+    # A spec's path: its resolved host source must lie under one of these
+    # (resolved) prefixes, checked again on what is actually bound.
+    within: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BuildIds:
+    """Who the builder runs as and who owns the outputs afterwards (host ids).
+
+    `user_namespace`: the builder is `build_uid:build_gid` inside a one-id user
+    namespace mapped to the owner (runner not root); else those are host ids.
+    """
+
+    user_namespace: bool
+    build_uid: int
+    build_gid: int
+    owner_uid: int
+    owner_gid: int
+
+
+def default_ids(build_uid: int = ROOT_BUILD_UID) -> BuildIds:
+    """This process's ids: as root, the host build uid given (one per build slot:
+    `runner.sandbox.uidpool`); otherwise a user namespace."""
+    owner_uid, owner_gid = os.geteuid(), os.getegid()
+    if owner_uid == 0:
+        return BuildIds(False, build_uid, ROOT_BUILD_GID, 0, owner_gid)
+    return BuildIds(True, USERNS_BUILD_UID, USERNS_BUILD_GID, owner_uid, owner_gid)
 
 
 @dataclass(frozen=True)
@@ -77,9 +104,11 @@ class SandboxPlan:
     owner_gid: int
     mounts: tuple[Mount, ...]
     store_dir: str
-    staging_dir: str  # host dir shown at store_dir; outputs are moved out of it
+    staging_dir: str  # 0700 host dir holding `staging_store`; removed after the build
+    staging_store: str  # host dir shown at store_dir; outputs are copied out of it
     build_dir: str
     outputs: tuple[str, ...]
+    deny_unix_sockets: bool = False  # seccomp: no AF_UNIX sockets (fixed-output builds)
 
 
 def make_plan(
@@ -92,8 +121,10 @@ def make_plan(
     outputs: Iterable[str],
     fixed_output: bool,
     settings: SettingsLike,
+    ids: BuildIds | None = None,
 ) -> SandboxPlan:
-    """The sandbox for one build. Depends only on its arguments and the effective uid."""
+    """The sandbox for one build. Depends only on its arguments (`ids` None: the
+    effective uid's `default_ids()`)."""
     if not argv:
         raise RunnerError("sandbox: empty builder command", reason="sandbox-setup")
     store_dir = _absolute(store_dir, "store dir")
@@ -102,10 +133,10 @@ def make_plan(
     # An output is never also an input (it is rebuilt), so it is not bound read-only.
     closure_t = tuple(sorted({_store_child(p, store_dir, "input") for p in closure}
                              - set(outputs_t)))
-    as_root = os.geteuid() == 0
-    uid, gid = (ROOT_BUILD_UID, ROOT_BUILD_GID) if as_root else (USERNS_BUILD_UID,
-                                                                  USERNS_BUILD_GID)
-    owner_uid, owner_gid = os.geteuid(), os.getegid()
+    ids = ids or default_ids()
+    as_root = not ids.user_namespace
+    uid, gid = ids.build_uid, ids.build_gid
+    owner_uid, owner_gid = ids.owner_uid, ids.owner_gid
     key = posixpath.basename(outputs_t[0] if outputs_t else build_dir)
 
     mounts: list[Mount] = [
@@ -126,7 +157,8 @@ def make_plan(
         mounts.append(Mount("file", "/etc/hosts", data="127.0.0.1 localhost\n::1 localhost\n"))
     mounts += _host_paths(settings, env)
     mounts.append(Mount("bind", BUILD_TOP, source=build_dir, writable=True))
-    mounts.append(Mount("bind", store_dir, source=f"{store_dir}/.sandbox-{key}", writable=True))
+    staging = f"{store_dir}/.sandbox-{key}"
+    mounts.append(Mount("bind", store_dir, source=f"{staging}/store", writable=True))
     mounts += [Mount("bind", p, source=p) for p in closure_t]
     _check_unique(mounts)
     # Parents before children; the sort is stable, so equal depths keep the order above.
@@ -147,9 +179,11 @@ def make_plan(
         owner_gid=owner_gid,
         mounts=tuple(mounts),
         store_dir=store_dir,
-        staging_dir=f"{store_dir}/.sandbox-{key}",
+        staging_dir=staging,
+        staging_store=f"{staging}/store",
         build_dir=build_dir,
         outputs=outputs_t,
+        deny_unix_sockets=fixed_output,
     )
 
 
@@ -160,13 +194,20 @@ def _host_paths(settings: SettingsLike, env: Mapping[str, str]) -> list[Mount]:
     for entry in env.get(SPEC_PATHS_ATTR, "").split():
         mount = _host_path(entry)
         if not any(_is_within(mount.source, a) for a in allowed):
-            raise RunnerError(
-                f"sandbox path '{mount.source}' is not allowed; "
-                "add it to 'allowed-spec-sandbox-paths' to permit it",
-                reason="sandbox-path-not-allowed",
-            )
-        mounts.append(mount)
+            raise not_allowed(mount.source)
+        # The string check is not enough (a symlink under an allowed prefix can
+        # point anywhere): the executor resolves the source and checks again.
+        mounts.append(replace(mount, within=tuple(allowed)))
     return mounts
+
+
+def not_allowed(source: str, real: str = "") -> RunnerError:
+    where = f" (which resolves to '{real}')" if real and real != source else ""
+    return RunnerError(
+        f"sandbox path '{source}'{where} is not allowed; "
+        "add it to 'allowed-spec-sandbox-paths' to permit it",
+        reason="sandbox-path-not-allowed",
+    )
 
 
 def _host_path(entry: str) -> Mount:

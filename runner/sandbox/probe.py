@@ -10,8 +10,9 @@ import tempfile
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.sandbox import uidpool
 from runner.sandbox.executor import spawn
-from runner.sandbox.plan import make_plan
+from runner.sandbox.plan import default_ids, make_plan
 from runner.settings import DEFAULT_SANDBOX_PATHS
 
 
@@ -27,12 +28,25 @@ def probe() -> str | None:
     """None when sandboxed builds work here, else the reason they do not (cached)."""
     if sys.platform != "linux":
         return f"namespaces are Linux-only (this is {sys.platform})"
+    try:
+        lease = uidpool.acquire() if os.geteuid() == 0 else None
+    except RunnerError as e:
+        return e.message
+    try:
+        return _try_build(lease.uid if lease else None)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _try_build(build_uid: int | None) -> str | None:
     with tempfile.TemporaryDirectory(prefix="runner-sandbox-probe-") as tmp:
         store, build = os.path.join(tmp, "store"), os.path.join(tmp, "build")
         os.mkdir(store)
         os.mkdir(build)
         plan = make_plan(argv=["/bin/true"], env={}, build_dir=build, store_dir=store,
-                         closure=[], outputs=[], fixed_output=False, settings=_Defaults())
+                         closure=[], outputs=[], fixed_output=False, settings=_Defaults(),
+                         ids=default_ids(build_uid) if build_uid is not None else None)
         try:
             # Popen forks runner here: no fork server for one build on this thread.
             proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -83,12 +83,23 @@ def exec_builder(plan: SandboxPlan, err_fd: int) -> NoReturn:
 
 def _supervise(plan: SandboxPlan, pid: int, alive_fd: int) -> NoReturn:
     status = 1 << 8
+    log = -1
     try:
         os.closerange(3, alive_fd)
         os.closerange(alive_fd + 1, _FD_LIMIT)
+        # Hold the log pipe only by an O_PATH reference (not a writer), so the log
+        # closes when the builder closes it: runner ends a builder that closed its
+        # log and kept running (runner/build/process.py), as Nix does.
+        log = os.open("/proc/self/fd/2", os.O_PATH | os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
         _, status = os.waitpid(pid, 0)
         staging.collect(plan)
     except BaseException as e:
+        with contextlib.suppress(OSError):  # reopen the log for writing, if it is read
+            os.dup2(os.open(f"/proc/self/fd/{log}", os.O_WRONLY | os.O_NONBLOCK), 2)
         report(2, e, prefix="sandbox: cannot collect the outputs: ")
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             status = 1 << 8

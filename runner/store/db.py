@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.store.layout import DB_FILE
 
 
 def _sql(name: str) -> str:
@@ -31,7 +32,11 @@ def _schema_v2() -> str:
     return _sql("schema_v2.sql")
 
 
-MIGRATIONS = (_schema_v1, _schema_v2)
+def _schema_v3() -> str:
+    return _sql("schema_v3.sql")
+
+
+MIGRATIONS = (_schema_v1, _schema_v2, _schema_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # How long a writer waits for another process's transaction before giving up.
@@ -39,7 +44,7 @@ BUSY_TIMEOUT_SECONDS = 60.0
 
 
 def db_path(state_dir: str) -> str:
-    return os.path.join(state_dir, "db", "db.sqlite")
+    return os.path.join(state_dir, *DB_FILE)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import graphlib
 import os
-import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.store.canonicalise import remove_tree
+from runner.store.fdtree import disk_usage
+from runner.store.layout import (
+    LINKS_DIR,
+    LOCK_SUFFIX,
+    SANDBOX_STAGING_PREFIX,
+    TEMP_DIR_PREFIX,
+    TEMP_LINK_PREFIX,
+)
 from runner.store.local_store import LocalStore
-from runner.store.locks import PathLocks
+from runner.store.locks import PathLocks, is_locked
 from runner.store.paths import parse_store_path
 from runner.store.roots import Roots, all_roots, gc_lock
-
-LINKS_DIR = ".links"
-SANDBOX_STAGING_PREFIX = ".sandbox-"  # runner/sandbox/plan.py names them so
-TEMP_LINK_PREFIX = ".link-tmp-"  # not ".tmp-": that is the adder's temp dirs
+from runner.store.staging import TempDir
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class GCOptions:
     dry_run: bool = False
     max_freed: int | None = None  # stop once this many bytes are freed
     keep_outputs: bool = False  # a live derivation keeps its outputs
-    keep_derivations: bool = False  # a live output keeps its derivation
+    keep_derivations: bool = True  # a live output keeps its derivation (Nix's default)
     drop_failures: bool = False  # also forget cached build failures
 
 
@@ -46,13 +50,25 @@ class GCResult:
     leftovers: list[str] = field(default_factory=list)  # invalid store entries removed
     skipped: list[str] = field(default_factory=list)  # dead but busy (locked) or still referred
     bytes_freed: int = 0
+    locks_removed: int = 0  # stale `.lock` files
+    links_removed: int = 0  # `.links` entries no path shares any more
     failures_dropped: int = 0
 
     def summary(self, dry_run: bool = False) -> str:
+        count = f"{len(self.deleted)} store paths"
+        if self.leftovers:
+            count += f" and {len(self.leftovers)} invalid leftovers"
         if dry_run:
-            return f"{len(self.deleted)} store paths would be deleted"
+            return f"{count} would be deleted"
         mib = self.bytes_freed / (1024 * 1024)
-        return f"{len(self.deleted)} store paths deleted, {mib:.2f} MiB freed"
+        return f"{count} deleted, {mib:.2f} MiB freed"
+
+    def to_json(self, dry_run: bool = False) -> dict[str, object]:
+        """What `runner gc --json` prints."""
+        return {"dryRun": dry_run, "deleted": self.deleted, "leftovers": self.leftovers,
+                "skipped": self.skipped, "bytesFreed": self.bytes_freed,
+                "lockFilesRemoved": self.locks_removed, "linksRemoved": self.links_removed,
+                "failuresDropped": self.failures_dropped}
 
 
 # ------------------------------------------------------------------ liveness
@@ -110,29 +126,40 @@ class _Graph:
         return list(graphlib.TopologicalSorter(graph).static_order())
 
 
+def live_paths(store: LocalStore, roots: Roots, options: GCOptions) -> set[str]:
+    """The valid paths a collection with `options` would keep; call under the GC lock."""
+    return _Graph.load(store).live(roots, options.keep_outputs, options.keep_derivations)
+
+
 # ------------------------------------------------------------------ collecting
 
 
 def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCResult:
-    """Delete every store path that no root keeps alive (or, with `dry_run`, list them)."""
+    """Delete every store path that no root keeps alive (or, with `dry_run`, list them).
+
+    A dry run walks the same steps without acting, so it lists exactly what the
+    real run would delete (locks, roots and validity as they are now)."""
     result = GCResult()
+    act = not options.dry_run
     with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
         roots = all_roots(store.store_dir, store.state_dir)
         graph = _Graph.load(store)
         alive = graph.live(roots, options.keep_outputs, options.keep_derivations)
         dead = graph.referrers_first(set(graph.references) - alive)
-        if options.dry_run:
-            result.deleted = dead
-            return result
         # Invalid leftovers first: unlike dead valid paths, nothing can revive them.
-        _remove_leftovers(store, roots, result)
+        _remove_leftovers(store, roots, result, act)
+        gone: set[str] = set()
         for path in dead:
             if _limit_reached(result, options):
                 break
-            _delete_valid(store, path, result)
-        result.bytes_freed += _remove_unused_links(store.store_dir)
-        if options.drop_failures:
-            result.failures_dropped = store.clear_failures()
+            if act:
+                _delete_valid(store, path, result)
+            else:
+                _would_delete(store, path, result, graph, gone)
+        if act:
+            _remove_unused_links(store.store_dir, result)
+            if options.drop_failures:
+                result.failures_dropped = store.clear_failures()
     return result
 
 
@@ -140,12 +167,32 @@ def _limit_reached(result: GCResult, options: GCOptions) -> bool:
     return options.max_freed is not None and result.bytes_freed >= options.max_freed
 
 
-def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
-    """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+def _foreign(store: LocalStore, path: str, result: GCResult) -> bool:
+    """A row that names no path of this store: never delete files for it."""
     try:
         parse_store_path(path, store.store_dir)
-    except RunnerError:  # a row that names no path of this store: never delete files for it
+    except RunnerError:
         result.skipped.append(path)
+        return True
+    return False
+
+
+def _would_delete(store: LocalStore, path: str, result: GCResult, graph: _Graph,
+                  gone: set[str]) -> None:
+    """`_delete_valid` for a dry run: the same decision, as if `gone` were deleted."""
+    if _foreign(store, path, result):
+        return
+    if is_locked(path) or graph.referrers[path] - gone - {path}:
+        result.skipped.append(path)
+        return
+    result.bytes_freed += disk_usage(path)
+    result.deleted.append(path)
+    gone.add(path)
+
+
+def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
+    """Invalidate then remove one path; False (and nothing done) when it is busy or in use."""
+    if _foreign(store, path, result):
         return False
     locks = PathLocks()
     if not locks.try_lock([path]):
@@ -170,90 +217,82 @@ def _delete_valid(store: LocalStore, path: str, result: GCResult) -> bool:
         locks.unlock()
 
 
-def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult) -> None:
-    """Remove store entries that are not valid: interrupted adds, builds, stale lock files."""
-    store.remove_stale_temp()
+def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult, act: bool) -> None:
+    """Remove store entries that are not valid: interrupted adds, builds, stale lock files.
+    Every entry removed is listed in `result` (lock files are counted)."""
     store_dir = store.store_dir
     for name in sorted(os.listdir(store_dir)):
         path = os.path.join(store_dir, name)
         if name.startswith(TEMP_LINK_PREFIX):
             # Optimising holds the GC lock shared, so no link is in flight now.
-            result.bytes_freed += _remove(path)
-            continue
-        if name.startswith(SANDBOX_STAGING_PREFIX):
+            _leftover(path, result, act)
+        elif name.startswith(TEMP_DIR_PREFIX):
+            if TempDir.is_abandoned(path):  # its adder died
+                _leftover(path, result, act)
+        elif name.startswith(SANDBOX_STAGING_PREFIX):
             # A sandboxed build's staging dir; its build holds the output's lock.
             _remove_unlocked(os.path.join(store_dir, name[len(SANDBOX_STAGING_PREFIX):]),
-                             path, result)
-            continue
-        if name.startswith("."):
-            continue  # the links dir and temp dirs of adds in progress
-        if name.endswith(".lock"):
-            owner = path[: -len(".lock")]
+                             path, result, act)
+        elif name.startswith("."):
+            continue  # the links dir, the state-dir marker
+        elif name.endswith(LOCK_SUFFIX):
+            # Unheld, it is stale whatever its path is (rooted, valid or gone), as
+            # Nix's collector deems it; a held one belongs to a build or add in progress.
+            owner = path[: -len(LOCK_SUFFIX)]
+            if not act:
+                result.locks_removed += not is_locked(owner)
+                continue
             locks = PathLocks()
-            if owner not in roots and locks.try_lock([owner]):
-                locks.unlock()  # an unheld lock file: unlocking deletes it
-            continue
-        if path in roots or store.is_valid(path):
-            continue
-        _remove_unlocked(path, path, result, unless_valid=store)
+            if locks.try_lock([owner]):
+                locks.unlock()  # unlocking deletes it
+                result.locks_removed += 1
+        elif path not in roots and not store.is_valid(path):
+            _remove_unlocked(path, path, result, act, unless_valid=store)
 
 
-def _remove_unlocked(owner: str, path: str, result: GCResult,
+def _leftover(path: str, result: GCResult, act: bool) -> None:
+    result.bytes_freed += _remove(path) if act else disk_usage(path)
+    result.leftovers.append(path)
+
+
+def _remove_unlocked(owner: str, path: str, result: GCResult, act: bool,
                      unless_valid: LocalStore | None = None) -> None:
     """Remove the leftover `path` unless `owner` is locked (being built or added right now)."""
+    if not act:
+        if not is_locked(owner):
+            _leftover(path, result, act)
+        return
     locks = PathLocks()
     if not locks.try_lock([owner]):
         return
     try:
         if unless_valid is None or not unless_valid.is_valid(path):
-            result.bytes_freed += _remove(path)
-            result.leftovers.append(path)
+            _leftover(path, result, act)
     finally:
         locks.unlock()
 
 
-def _remove_unused_links(store_dir: str) -> int:
-    """Drop files in the links dir that no store path shares any more; returns bytes freed."""
+def _remove_unused_links(store_dir: str, result: GCResult) -> None:
+    """Drop files in the links dir that no store path shares any more."""
     links = os.path.join(store_dir, LINKS_DIR)
-    freed = 0
     try:
         entries = list(os.scandir(links))
     except FileNotFoundError:
-        return 0
+        return
     for entry in entries:
         st = entry.stat(follow_symlinks=False)
         if st.st_nlink == 1:
-            freed += st.st_blocks * 512
+            result.bytes_freed += st.st_blocks * 512
+            result.links_removed += 1
             os.unlink(entry.path)
-    return freed
 
 
 def _remove(path: str) -> int:
     """Delete a tree; returns the disk space freed (files still linked elsewhere free nothing)."""
-    size = _disk_usage(path)
     try:
-        remove_tree(path)
+        return remove_tree(path)  # by descriptors: any depth (docs/security.md, class 5)
     except OSError as e:
         raise RunnerError(f"cannot delete '{path}': {e.strerror}", reason="io") from None
-    return size
-
-
-def _disk_usage(path: str) -> int:
-    total = 0
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            total += st.st_blocks * 512
-            with os.scandir(current) as entries:
-                stack.extend(e.path for e in entries)
-        elif st.st_nlink == 1:
-            total += st.st_blocks * 512
-    return total
 
 
 # ------------------------------------------------------------------ deleting on request

@@ -9,12 +9,14 @@ an unregistered leftover (replaced by the next add, or swept by
 
 from __future__ import annotations
 
+import errno
 import graphlib
 import hashlib
 import json
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -27,8 +29,10 @@ from runner.store.canonicalise import (
 from runner.store.db import Database
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
+from runner.store.layout import STATE_MARKER
 from runner.store.locks import PathLocks
 from runner.store.nar import Exclude
+from runner.store.optimise import optimise_path
 from runner.store.path_info import FailureRecord, PathInfo
 from runner.store.paths import (
     make_source_path,
@@ -36,7 +40,7 @@ from runner.store.paths import (
     parse_store_path,
     validate_name,
 )
-from runner.store.roots import add_temp_root, add_temp_roots
+from runner.store.roots import TempRoots
 from runner.store.staging import (
     TempDir,
     io_call,
@@ -56,17 +60,28 @@ class StoreSettings(Protocol):
     def state_dir(self) -> str: ...
 
 
+# Called with each path just registered (auto-optimise passes `optimise_path`).
+AfterRegister = Callable[["LocalStore", str], object]
+
+
 def open_store(settings: StoreSettings) -> LocalStore:
     get = getattr(settings, "get", None)  # a full Settings, or just the two dirs
     auto_optimise = bool(get("auto-optimise")) if get is not None else False
-    return LocalStore(settings.store_dir, settings.state_dir, auto_optimise=auto_optimise)
+    return LocalStore(settings.store_dir, settings.state_dir,
+                      after_register=optimise_path if auto_optimise else None)
 
 
 class LocalStore:
-    def __init__(self, store_dir: str, state_dir: str, *, auto_optimise: bool = False) -> None:
+    def __init__(self, store_dir: str, state_dir: str, *,
+                 after_register: AfterRegister | None = None, bind: bool = True,
+                 temp_roots: TempRoots | None = None) -> None:
+        """`bind=False` only to read a database whose files are elsewhere (`?real=`).
+        `temp_roots`: share another store object's (a thread's own connection)."""
         self.store_dir = os.path.abspath(store_dir)
         self.state_dir = os.path.abspath(state_dir)
-        self.auto_optimise = auto_optimise
+        self.after_register = after_register
+        self._own_roots = temp_roots is None
+        self.temp_roots = TempRoots(self.state_dir) if temp_roots is None else temp_roots
         try:
             os.makedirs(self.store_dir, exist_ok=True)
         except OSError as e:
@@ -74,6 +89,12 @@ class LocalStore:
                               reason="store") from None
         self.db = Database.open(self.state_dir)
         self._claim_state_dir()
+        try:
+            if bind:
+                _claim_store_dir(self.store_dir, self.state_dir)
+        except RunnerError:
+            self.db.close()
+            raise
 
     def _claim_state_dir(self) -> None:
         """One state dir, one store dir: the paths in the database are this store's."""
@@ -91,7 +112,10 @@ class LocalStore:
                 reason="store-mismatch")
 
     def close(self) -> None:
+        """Close the database and drop this store's temporary roots."""
         self.db.close()
+        if self._own_roots:
+            self.temp_roots.close()
 
     def __enter__(self) -> LocalStore:
         return self
@@ -125,7 +149,7 @@ class LocalStore:
                              exclude)
         if cacheable and (known := tree_cache.lookup(self.state_dir, key)) is not None:
             path = make_source_path(name, known[0].digest, self.store_dir)
-            add_temp_root(self.state_dir, path)  # see below
+            self.temp_roots.add_temp_root(path)  # see below
             if self.is_valid(path):
                 return path
         with TempDir(self.store_dir) as tmp:
@@ -137,7 +161,7 @@ class LocalStore:
             path = make_source_path(name, nar_hash.digest, self.store_dir)
             # Rooted before the validity check, so a concurrent GC cannot take it
             # away between here and its use by a build of this process.
-            add_temp_root(self.state_dir, path)
+            self.temp_roots.add_temp_root(path)
             self._install(staged, PathInfo(path, nar_hash, nar_size, ca=f"fixed:r:{nar_hash}"))
         return path
 
@@ -147,7 +171,7 @@ class LocalStore:
         data = text.encode("utf-8")
         digest = hashlib.sha256(data).digest()
         path = make_text_path(name, digest, references, self.store_dir)
-        add_temp_root(self.state_dir, path)  # see add_path
+        self.temp_roots.add_temp_root(path)  # see add_path
         if self.is_valid(path):
             return path
         missing = sorted(r for r in references if r != path and not self.is_valid(r))
@@ -177,7 +201,7 @@ class LocalStore:
             path = make_text_path(drv.name + ".drv", digest, refs, self.store_dir)
             texts[path] = (data, digest, refs, drv)
             paths.append(path)
-        add_temp_roots(self.state_dir, texts)  # see add_path
+        self.temp_roots.add_temp_roots(texts)  # see add_path
         valid = self.valid_paths(texts)
         missing = [p for p in texts if p not in valid]
         if missing:
@@ -272,11 +296,9 @@ class LocalStore:
             conn.executemany("delete from FailedPaths where path = ?",
                              [(info.path,) for info in infos])
             _check_acyclic(infos, batch)
-        if self.auto_optimise:
-            from runner.store.optimise import optimise_path  # imports this module
-
+        if self.after_register is not None:
             for info in infos:
-                optimise_path(self, info.path)
+                self.after_register(self, info.path)
 
     def _id(self, path: str) -> int | None:
         row = self.db.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
@@ -420,6 +442,45 @@ class LocalStore:
                 remove_tree(path)
                 removed += 1
         return removed
+
+
+def _claim_store_dir(store_dir: str, state_dir: str) -> None:
+    """One store dir, one state dir: a second database on the same files would take the
+    first one's paths for invalid leftovers (its GC deletes them, its builds overwrite
+    them). The first store to open the dir names its state dir in a marker file."""
+    marker = os.path.join(store_dir, STATE_MARKER)
+    mine = os.path.realpath(state_dir)
+    try:
+        owner = _read_marker(marker)
+        if owner is None:
+            tmp = f"{marker}.{os.getpid()}-{threading.get_ident()}"
+            write_text(tmp, (mine + "\n").encode())
+            try:
+                os.link(tmp, marker)  # atomic: of two first users, one wins
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+            owner = _read_marker(marker) or mine
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return  # a store we cannot write to cannot be changed through us either
+        raise RunnerError(f"cannot record the state dir of the store '{store_dir}' in "
+                          f"'{marker}': {e.strerror}", reason="store") from None
+    if owner != mine:
+        raise RunnerError(
+            f"the store '{store_dir}' belongs to the state dir '{owner}', not "
+            f"'{state_dir}'; a store has exactly one database: use --state-dir {owner} "
+            f"(if that state dir is gone for good, delete '{marker}')",
+            reason="store-mismatch")
+
+
+def _read_marker(marker: str) -> str | None:
+    try:
+        with open(marker, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _is_derivation(info: PathInfo) -> bool:

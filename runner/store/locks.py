@@ -21,12 +21,31 @@ from collections.abc import Iterable
 from types import TracebackType
 
 from runner.errors import RunnerError
+from runner.store.layout import LOCK_SUFFIX
 
 _STALE_MARK = b"d"
 
 
 def lock_file_path(path: str) -> str:
-    return path + ".lock"
+    return path + LOCK_SUFFIX
+
+
+def is_locked(path: str) -> bool:
+    """Does anyone hold `path`'s lock right now? (Creates no lock file, takes no lock.)"""
+    try:
+        fd = os.open(lock_file_path(path), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise RunnerError(f"cannot open lock file '{lock_file_path(path)}': {e.strerror}",
+                          reason="lock") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock we may have taken
+    return False
 
 
 class PathLocks:
@@ -46,7 +65,7 @@ class PathLocks:
 
     @property
     def paths(self) -> list[str]:
-        return [lock_path[: -len(".lock")] for _, lock_path in self._held]
+        return [lock_path[: -len(LOCK_SUFFIX)] for _, lock_path in self._held]
 
     @property
     def fds(self) -> tuple[int, ...]:

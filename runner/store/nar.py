@@ -8,6 +8,9 @@ recursion limit) and move file contents in fixed-size chunks.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import hashlib
 import os
 import stat
@@ -15,6 +18,7 @@ import struct
 from collections.abc import Callable, Iterator
 
 from runner.errors import RunnerError
+from runner.store import dirfd
 from runner.store.hashes import SIZES, Hash
 
 MAGIC = b"nix-archive-1"
@@ -47,13 +51,10 @@ def _io_error(path: bytes, e: OSError) -> RunnerError:
     return RunnerError(f"cannot read '{_display(path)}': {e.strerror or e}", reason="io")
 
 
-def _file_chunks(path: bytes, st: os.stat_result) -> Iterator[bytes]:
+def _file_chunks(fd: int, st: os.stat_result, shown: Callable[[], bytes]) -> Iterator[bytes]:
+    """A regular file's node (fd is open for reading; closed here)."""
     executable = bool(st.st_mode & stat.S_IXUSR)
     header = [b"(", b"type", b"regular"] + ([b"executable", b""] if executable else [])
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise _io_error(path, e) from None
     with os.fdopen(fd, "rb", buffering=0) as f:
         size = os.fstat(fd).st_size
         yield _fields(*header, b"contents") + struct.pack("<Q", size)
@@ -65,57 +66,125 @@ def _file_chunks(path: bytes, st: os.stat_result) -> Iterator[bytes]:
             left -= len(chunk)
             yield chunk
         if left or f.read(1):
-            raise RunnerError(f"file '{_display(path)}' changed while archiving", reason="io")
+            raise RunnerError(f"file '{_display(shown())}' changed while archiving", reason="io")
     yield _ZEROS[: _pad(size)] + _field(b")")
 
 
-def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
-    """NAR pieces in order: small framing strings and file-content chunks."""
-    yield _field(MAGIC)
-    # A stack of pending work: a path to serialise (with its path relative to the
-    # root, for `exclude`) or, with `rel` None, literal bytes to emit.
-    stack: list[tuple[bytes, str | None]] = [(root, "")]
-    while stack:
-        item, rel = stack.pop()
-        if rel is None:
-            yield item
-            continue
+class _Level:
+    """One directory being walked: its sorted entries and how far we are."""
+
+    __slots__ = ("ident", "name", "names", "next", "rel")
+
+    def __init__(self, name: bytes, names: list[bytes], rel: str, ident: tuple[int, int]) -> None:
+        self.name = name
+        self.names = names
+        self.next = 0
+        self.rel = rel
+        self.ident = ident
+
+
+def _node(fd: int, name: bytes, st: os.stat_result,
+          shown: Callable[[], bytes]) -> Iterator[bytes]:
+    """A non-directory node named `name` in the directory `fd`."""
+    if stat.S_ISREG(st.st_mode):
         try:
-            st = os.lstat(item)
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         except OSError as e:
-            raise _io_error(item, e) from None
-        if stat.S_ISREG(st.st_mode):
-            yield from _file_chunks(item, st)
-        elif stat.S_ISLNK(st.st_mode):
-            try:
-                target = os.readlink(item)
-            except OSError as e:
-                raise _io_error(item, e) from None
-            yield _fields(b"(", b"type", b"symlink", b"target", target, b")")
-        elif stat.S_ISDIR(st.st_mode):
-            try:
-                names = sorted(os.listdir(item))
-            except OSError as e:
-                raise _io_error(item, e) from None
-            yield _fields(b"(", b"type", b"directory")
-            stack.append((_field(b")"), None))
-            for name in reversed(names):
-                child = os.path.join(item, name)
-                child_rel = rel + os.fsdecode(name)
+            raise _io_error(shown(), e) from None
+        yield from _file_chunks(file_fd, st, shown)
+    elif stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(name, dir_fd=fd)
+        except OSError as e:
+            raise _io_error(shown(), e) from None
+        yield _fields(b"(", b"type", b"symlink", b"target", os.fsencode(target), b")")
+    else:
+        raise RunnerError(
+            f"file '{_display(shown())}' has an unsupported type (only regular files, "
+            "directories and symlinks can be archived)",
+            reason="bad-path",
+        )
+
+
+def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
+    """NAR pieces in order: small framing strings and file-content chunks.
+
+    Directories are walked by descriptor (openat, and `..` to come back up),
+    so neither the recursion limit nor PATH_MAX bounds the depth.
+    """
+    yield _field(MAGIC)
+    parent, base = os.path.split(root.rstrip(b"/") or b"/")
+    try:
+        top = dirfd.open_dir(parent or b".", None)
+    except OSError as e:
+        raise _io_error(root, e) from None
+    levels: list[_Level] = []
+    fd = top
+
+    def shown(name: bytes = b"") -> bytes:
+        return os.path.join(root, *(lv.name for lv in levels[1:]), name) if levels else root
+
+    try:
+        name, rel = base or b".", ""
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as e:
+            raise _io_error(root, e) from None
+        while True:
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    child = dirfd.open_dir(name, fd)
+                except OSError as e:
+                    raise _io_error(shown(name), e) from None
+                if fd != top:
+                    os.close(fd)
+                fd = child
+                try:
+                    ident = dirfd.identity(os.fstat(fd))
+                    if ident != dirfd.identity(st):
+                        raise OSError(errno.ESTALE, "replaced while archiving")
+                    names = sorted(dirfd.entries(fd))
+                except OSError as e:
+                    raise _io_error(shown(name), e) from None
+                levels.append(_Level(name, names, rel, ident))
+                yield _fields(b"(", b"type", b"directory")
+            else:
+                yield from _node(fd, name, st, functools.partial(shown, name))
+                if levels:
+                    yield _field(b")")  # closes the entry
+            # Find the next entry to serialise, closing finished directories.
+            while levels:
+                level = levels[-1]
+                if level.next == len(level.names):
+                    yield _field(b")")
+                    levels.pop()
+                    if not levels:
+                        break
+                    yield _field(b")")  # closes the entry holding it
+                    try:
+                        fd = dirfd.up(fd, levels[-1].ident)
+                    except OSError as e:
+                        raise _io_error(shown(), e) from None
+                    continue
+                name = level.names[level.next]
+                level.next += 1
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as e:
+                    raise _io_error(shown(name), e) from None
                 if exclude is not None:
-                    if os.path.isdir(child) and not os.path.islink(child):
-                        child_rel += "/"  # gitignore-style: directories end in '/'
-                    if exclude(child_rel):
+                    # gitignore-style relpaths: directories end in '/'
+                    rel = level.rel + os.fsdecode(name) + ("/" if stat.S_ISDIR(st.st_mode) else "")
+                    if exclude(rel):
                         continue
-                stack.append((_field(b")"), None))
-                stack.append((child, child_rel))
-                stack.append((_fields(b"entry", b"(", b"name", name, b"node"), None))
-        else:
-            raise RunnerError(
-                f"file '{_display(item)}' has an unsupported type (only regular files, "
-                "directories and symlinks can be archived)",
-                reason="bad-path",
-            )
+                yield _fields(b"entry", b"(", b"name", name, b"node")
+                break
+            if not levels:
+                return
+    finally:
+        if fd != top:
+            os.close(fd)
+        os.close(top)
 
 
 def dump(path: PathArg, exclude: Exclude | None = None) -> Iterator[bytes]:
@@ -224,7 +293,7 @@ def _check_name(r: _Reader, name: bytes, previous: bytes | None) -> None:
         raise r.fail(f"directory entries not sorted or duplicated at {name!r}")
 
 
-def _restore_regular(r: _Reader, path: bytes) -> None:
+def _restore_regular(r: _Reader, fd: int, name: bytes) -> None:
     tag = r.string(64)
     executable = tag == b"executable"
     if executable:
@@ -232,73 +301,134 @@ def _restore_regular(r: _Reader, path: bytes) -> None:
         tag = r.string(64)
     if tag != b"contents":
         raise r.fail("expected 'contents'")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o666, dir_fd=fd)
     try:
-        r.copy(fd)
+        r.copy(file_fd)
         if executable:
-            os.fchmod(fd, os.fstat(fd).st_mode | 0o111)
+            os.fchmod(file_fd, os.fstat(file_fd).st_mode | 0o111)
     finally:
-        os.close(fd)
+        os.close(file_fd)
 
 
-def _next_entry(r: _Reader, dirs: list[tuple[bytes, list[bytes]]]) -> bytes | None:
-    """Read up to the next node to create; None once the root is complete."""
-    while dirs:
-        directory, seen = dirs[-1]
-        tag = r.string(64)
-        if tag == b")":
-            dirs.pop()
-            if dirs:
-                r.expect(b")")  # closes the entry holding this directory
-            continue
-        if tag != b"entry":
-            raise r.fail("expected 'entry' or ')'")
-        r.expect(b"(")
-        r.expect(b"name")
-        name = r.string(_MAX_NAME)
-        _check_name(r, name, seen[-1] if seen else None)
-        seen[:] = [name]
-        r.expect(b"node")
-        return os.path.join(directory, name)
-    return None
+class _Restoring:
+    """Where `restore` is: the open directory and the chain of directories above it."""
+
+    def __init__(self, r: _Reader, top: int, base: bytes, max_rel: int | None) -> None:
+        self.r = r
+        self.top = top  # the parent of dest, open until the end
+        self.fd = top  # the directory new nodes go into
+        self.base = base
+        self.max_rel = max_rel
+        # (name, last entry name seen, identity, length of its path relative to dest)
+        self.dirs: list[tuple[bytes, bytes | None, tuple[int, int], int]] = []
+
+    def rel_len(self, name: bytes) -> int:
+        return self.dirs[-1][3] + 1 + len(name) if self.dirs else 0
+
+    def enter(self, name: bytes, rel_len: int) -> None:
+        os.mkdir(name, 0o777, dir_fd=self.fd)
+        child = dirfd.open_dir(name, self.fd)
+        if self.fd != self.top:
+            os.close(self.fd)
+        self.fd = child
+        self.dirs.append((name, None, dirfd.identity(os.fstat(child)), rel_len))
+
+    def next_entry(self) -> bytes | None:
+        """Read up to the next node to create; None once the root is complete."""
+        r = self.r
+        while self.dirs:
+            tag = r.string(64)
+            if tag == b")":
+                self.dirs.pop()
+                if self.dirs:
+                    self.fd = dirfd.up(self.fd, self.dirs[-1][2])
+                    r.expect(b")")  # closes the entry holding this directory
+                continue
+            if tag != b"entry":
+                raise r.fail("expected 'entry' or ')'")
+            r.expect(b"(")
+            r.expect(b"name")
+            name = r.string(_MAX_NAME)
+            dir_name, previous, ident, rel_len = self.dirs[-1]
+            _check_name(r, name, previous)
+            self.dirs[-1] = (dir_name, name, ident, rel_len)
+            r.expect(b"node")
+            if self.max_rel is not None and self.rel_len(name) > self.max_rel:
+                raise RunnerError(
+                    f"NAR holds a path longer than {self.max_rel} bytes below its root "
+                    f"(at depth {len(self.dirs)}); such a path would pass PATH_MAX in the store",
+                    reason="path-too-long")
+            return name
+        return None
+
+    def where(self, name: bytes | None = None) -> bytes:
+        if not self.dirs:
+            return self.base
+        return os.path.join(self.base, *(d[0] for d in self.dirs[1:]), *([name] if name else []))
+
+    def close(self) -> None:
+        if self.fd != self.top:
+            os.close(self.fd)
+            self.fd = self.top
 
 
-def restore(read: Callable[[int], bytes], dest: PathArg) -> None:
+def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None = None) -> None:
     """Recreate the tree of a NAR read through `read(n)` at `dest` (which must not exist).
 
-    Files get ordinary permissions (executables gain +x); canonicalising
-    modes and times is the store's job. On error, a partial tree is left
-    for the caller to remove.
+    Reads exactly the NAR's bytes, not one more (the caller checks for
+    trailing data). Files get ordinary permissions (executables gain +x);
+    canonicalising modes and times is the store's job. Nodes are created
+    relative to directory descriptors, so depth is bounded by neither the
+    recursion limit nor PATH_MAX; `max_rel` refuses (reason "path-too-long")
+    a path longer than that many bytes below `dest`. On any error the
+    partial tree is removed before raising.
     """
     r = _Reader(read)
     r.expect(MAGIC)
-    dirs: list[tuple[bytes, list[bytes]]] = []
-    path: bytes | None = os.fsencode(dest)
+    dest_b = os.fsencode(dest).rstrip(b"/")
+    parent, base = os.path.split(dest_b)
     try:
-        while path is not None:
+        top = dirfd.open_dir(parent or b".", None)
+    except OSError as e:
+        raise RunnerError(f"cannot restore NAR to '{_display(dest_b)}': {e.strerror or e}",
+                          reason="io") from None
+    state = _Restoring(r, top, dest_b, max_rel)
+    name: bytes | None = base
+    created = False  # only a tree restore made itself is removed on failure
+    try:
+        while name is not None:
             r.expect(b"(")
             r.expect(b"type")
             kind = r.string(64)
             if kind == b"directory":
-                os.mkdir(path, 0o777)
-                dirs.append((path, []))
+                state.enter(name, state.rel_len(name))
             elif kind == b"regular":
-                _restore_regular(r, path)
+                _restore_regular(r, state.fd, name)
             elif kind == b"symlink":
                 r.expect(b"target")
                 target = r.string(_MAX_TARGET)
                 if not target or b"\0" in target:
                     raise r.fail(f"invalid symlink target {target!r}")
-                os.symlink(target, path)
+                os.symlink(target, name, dir_fd=state.fd)
             else:
                 raise r.fail(f"unknown file type {kind!r}")
+            created = True
             if kind != b"directory":
                 r.expect(b")")
-                if dirs:
+                if state.dirs:
                     r.expect(b")")  # closes the entry
-            path = _next_entry(r, dirs)
-    except OSError as e:
-        where = _display(e.filename) if isinstance(e.filename, bytes) else str(e.filename)
-        raise RunnerError(
-            f"cannot restore NAR to '{where}': {e.strerror or e}", reason="io"
-        ) from None
+            name = state.next_entry()
+    except BaseException as e:
+        where = state.where(name)
+        state.close()
+        if created:
+            with contextlib.suppress(OSError):  # the caller's clean-up tries again
+                dirfd.remove_at(top, base)
+        os.close(top)
+        if isinstance(e, OSError):
+            raise RunnerError(f"cannot restore NAR to '{_display(where)}': {e.strerror or e}",
+                              reason="io") from None
+        raise
+    state.close()
+    os.close(top)

@@ -16,18 +16,22 @@ link, and the link it is about to reuse cannot be collected under it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import sys
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError
 from runner.store import nar
-from runner.store.gc import LINKS_DIR, TEMP_LINK_PREFIX
-from runner.store.local_store import LocalStore
+from runner.store.layout import LINKS_DIR, TEMP_LINK_PREFIX
 from runner.store.roots import gc_lock
+
+if TYPE_CHECKING:  # the store passes `optimise_path` to itself (auto-optimise)
+    from runner.store.local_store import LocalStore
 
 
 @dataclass
@@ -103,12 +107,32 @@ def _optimise_file(store_dir: str, path: str, st: os.stat_result, stats: Optimis
             continue  # collected between our two calls: become the shared copy
         if (link_st.st_dev, link_st.st_ino) == (st.st_dev, st.st_ino):
             return  # already shared
+        if not same_contents(path, st, link, link_st):
+            # Its name says it holds what `path` holds, but it was modified in
+            # place: linking to it would corrupt `path`. Drop it; `path` takes its place.
+            print(f"warning: removing corrupted link '{link}'", file=sys.stderr)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            continue
         if _replace_with_link(store_dir, path, link):
             break
         return
     stats.files_linked += 1
     if st.st_nlink == 1:
         stats.bytes_saved += st.st_size
+
+
+def same_contents(path: str, st: os.stat_result, other: str, other_st: os.stat_result) -> bool:
+    """Do two regular files hold the same bytes and executable bit? (Size first: cheap.)"""
+    if st.st_size != other_st.st_size or (st.st_mode ^ other_st.st_mode) & stat.S_IXUSR:
+        return False
+    with open(path, "rb") as a, open(other, "rb") as b:
+        while True:
+            chunk = a.read(1 << 16)
+            if chunk != b.read(1 << 16):
+                return False
+            if not chunk:
+                return True
 
 
 def _replace_with_link(store_dir: str, path: str, link: str) -> bool:

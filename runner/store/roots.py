@@ -21,7 +21,6 @@ left over from a dead process and is removed.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import fcntl
@@ -35,11 +34,8 @@ from typing import IO
 
 from runner.errors import RunnerError
 from runner.store import base32
+from runner.store.layout import GC_LOCK, ROOTS_DIR, TEMP_ROOTS_DIR
 from runner.store.paths import is_in_store, to_store_path
-
-GC_LOCK = "gc.lock"
-ROOTS_DIR = "gcroots"
-TEMP_ROOTS_DIR = "temproots"
 
 # store path -> where its roots come from (link paths or "temporary root of pid N")
 Roots = dict[str, set[str]]
@@ -83,10 +79,11 @@ def gc_lock(state_dir: str, *, exclusive: bool, notice: IO[str] | None = None) -
 
 
 class TempRoots:
-    """This process's temporary roots: paths a concurrent GC must not delete.
+    """Temporary roots: paths a concurrent GC must not delete while we use them.
 
-    The file is created lazily by the first `add_temp_root` and removed by
-    `close()` (or, after a crash, by the next collection).
+    Each `LocalStore` owns one (`store.temp_roots`), closed with the store. The
+    file is created lazily by the first `add_temp_root` and removed by `close()`
+    (or, after a crash, by the next collection).
     """
 
     def __init__(self, state_dir: str) -> None:
@@ -101,7 +98,7 @@ class TempRoots:
         return frozenset(self._roots)
 
     def add_temp_root(self, path: str) -> None:
-        """Protect `path` from collection until this process ends or `close()` is called.
+        """Protect `path` from collection until `close()` (or this process's end).
 
         Blocks while a collection is running. Call it before checking
         whether `path` is valid, so that the answer stays true.
@@ -146,27 +143,9 @@ class TempRoots:
             os.close(fd)
 
 
-_process_roots: dict[tuple[int, str], TempRoots] = {}
-
-
-def process_temp_roots(state_dir: str) -> TempRoots:
-    """The one `TempRoots` of this process for `state_dir`, closed at exit."""
-    key = (os.getpid(), os.path.abspath(state_dir))
-    roots = _process_roots.get(key)
-    if roots is None:
-        roots = _process_roots[key] = TempRoots(key[1])
-        atexit.register(roots.close)
-    return roots
-
-
-def add_temp_root(state_dir: str, path: str) -> None:
-    """Shorthand for `process_temp_roots(state_dir).add_temp_root(path)`."""
-    process_temp_roots(state_dir).add_temp_root(path)
-
-
-def add_temp_roots(state_dir: str, paths: Iterable[str]) -> None:
-    """Shorthand for `process_temp_roots(state_dir).add_temp_roots(paths)`."""
-    process_temp_roots(state_dir).add_temp_roots(paths)
+def temp_root_label(pid: int | str) -> str:
+    """How `Roots` names the temporary roots of process `pid`."""
+    return f"temporary root of process {pid}"
 
 
 def read_temp_roots(state_dir: str) -> Roots:
@@ -196,7 +175,7 @@ def read_temp_roots(state_dir: str) -> Roots:
                 continue
         finally:
             os.close(fd)
-        owner = f"temporary root of process {name.split('-', 1)[0]}"
+        owner = temp_root_label(name.split('-', 1)[0])
         for entry in data.split(b"\0"):
             if entry:
                 roots.setdefault(os.fsdecode(entry), set()).add(owner)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, os_error_text
 from runner.store import nar
 from runner.store.canonicalise import (
     MTIME_STORE,
@@ -26,6 +26,7 @@ from runner.store.canonicalise import (
     rename_tree,
 )
 from runner.store.hashes import Hash
+from runner.store.layout import TEMP_DIR_PREFIX
 from runner.store.nar import Exclude
 
 T = TypeVar("T")
@@ -36,7 +37,7 @@ def io_call(what: str, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return func(*args, **kwargs)
     except OSError as e:
-        raise RunnerError(f"{what}: {e.strerror or e} ('{e.filename}')", reason="io") from None
+        raise RunnerError(os_error_text(what, e), reason="io") from None
 
 
 class TempDir:
@@ -47,7 +48,7 @@ class TempDir:
     in use, without guessing from times.
     """
 
-    PREFIX = ".tmp-"
+    PREFIX = TEMP_DIR_PREFIX
 
     def __init__(self, store_dir: str) -> None:
         self.path = io_call(f"cannot create a temp dir in '{store_dir}'", tempfile.mkdtemp,

@@ -24,6 +24,7 @@ from runner.substituters.base import Substituter, SubstituterDecl, Warn
 from runner.substituters.binary_cache import BinaryCache
 from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.command import CommandSubstituter
+from runner.substituters.health import Health
 from runner.substituters.http_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient
 from runner.substituters.negative_cache import NegativeCache
 from runner.substituters.signing import PublicKey
@@ -163,6 +164,7 @@ class _Shared:
     def __init__(self, settings: Settings) -> None:
         self.negative = NegativeCache(settings.state_dir,
                                       int(settings.get("narinfo-cache-negative-ttl")))
+        self.health = open_health(settings)
         self.clients: dict[tuple[float, int], HttpClient] = {}
 
     def client(self, timeout: float, retries: int) -> HttpClient:
@@ -204,6 +206,13 @@ def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _
         priority = int(_number(url, params, "priority", DEFAULT_PRIORITY))
     transport = open_transport(url, shared.client(timeout, retries))
     # A file cache is cheap to ask and often freshly written: no negative caching.
-    negative = shared.negative if isinstance(transport, HttpTransport) else None
+    # Likewise, health across runs is for HTTP caches (a missing directory costs nothing).
+    http = isinstance(transport, HttpTransport)
     return BinaryCache(transport, settings.store_dir, trusted=trusted, trusted_keys=keys,
-                       negative=negative, priority=priority)
+                       negative=shared.negative if http else None, priority=priority,
+                       health=shared.health if http else None)
+
+
+def open_health(settings: Settings) -> Health:
+    return Health(settings.state_dir, int(settings.get("substituter-down-time")),
+                  int(settings.get("substituter-down-max")))

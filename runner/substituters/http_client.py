@@ -1,35 +1,38 @@
-"""A small HTTP/1.1 client for binary caches: keep-alive reuse, timeouts, retries.
+"""The HTTP client of binary caches: urllib3's pools and retries, our errors on top.
 
-`http.client` does the protocol; this adds what a cache client needs. Idle
-connections are kept per origin and reused (a narinfo lookup is one small
-request, so a new TCP/TLS handshake each time would dominate). Transient
-failures (connection errors, timeouts, 5xx, 429) are retried with
-exponential backoff before a response body is handed out; a 404 is an
-answer, not a failure. A connection the server closed while idle is
-replaced at once without counting as a retry.
+urllib3 does the work: keep-alive connections pooled per origin (a narinfo
+lookup is one small request, so a new TCP/TLS handshake each time would
+dominate), `Retry` with exponential back-off for transient failures
+(connection errors, timeouts, 5xx, 429; `Retry-After` honoured up to a
+cap), and connect/read timeouts. What stays ours: a 404 is an answer, not
+a failure; a server that cannot be reached or keeps failing raises
+`HttpUnavailable` (reason "substituter-down"), which makes the whole cache
+unusable for the run; a body is streamed, and a connection goes back to
+the pool only once its body was read to the end.
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
 import ssl
-import threading
-import time
-import urllib.parse
-from dataclasses import dataclass, field
+from types import TracebackType
 from typing import IO
+
+import urllib3
+from urllib3.connectionpool import ConnectionPool
+from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, ProtocolError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util import Retry, Timeout
 
 from runner.errors import RunnerError
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_RETRIES = 3
-_BACKOFF = 0.25
+PROBE_TIMEOUT = 3.0  # a cache known down gets one try this long
+_BACKOFF = 0.25  # seconds before the first retry, doubling after each
+_MAX_WAIT = 30  # longest back-off or Retry-After honoured, in seconds
 _MAX_IDLE_PER_ORIGIN = 8
 _UPLOAD_BLOCK = 64 * 1024  # bytes of a file body sent at a time
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_Origin = tuple[str, str, int]
-_NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 class HttpUnavailable(RunnerError):
@@ -42,21 +45,21 @@ class HttpUnavailable(RunnerError):
 class Response:
     """A response whose body is read in pieces; closing it returns the connection."""
 
-    def __init__(self, client: HttpClient, origin: _Origin,
-                 conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+    def __init__(self, resp: urllib3.BaseHTTPResponse) -> None:
         self.status = resp.status
-        self.length = resp.length
-        self._client = client
-        self._origin = origin
-        self._conn: http.client.HTTPConnection | None = conn
+        self.length = resp.length_remaining
         self._resp = resp
+        self._done = False
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self._resp.read() if n < 0 else self._resp.read(n)
-        except _NETWORK_ERRORS as e:
+            data = self._resp.read() if n < 0 else self._resp.read(n)
+        except (HTTPError, OSError) as e:
             self._drop()
             raise HttpUnavailable(f"transfer failed: {_describe(e)}") from None
+        if n < 0 or (n > 0 and not data):
+            self._done = True
+        return data
 
     def read_all(self) -> bytes:
         try:
@@ -65,18 +68,15 @@ class Response:
             self.close()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._resp.isclosed() and not self._resp.will_close:
-            self._client._release(self._origin, conn)
+        if self._done:
+            self._resp.release_conn()  # read to the end: the connection can be reused
         else:
-            conn.close()
+            self._drop()  # unread body left on the wire: never reuse this connection
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        self._done = True
+        self._resp.close()
+        self._resp.release_conn()
 
     def __enter__(self) -> Response:
         return self
@@ -85,12 +85,39 @@ class Response:
         self.close()
 
 
-@dataclass
+class _Retry(Retry):
+    """urllib3's Retry, except that a timeout is not retried: a server that hangs once
+    costs one timeout, not one per attempt."""
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: urllib3.BaseHTTPResponse | None = None,
+                  error: Exception | None = None, _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> _Retry:
+        if (_pool is not None and isinstance(error, Urllib3Timeout)
+                and not isinstance(error, NewConnectionError)):
+            raise MaxRetryError(_pool, url or "", error) from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class HttpClient:
-    timeout: float = DEFAULT_TIMEOUT
-    retries: int = DEFAULT_RETRIES
-    _idle: dict[_Origin, list[http.client.HTTPConnection]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self._pool = urllib3.PoolManager(
+            maxsize=_MAX_IDLE_PER_ORIGIN, block=False, blocksize=_UPLOAD_BLOCK,
+            timeout=Timeout(connect=timeout, read=timeout),
+            ssl_context=ssl.create_default_context())
+
+    def quick(self) -> HttpClient:
+        """A client for one short try: probing a cache known to be down."""
+        return HttpClient(min(self.timeout, PROBE_TIMEOUT), 0)
+
+    def _retry(self) -> Retry:
+        # Every method we send (GET, HEAD, and PUT of content-addressed files) is idempotent.
+        return _Retry(total=self.retries, redirect=5, status_forcelist=_TRANSIENT_STATUS,
+                     allowed_methods=None, backoff_factor=_BACKOFF, backoff_max=_MAX_WAIT,
+                     retry_after_max=_MAX_WAIT, raise_on_status=False,
+                     raise_on_redirect=False)
 
     def request(self, method: str, url: str, body: bytes | IO[bytes] | None = None,
                 length: int | None = None) -> Response:
@@ -99,92 +126,46 @@ class HttpClient:
         A file `body` is streamed (rewound for every attempt) as `length` bytes.
         """
         try:
-            parts = urllib.parse.urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
+            parts = urllib3.util.parse_url(url)
         except ValueError as e:
             raise RunnerError(f"URL '{url}' is malformed: {e}", reason="bad-url") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.host:
             raise RunnerError(f"not an http(s) URL: '{url}'", reason="bad-url")
-        origin = (parts.scheme, parts.hostname, port)
-        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": "runner", "Accept-Encoding": "identity"}
         if body is not None and not isinstance(body, bytes):
             headers["Content-Length"] = str(length)
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(_BACKOFF * 2 ** (attempt - 1))
-            try:
-                conn, resp = self._send(origin, method, target, body, headers)
-            except _NETWORK_ERRORS as e:
-                problem = _describe(e)
-                continue
-            if resp.status in _TRANSIENT_STATUS:
-                problem = f"HTTP {resp.status} {resp.reason}"
-                resp.read()
-                if resp.will_close:
-                    conn.close()
-                else:
-                    self._release(origin, conn)
-                continue
-            return Response(self, origin, conn, resp)
+            body.seek(0)  # urllib3 rewinds to here before each retry
         tries = f" (after {self.retries + 1} attempts)" if self.retries else ""
-        raise HttpUnavailable(f"{method} {url}: {problem}{tries}")
-
-    def _send(self, origin: _Origin, method: str, target: str, body: bytes | IO[bytes] | None,
-              headers: dict[str, str]) -> tuple[http.client.HTTPConnection,
-                                                http.client.HTTPResponse]:
-        # A pooled connection may have been closed by the server while idle:
-        # that failure says nothing about the server, so retry once on a new one.
-        while True:
-            conn, reused = self._acquire(origin)
-            if body is not None and not isinstance(body, bytes):
-                body.seek(0)
-            try:
-                conn.request(method, target, body=body, headers=headers)
-                return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                if not reused:
-                    raise
-            except BaseException:
-                conn.close()
-                raise
-
-    def _acquire(self, origin: _Origin) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            idle = self._idle.get(origin)
-            if idle:
-                return idle.pop(), True
-        scheme, host, port = origin
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=ssl.create_default_context(),
-                                               blocksize=_UPLOAD_BLOCK), False
-        return http.client.HTTPConnection(host, port, timeout=self.timeout,
-                                          blocksize=_UPLOAD_BLOCK), False
-
-    def _release(self, origin: _Origin, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(origin, [])
-            if len(idle) < _MAX_IDLE_PER_ORIGIN:
-                idle.append(conn)
-                return
-        conn.close()
+        try:
+            resp = self._pool.request(method, url, body=body, headers=headers,
+                                      retries=self._retry(), preload_content=False)
+        except MaxRetryError as e:
+            if _describe(e.reason) == "timed out":
+                tries = ""  # never retried (see _Retry)
+            raise HttpUnavailable(f"{method} {url}: {_describe(e.reason)}{tries}") from None
+        except (HTTPError, OSError) as e:
+            raise HttpUnavailable(f"{method} {url}: {_describe(e)}{tries}") from None
+        if resp.status in _TRANSIENT_STATUS:  # still failing once the retries are spent
+            Response(resp).read_all()
+            raise HttpUnavailable(f"{method} {url}: HTTP {resp.status} {resp.reason}{tries}")
+        return Response(resp)
 
     def close(self) -> None:
-        with self._lock:
-            pools, self._idle = self._idle, {}
-        for conns in pools.values():
-            for conn in conns:
-                conn.close()
+        self._pool.clear()
 
 
-def _describe(e: BaseException) -> str:
-    if isinstance(e, (socket.timeout, TimeoutError)):
+def _describe(e: BaseException | None) -> str:
+    if isinstance(e, NewConnectionError):  # a subclass of the timeout error, oddly
+        cause = e.__cause__ or e.__context__
+        return _describe(cause) if cause is not None else "cannot connect"
+    if isinstance(e, (Urllib3Timeout, TimeoutError)):
         return "timed out"
+    if isinstance(e, ProtocolError) and e.args and isinstance(e.args[-1], BaseException):
+        return _describe(e.args[-1])
     if isinstance(e, ssl.SSLError):
         return f"TLS error: {e.reason or e}"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror.lower()
+    if isinstance(e, HTTPError) and e.__context__ is not None:
+        return _describe(e.__context__)
     return str(e) or type(e).__name__

@@ -38,6 +38,7 @@ class NegativeCache:
                 conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False,
                                        isolation_level=None)
                 conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # a cache: no fsync per answer
                 conn.execute(_SCHEMA)
             except (OSError, sqlite3.Error) as e:
                 raise RunnerError(f"cannot open narinfo cache '{self._path}': {e}",

@@ -55,7 +55,7 @@ class StoreSource:
         return CacheInfo(self.store_dir, True, self.priority).to_text().encode()
 
     def lookup(self, part: str) -> PathInfo | None:
-        with LocalStore(self.store_dir, self.state_dir) as store:
+        with LocalStore(self.store_dir, self.state_dir, bind=self.real_dir is None) as store:
             path = store.query_path_from_hash_part(part)  # an index scan, not a listing
             return store.query_path_info(path) if path is not None else None
 

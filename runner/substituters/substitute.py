@@ -14,13 +14,15 @@ tried.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.store import nar
+from runner.store import dirfd, nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
 from runner.store.locks import PathLocks
@@ -30,10 +32,11 @@ from runner.substituters import content_address
 from runner.substituters.base import Read, Store, Substituter, Warn
 from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.configure import print_warning
+from runner.substituters.health import KnownDown
 from runner.substituters.narinfo import NarInfo
 from runner.substituters.signing import count_valid_signatures, parse_public_keys, parse_signature
 
-_CHUNK = 64 * 1024
+_PATH_MAX = 4096  # Linux's, counting the final NUL
 
 # Outcomes. "no-substitute": nobody has it (build it); "failed": someone had
 # it but every offer was rejected; "incomplete-closure": a reference failed.
@@ -89,19 +92,8 @@ def find_offer(store: Store, path: str, substituters: list[Substituter], setting
                warn: Warn = print_warning) -> NarInfo | None:
     """The info of the first substituter that has `path` and is trusted for it, without
     downloading anything (what `--dry-run` reports as "will be fetched")."""
-    check = _Substitution(store, substituters, settings, warn)
-    for sub in check.substituters:
-        if sub.is_down:
-            continue
-        try:
-            info = sub.query(path)
-        except RunnerError as e:
-            if e.reason != "bad-narinfo":
-                check._down(sub, e)
-            continue
-        if info is not None and check._check_trust(sub, info) is None:
-            return info
-    return None
+    offers = _Substitution(store, substituters, settings, warn).offers(path, [])
+    return next((info for _, info in offers), None)
 
 
 class _Substitution:
@@ -130,17 +122,18 @@ class _Substitution:
         keyed.sort(key=lambda k: (k[0], k[1]))
         return [sub for _, _, sub in keyed]
 
-    def run(self, path: str) -> SubstituteResult:
-        if path != self.repair and self.store.is_valid(path):
-            return SubstituteResult(path, VALID)
-        rejections: list[Rejection] = []
+    def offers(self, path: str, rejections: list[Rejection]
+               ) -> Iterator[tuple[Substituter, NarInfo]]:
+        """Each substituter's info on `path` that may be used, by priority. An offer that
+        cannot be trusted, or a narinfo that cannot be read, is added to `rejections`;
+        a substituter that fails to answer is marked down."""
         for sub in self.substituters:
             if sub.is_down:
                 continue
             try:
                 info = sub.query(path)
             except RunnerError as e:
-                if e.reason in ("bad-narinfo",):
+                if e.reason == "bad-narinfo":
                     rejections.append(Rejection(sub.name, e.reason, f"{sub.name}: {e.message}"))
                 else:
                     self._down(sub, e)
@@ -151,6 +144,13 @@ class _Substitution:
             if problem is not None:
                 rejections.append(problem)
                 continue
+            yield sub, info
+
+    def run(self, path: str) -> SubstituteResult:
+        if path != self.repair and self.store.is_valid(path):
+            return SubstituteResult(path, VALID)
+        rejections: list[Rejection] = []
+        for sub, info in self.offers(path, rejections):
             for ref in sorted(info.references - {path}):
                 sub_result = self.run(ref)
                 if not sub_result.ok:
@@ -164,6 +164,11 @@ class _Substitution:
             try:
                 self._install(sub, info)
             except RunnerError as e:
+                if e.reason == "missing-nar":
+                    # The cache lost the file: as if it never had the path (Nix's
+                    # SubstituteGone), not a rejection that needs --fallback.
+                    self.warn(e.message)
+                    continue
                 if e.reason == "substituter-down":
                     self._down(sub, e)
                 rejections.append(Rejection(
@@ -176,6 +181,8 @@ class _Substitution:
 
     def _down(self, sub: Substituter, e: RunnerError) -> None:
         message = f"substituter '{sub.name}' is unusable, skipping it: {e.message}"
+        if isinstance(e, KnownDown):  # found down by an earlier run: the message says it all
+            message = e.message
         if self.fail_on_errors:
             raise RunnerError(message.replace(", skipping it", ""), reason=e.reason) from None
         if sub.report_down(message):
@@ -210,9 +217,15 @@ class _Substitution:
                 remove_tree(path)  # a leftover of an interrupted attempt is never valid
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
-                with sub.fetch(info) as read:
-                    _unpack_verified(read, staged, info)
-                content_address.check_content(info, staged)
+                try:
+                    with sub.fetch(info) as read:
+                        nar_hash, nar_size = _unpack_verified(read, staged, info)
+                    content_address.check_content(info, staged)
+                except BaseException:
+                    # Still ours and writable: removed by descriptor, whatever its depth.
+                    with contextlib.suppress(OSError):
+                        dirfd.remove_path(staged)
+                    raise
                 try:
                     canonicalise(staged)
                     if repairing:
@@ -224,8 +237,7 @@ class _Substitution:
                                       reason="io") from None
             try:
                 self.store.register_valid_paths([PathInfo(
-                    path, info.nar_hash, info.nar_size, info.references, info.deriver, 0,
-                    info.ca)])
+                    path, nar_hash, nar_size, info.references, info.deriver, 0, info.ca)])
             except BaseException:
                 if not repairing:
                     remove_tree(path)
@@ -233,8 +245,10 @@ class _Substitution:
         self.done.append(path)
 
 
-def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
-    """Restore the NAR at `dest`, then insist it had exactly the announced hash and size."""
+def _unpack_verified(read: Read, dest: str, info: NarInfo) -> tuple[Hash, int]:
+    """Restore the NAR at `dest`; insist it had exactly the announced hash and size and
+    nothing after it. Returns the hash and size of the bytes the parser consumed: the
+    NAR of what was written, which is what gets registered."""
     hasher = hashlib.new(info.nar_hash.algo)
     size = 0
 
@@ -248,17 +262,18 @@ def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
         hasher.update(data)
         return data
 
+    # Paths inside must stay under PATH_MAX once in place (Nix fails on them too).
+    room = _PATH_MAX - 1 - len(os.fsencode(info.path))
     try:
-        nar.restore(counted, dest)
-    except OSError as e:
-        raise RunnerError(f"cannot unpack NAR: {e.strerror or e}", reason="io") from None
+        nar.restore(counted, dest, max_rel=room)
+        if read(1):  # not `counted`: the parser's bytes alone are hashed
+            raise RunnerError(f"data after the end of the NAR (the NAR is {size} bytes)",
+                              reason="corrupt-nar")
     except RunnerError as e:
         if e.reason in ("size-mismatch", "hash-mismatch", "corrupt-nar", "substituter-down",
-                        "fetch-failed"):
+                        "fetch-failed", "path-too-long", "io"):
             raise
         raise RunnerError(f"corrupt NAR: {e.message}", reason="corrupt-nar") from None
-    while counted(_CHUNK):
-        pass  # trailing bytes count against the size (and the file hash)
     if size != info.nar_size:
         raise RunnerError(f"NAR has {size} bytes, but {info.nar_size} were announced",
                           reason="size-mismatch")
@@ -266,3 +281,4 @@ def _unpack_verified(read: Read, dest: str, info: NarInfo) -> None:
     if got != info.nar_hash:
         raise RunnerError(f"NAR hash mismatch: expected {info.nar_hash}, got {got}",
                           reason="hash-mismatch")
+    return got, size

@@ -33,6 +33,9 @@ class Transport(Protocol):
     def exists(self, rel: str) -> bool: ...
     def write(self, rel: str, chunks: Iterable[bytes]) -> None: ...
     def create(self) -> None: ...
+    def probe(self) -> Transport:
+        """This transport for one quick try (a cache known down: short timeout, no retries)."""
+        ...
 
 
 class FileTransport:
@@ -69,6 +72,9 @@ class FileTransport:
 
     def exists(self, rel: str) -> bool:
         return os.path.exists(self._path(rel))
+
+    def probe(self) -> Transport:
+        return self
 
     def create(self) -> None:
         try:
@@ -137,6 +143,9 @@ class HttpTransport:
 
     def create(self) -> None:
         pass  # the server owns its directory
+
+    def probe(self) -> Transport:
+        return HttpTransport(self.url, self._client.quick())
 
     def write(self, rel: str, chunks: Iterable[bytes]) -> None:
         # Spooled to learn the Content-Length (static servers and buckets want one, not

@@ -1,0 +1,1 @@
+"""`runner daemon`: the store served over Nix's worker protocol (docs/daemon.md)."""

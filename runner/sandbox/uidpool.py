@@ -1,0 +1,77 @@
+"""One host uid per concurrent sandboxed build (as root), locked across processes.
+
+Builders of different builds must never share a uid: a process may ptrace,
+`pidfd_getfd` or read `/proc/PID/mem` of any process of its own uid (and the
+kernel makes a builder dumpable again at exec), so two builds under one uid
+could take each other's descriptors and write each other's outputs
+(docs/security.md, class 2). As Nix's build users, uids `FIRST_UID …
+FIRST_UID + COUNT - 1` (group `GID`) are a pool shared by every runner process
+on the host, whatever its store: a uid is taken by an exclusive `flock` on
+`LOCK_DIR/<uid>`, held by runner until the build's process is reaped, and
+released by closing it (the kernel releases it when runner dies). Without root
+there is no pool: the builder is the invoking user in a user namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+from dataclasses import dataclass, field
+
+from runner.errors import RunnerError
+
+FIRST_UID = 30001
+GID = 30000
+COUNT = 128
+# Where the locks live: /run (a tmpfs cleared at boot) where there is one.
+LOCK_DIR = "/run/runner-build-users" if os.path.isdir("/run") else "/tmp/runner-build-users"
+
+
+@dataclass
+class Lease:
+    uid: int
+    _fd: int = field(repr=False)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _lock_dir() -> int:
+    """The lock directory, root's and 0700 (checked: never one someone else made)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(LOCK_DIR, 0o700)
+    fd = os.open(LOCK_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise RunnerError(f"sandbox: '{LOCK_DIR}' must be root's with mode 0700",
+                          reason="sandbox-setup")
+    return fd
+
+
+def acquire() -> Lease:
+    """A free build uid, locked until `release()`; an error when all are in use."""
+    try:
+        dir_fd = _lock_dir()
+    except OSError as e:
+        raise RunnerError(f"sandbox: cannot use '{LOCK_DIR}': {e.strerror}",
+                          reason="sandbox-setup") from None
+    try:
+        start = os.getpid() % COUNT  # spread concurrent runs over the pool
+        for i in range(COUNT):
+            uid = FIRST_UID + (start + i) % COUNT
+            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=dir_fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return Lease(uid, fd)
+    finally:
+        os.close(dir_fd)
+    raise RunnerError(f"sandbox: all {COUNT} build users are in use", reason="sandbox-setup")
