@@ -103,6 +103,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.spec.load import load_spec
     from runner.spec.targets import parse_targets
     from runner.spec.translate import instantiate
+    from runner.why.record import record_build
 
     spec = load_spec(args.spec)
     wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
@@ -127,6 +128,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
                         mode=mode)
         results = worker.run(drv_paths)
+        record_build(settings, args.spec, targets, worker.results)
         print(progress.summary(), file=sys.stderr)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)

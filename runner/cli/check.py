@@ -86,6 +86,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.worker import Worker
     from runner.spec.load import load_spec
     from runner.spec.translate import instantiate
+    from runner.why.record import record_build
 
     spec_path, names = _split(list(args.args))
     spec = load_spec(spec_path)
@@ -97,6 +98,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
         worker.run([t.drv_path for t in targets.values()])
+        record_build(settings, spec_path, targets, worker.results)
     outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
                 for key, t in targets.items()]
     failed = not all(o.passed for o in outcomes)

@@ -32,6 +32,7 @@ COMMAND_MODULES = {
     "runner.cli.hash": ("hash",),
     "runner.cli.completion": ("completion", "__complete-names"),
     "runner.cli.daemon": ("daemon",),
+    "runner.cli.why": ("diff", "why"),
 }
 
 # The one-line help of each command, for `runner --help` without importing every
@@ -57,6 +58,8 @@ COMMAND_HELP = {
     "hash": "hash files or file trees as Nix does",
     "completion": "print a shell completion script (bash, zsh or fish)",
     "daemon": "serve the store over Nix's worker protocol",
+    "diff": "explain how two derivations differ, root cause first",
+    "why": "show what changed in a derivation since it last built",
 }
 
 # Dedicated flags store their typed value under `dest="setting:<name>"`.

@@ -1,0 +1,1 @@
+"""`runner why` and `runner diff`: build history and derivation comparison."""
