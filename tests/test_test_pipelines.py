@@ -216,5 +216,15 @@ def test_shards_run_apart_and_the_gatherer_sees_every_case(
     assert Path(results["after"]["outputs"]["out"]).read_text().split() == [
         "shard-1.xml", "shard-2.xml", "shard-3.xml"]
     assert "tests: 3 tests, 0 failed" in err
+    # the shards' suites stand for the gatherer's (its cases are theirs again)
     suites = {s.get("name"): s for s in ET.parse(merged).getroot().iter("testsuite")}
+    assert "tests" not in suites
+    assert [c.get("name") for k in (1, 2, 3)
+            for c in suites[f"tests.shard-{k}-of-3"].iter("testcase")] == ["t0", "t1", "t2"]
+    # all cached: only the gatherer is visited, and it stands for its shards
+    assert run(["build", "--sandbox=on", "--no-out-link", spec, "tests",
+                "--junit", str(merged)]) == 0
+    capsys.readouterr()
+    suites = {s.get("name"): s for s in ET.parse(merged).getroot().iter("testsuite")}
+    assert list(suites) == ["tests"]
     assert sorted(c.get("name") for c in suites["tests"].iter("testcase")) == ["t0", "t1", "t2"]

@@ -48,6 +48,9 @@ class RunRecorder:
     progress: Progress
     junit_outputs: dict[str, str]  # derivation (store) name → its `junit:` output
     events: EventStream | None = None
+    # a `shards:` gatherer's name → its shards' names: in --junit the shards' suites stand
+    # for it (its own cases are theirs again), unless the run never visited them
+    gatherers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     wall_start: float = field(default_factory=time.time)
     started_at: dict[str, float] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)
@@ -56,7 +59,9 @@ class RunRecorder:
     def for_spec(cls, spec: Spec, progress: Progress,
                  events: EventStream | None) -> RunRecorder:
         outputs = {e.name: e.junit for e in spec.derivations.values() if e.junit}
-        return cls(progress, outputs, events)
+        gatherers = {e.name: tuple(spec.derivations[k].name for k in e.gathers)
+                     for e in spec.derivations.values() if e.gathers}
+        return cls(progress, outputs, events, gatherers)
 
     # -- the observer interface (`runner.build.progress.Observer`)
 
@@ -115,8 +120,11 @@ class RunRecorder:
 
     def write_junit(self, path: str) -> None:
         entries = []
+        seen = {drv_name(path) for path in self.records}
         for record in self.records.values():
             result = record.result
+            if seen.intersection(self.gatherers.get(drv_name(result.drv_path), ())):
+                continue
             cached = result.status in (Status.ALREADY_VALID, Status.CACHED_FAILURE)
             entries.append(junit.SuiteEntry(
                 drv_name(result.drv_path), result.drv_path, result.status.value,
