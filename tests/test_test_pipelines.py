@@ -92,6 +92,7 @@ def test_build_shows_cases_merges_junit_and_streams_events(
     assert "✗ c.bad: expected 2, got 3" in err and "assert 2 == 3" in err
     # a broken file: a warning, no crash
     assert "warning: cannot read the JUnit XML" in err and "malformed XML" in err
+    assert "> broken log line" in err  # and the plain log tail instead
 
     root = ET.parse(merged).getroot()
     suites = {s.get("name"): s for s in root.iter("testsuite")}

@@ -8,6 +8,7 @@ A failed build registers no output, so its XML is not read: the log tail says wh
 
 from __future__ import annotations
 
+import collections
 import os
 import shlex
 import time
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from runner.spec.model import Spec
 
 SHOWN_CASES = 20  # failing cases shown under a status; the report and --junit have all
+TAIL_LINES = 10  # log lines kept per build, shown when its JUnit file cannot be read
 
 
 def drv_name(drv_path: str) -> str:
@@ -54,6 +56,7 @@ class RunRecorder:
     wall_start: float = field(default_factory=time.time)
     started_at: dict[str, float] = field(default_factory=dict)
     records: dict[str, Record] = field(default_factory=dict)
+    tails: dict[str, collections.deque[str]] = field(default_factory=dict)
 
     @classmethod
     def for_spec(cls, spec: Spec, progress: Progress,
@@ -71,6 +74,9 @@ class RunRecorder:
             self.events.build_started(drv_path, name)
 
     def log(self, drv_path: str, lines: list[bytes]) -> None:
+        if self.junit_outputs.get(drv_name(drv_path)):
+            tail = self.tails.setdefault(drv_path, collections.deque(maxlen=TAIL_LINES))
+            tail.extend(line.decode("utf-8", "replace").rstrip() for line in lines)
         if self.events is not None:
             for line in lines:
                 self.events.log_line(drv_path, line)
@@ -87,13 +93,14 @@ class RunRecorder:
             else:
                 record.summary = parsed
             self._show(record, name)
+        self.tails.pop(result.drv_path, None)
         if self.events is not None:
             self.events.finished(result, name)
 
     def _show(self, record: Record, name: str) -> None:
         if record.problem is not None:
             lines = [f"warning: {record.problem}"]
-            tail = record.result.log_tail
+            tail = record.result.log_tail or list(self.tails.get(record.result.drv_path, ()))
             lines += [f"       > {line}" for line in tail] if tail else [
                 f"       run 'runner log {record.result.drv_path}' for the log"]
             self.progress.message("\n".join(lines))
