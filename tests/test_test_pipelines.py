@@ -137,7 +137,7 @@ def test_events_reach_a_reader_while_the_build_runs(tmp_path: Path) -> None:
   waits:
     builder: /bin/sh
     sandbox-paths: ["/gate={gate}"]
-    args: ["-c", "while [ ! -e /gate/go ]; do read -t 1 x < /dev/zero 2>/dev/null || :; done; echo > $out"]
+    args: ["-c", "while [ ! -e /gate/go ]; do sleep 0.1; done; echo > $out"]
 """)
     events = tmp_path / "events.ndjson"
     proc = runner_process("build", "--sandbox=on", "--no-out-link", "--option",
@@ -149,7 +149,7 @@ def test_events_reach_a_reader_while_the_build_runs(tmp_path: Path) -> None:
             assert proc.poll() is None, proc.communicate()
             seen = events.read_text().splitlines() if events.exists() else []
         (gate / "go").touch()
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
@@ -198,7 +198,12 @@ def test_shards_run_apart_and_the_gatherer_sees_every_case(
     outputs: [out, junit]
     junit: junit
     shards: 3
-    args: ["-c", "echo $TEST_SHARD_INDEX/$TEST_TOTAL_SHARDS $RUNNER_SHARD_INDEX/$RUNNER_SHARD_COUNT > $out; printf '<testsuite name=\\"s\\"><testcase classname=\\"shard\\" name=\\"t%s\\"/></testsuite>' $TEST_SHARD_INDEX > $junit"]
+    args:
+      - -c
+      - |
+        echo $TEST_SHARD_INDEX/$TEST_TOTAL_SHARDS $RUNNER_SHARD_INDEX/$RUNNER_SHARD_COUNT > $out
+        printf '<testsuite name="s"><testcase classname="shard" name="t%s"/></testsuite>' \\
+          $TEST_SHARD_INDEX > $junit
   after:
     builder: /bin/sh
     args: ["-c", "ls ${{ tests.junit }} > $out"]
