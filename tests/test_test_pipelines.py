@@ -17,9 +17,11 @@ from runner.cli.main import run
 from runner.spec.load import load_spec
 from runner.spec.translate import translate
 from tests.build_helpers import runner_process, write_spec
+from tests.remote_server import start_casd, unavailable
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "runner" / "schemas"
                      / "events.schema.json").read_text())
+SPECS = Path(__file__).resolve().parent.parent / "specs"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 XML = ("<testsuite name='s'><testcase classname='c' name='ok'/>"
@@ -234,3 +236,43 @@ def test_shards_run_apart_and_the_gatherer_sees_every_case(
     suites = {s.get("name"): s for s in ET.parse(merged).getroot().iter("testsuite")}
     assert list(suites) == ["tests"]
     assert sorted(c.get("name") for c in suites["tests"].iter("testcase")) == ["t0", "t1", "t2"]
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ("    env: {TEST_SHARD_INDEX: 0}\n", "env key 'TEST_SHARD_INDEX' is set by 'shards'"),
+    ("    output-hash: sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n",
+     "cannot have 'shards'"),
+])
+def test_shards_refuse_what_they_would_break(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             extra: str, problem: str) -> None:
+    spec = write_spec(tmp_path, f"""derivations:
+  t:
+    builder: /bin/sh
+    shards: 2
+{extra}    args: ["-c", "true"]
+""")
+    assert run(["validate", spec]) == 1
+    assert problem in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None,
+                    reason=f"tier-1 REAPI server unavailable: {unavailable()}")
+def test_sharded_example_on_the_local_reapi_server(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """specs/sharded-tests.yaml with --remote: the shards run as REAPI actions on
+    buildbox-casd, the gatherer too, and runner reads the gathered JUnit files."""
+    server = start_casd(tmp_path / "casd", tcp=True)
+    try:
+        merged = tmp_path / "junit.xml"
+        code = run(["build", "--no-out-link", "--json", "--remote", server.url,
+                    str(SPECS / "sharded-tests.yaml"), "--junit", str(merged)])
+        out, err = capsys.readouterr()
+    finally:
+        server.stop()
+    assert code == 0, err
+    results = {Path(r["drvPath"]).name.split("-", 1)[1][:-4]: r for r in json.loads(out)}
+    assert {r["status"] for r in results.values()} <= {"built", "substituted"}
+    assert "tests: 6 tests, 0 failed" in err
+    suites = [s.get("name") for s in ET.parse(merged).getroot().iter("testsuite")]
+    assert sorted(suites) == [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]

@@ -79,6 +79,14 @@ def build_entry(key: str, pos: Pos, node: Node, defaults: Node | None, report: R
     args = tuple(args_node.value) if args_node and isinstance(args_node.value, list) else ()
     fixed = _fixed_output(keyed, outputs, report)
     junit, shards = _runner_only(_mapping(node), outputs, report)
+    if shards > 1:
+        at = _mapping(node)["shards"].pos
+        if fixed is not None:
+            report(at, "a fixed-output derivation (one with 'output-hash') cannot have 'shards'")
+        for var in ("TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS", "RUNNER_SHARD_INDEX",
+                    "RUNNER_SHARD_COUNT"):
+            if var in env:
+                report(env_pos.get(var, at), f"env key '{var}' is set by 'shards'")
     return DerivationEntry(key, pos, name, outputs, attrs, args, fixed, junit, shards)
 
 
