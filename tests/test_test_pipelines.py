@@ -13,7 +13,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from runner.build.progress import make_progress
 from runner.cli.main import run
+from runner.errors import RunnerError
+from runner.report.run import RunRecorder
 from runner.spec.load import load_spec
 from runner.spec.translate import translate
 from tests.build_helpers import runner_process, write_spec
@@ -276,3 +279,18 @@ def test_sharded_example_on_the_local_reapi_server(tmp_path: Path,
     assert "tests: 6 tests, 0 failed" in err
     suites = [s.get("name") for s in ET.parse(merged).getroot().iter("testsuite")]
     assert sorted(suites) == [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]
+
+
+def test_an_unwritable_report_is_a_one_line_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path,
+                      "derivations:\n  ok: {builder: /bin/sh, args: [-c, 'echo > $out']}\n")
+    missing = tmp_path / "no" / "such" / "dir" / "junit.xml"
+    assert build(spec, "--junit", str(missing)) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"error: cannot write '{missing}'")
+    recorder = RunRecorder(make_progress(log_lines=0, print_build_logs=False), {})
+    with pytest.raises(RunnerError) as caught:
+        recorder.write_report(str(missing), ["runner"], 0)
+    assert caught.value.reason == "io-error"
+    assert not missing.parent.exists()
