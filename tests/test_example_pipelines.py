@@ -91,6 +91,32 @@ def test_failing_run_is_cached_and_a_test_change_reruns_only_the_tests(
     assert "failed previously" in err and "test_wrong" in err  # the stored log tail
 
 
+@needs_pytest
+def test_pipeline_shows_the_junit_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["build", "--no-out-link", str(SPECS / "python-tests.yaml"), "tests"]) == 0
+    assert "tests: 1 tests, 0 failed, 0 errors, 0 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not host_python_has("unittest"), reason="no python3 on the build PATH")
+def test_sharded_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """specs/sharded-tests.yaml: three shards of a unittest suite, each a third of the
+    cases, gathered under `tests`; one merged JUnit file and a report for the run."""
+    junit, page = tmp_path / "junit.xml", tmp_path / "run.html"
+    code, results = build(capsys, "--sandbox=on", str(SPECS / "sharded-tests.yaml"),
+                          "--junit", str(junit), "--report", str(page))
+    assert code == 0, results
+    shards = [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]
+    assert sorted(results) == sorted([*shards, "tests"])
+    suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
+    cases = [c.get("name") for name in shards for c in suites[name].iter("testcase")]
+    assert sorted(cases) == ["test_add", "test_div", "test_mul", "test_split", "test_sub",
+                             "test_upper"]
+    assert all(suites[name].get("tests") == "2" for name in shards)
+    gathered = sorted(p.name for p in Path(results["tests"]["outputs"]["junit"]).iterdir())
+    assert gathered == ["shard-1.xml", "shard-2.xml", "shard-3.xml"]
+    assert page.read_text().count("class='bar'") == 4
+
+
 @pytest.mark.skipif(not host_python_has("pytest", "ruff", "mypy"),
                     reason="the host's python3 lacks pytest, ruff or mypy")
 def test_checks_example_on_a_small_repository(tmp_path: Path,

@@ -12,12 +12,22 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from runner.build.result import BuildResult, Status
 
 if TYPE_CHECKING:
     from rich.live import Live
+
+
+class Observer(Protocol):
+    """Something else that follows the run (`runner.report.run.RunRecorder`)."""
+
+    def started(self, drv_path: str, name: str) -> None: ...
+
+    def log(self, drv_path: str, lines: list[bytes]) -> None: ...
+
+    def finished(self, result: BuildResult) -> None: ...
 
 
 class Progress:
@@ -33,6 +43,8 @@ class Progress:
         self.cached = 0  # already valid: nothing to do
         self.skipped = 0  # a dependency failed
         self.started_at = time.monotonic()
+        self.observers: list[Observer] = []
+        self._drv_of: dict[str, str] = {}  # name → drv path of the running build
 
     # -- events from the worker
 
@@ -41,7 +53,10 @@ class Progress:
 
     def started(self, drv_path: str, name: str) -> None:
         self.running[drv_path] = name
+        self._drv_of[name] = drv_path
         self.event(f"building '{drv_path}'...")
+        for observer in self.observers:
+            observer.started(drv_path, name)
 
     def finished(self, result: BuildResult) -> None:
         self.running.pop(result.drv_path, None)
@@ -57,9 +72,14 @@ class Progress:
         else:
             self.counts["failed"] += 1
             self.report_failure(result)
+        for observer in self.observers:
+            observer.finished(result)
         self.redraw()
 
     def build_log(self, name: str, lines: list[bytes]) -> None:
+        if self.observers and name in self._drv_of:
+            for observer in self.observers:
+                observer.log(self._drv_of[name], lines)
         if self.print_build_logs:
             for line in lines:
                 self.message(f"{name}> {line.decode('utf-8', 'replace').rstrip()}")

@@ -14,7 +14,9 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
+    from runner.build.progress import Progress
     from runner.build.result import BuildResult
+    from runner.report.run import RunRecorder
     from runner.spec.model import Spec
     from runner.store.local_store import LocalStore
     from runner.substituters.base import SubstituterDecl
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                  help="build everything locally; ask no substituter")
     setting_flag(p, "--fallback", name="fallback")
     setting_flag(p, "--substituter-errors", name="substituter-errors")
+    report_flags(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="build valid outputs again and fail (104) if they differ")
@@ -70,6 +73,49 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     log.add_argument("name", nargs="?", metavar="NAME",
                      help="the derivation of the spec whose log to print")
     log.set_defaults(func=_log)
+
+
+def report_flags(p: argparse.ArgumentParser) -> None:
+    """`--junit`, `--json-events[-logs]` and `--report`: what a run leaves for CI and people
+    (docs/test-pipelines.md)."""
+    p.add_argument("--junit", metavar="FILE",
+                   help="write one JUnit XML for the run: each derivation a testsuite "
+                        "(cached results included and marked)")
+    p.add_argument("--json-events", metavar="FILE",
+                   help="write newline-delimited JSON events as they happen ('-': stdout; "
+                        "schemas/events.schema.json)")
+    p.add_argument("--json-events-logs", action="store_true",
+                   help="also write every build log line as a log-line event")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="write a self-contained HTML report of the run (timeline, root "
+                        "causes, failing test cases)")
+
+
+def start_recording(args: argparse.Namespace, spec: Spec, progress: Progress,
+                    argv: list[str]) -> RunRecorder:
+    """The run's recorder, observing `progress`; `run-started` is written at once."""
+    from runner.report.run import RunRecorder, open_events
+
+    events = open_events(args.json_events, args.json_events_logs)
+    recorder = RunRecorder.for_spec(spec, progress, events)
+    progress.observers.append(recorder)
+    if events is not None:
+        events.run_started(argv, list(args.names) if hasattr(args, "names") else [])
+    return recorder
+
+
+def finish_recording(recorder: RunRecorder, args: argparse.Namespace, argv: list[str],
+                     code: int) -> None:
+    """Write `--junit` and `--report`, end the event stream."""
+    try:
+        if args.junit:
+            recorder.write_junit(args.junit)
+        if args.report:
+            recorder.write_report(args.report, argv, code)
+    finally:
+        recorder.finish(code)
+        if recorder.events is not None:
+            recorder.events.close()
 
 
 def register_failed(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,7 +137,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.local_store import open_store
 
     started = time.monotonic()
-    simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed)
+    simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed
+                  or args.junit or args.json_events or args.report)
     if simple and _all_valid_from_cache(args, settings, started):
         return 0
     from runner.build.derivation_goal import BuildMode
@@ -127,11 +174,14 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
                         mode=mode)
+        recorder = start_recording(args, spec, progress, args.argv)
         results = worker.run(drv_paths)
         record_build(settings, args.spec, targets, worker.results)
         print(progress.summary(), file=sys.stderr)
         everything = list(worker.results.values())
         ok = len(results) == len(drv_paths) and all(r.status.ok for r in results)
+        failure = None if ok else _failure(results, everything)
+        finish_recording(recorder, args, args.argv, failure.exit_code if failure else 0)
         if args.json:
             print(json.dumps([r.to_json() for r in everything], indent=2))
         elif ok:
@@ -140,8 +190,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                     print(path)
         if ok and not args.no_out_link:
             create_out_links(settings.store_dir, settings.state_dir, args.out_link, picked)
-        if not ok:
-            raise _failure(results, everything)
+        if failure is not None:
+            raise failure
     return 0
 
 

@@ -14,7 +14,7 @@ from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
 from runner.cli.args import FLAG_PREFIX, setting_flag
-from runner.cli.build import spec_substituters
+from runner.cli.build import finish_recording, report_flags, spec_substituters, start_recording
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import open_store
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     setting_flag(p, "--sandbox", name="sandbox")
     setting_flag(p, "-j", "--max-jobs", name="max-jobs")
     setting_flag(p, "-L", "--print-build-logs", name="print-build-logs")
+    report_flags(p)
     p.set_defaults(func=_check, **{S + "keep-going": True})
 
     h = sub.add_parser("hook", help="install or remove a git pre-commit hook running "
@@ -97,19 +98,20 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
                                   print_build_logs=bool(settings.get("print-build-logs")))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
+        recorder = start_recording(args, spec, progress, args.argv)
         worker.run([t.drv_path for t in targets.values()])
         record_build(settings, spec_path, targets, worker.results)
     outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
                 for key, t in targets.items()]
     failed = not all(o.passed for o in outcomes)
+    statuses = [r.status for r in worker.results.values()]
+    code = (exit_code(statuses) or exit_code([Status.FAILED])) if failed else 0
+    finish_recording(recorder, args, args.argv, code)
     if args.json:
         print(json.dumps([o.to_json() for o in outcomes], indent=2))
     elif failed or not args.quiet:
         _print_summary(outcomes, int(settings.get("log-lines")))
-    if not failed:
-        return 0
-    statuses = [r.status for r in worker.results.values()]
-    return exit_code(statuses) or exit_code([Status.FAILED])
+    return code
 
 
 def _print_summary(outcomes: list[Outcome], log_lines: int) -> None:

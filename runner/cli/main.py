@@ -204,6 +204,7 @@ def run(argv: Sequence[str]) -> int:
     """Parse and run one command; user errors become `error: …` on stderr."""
     try:
         args = build_parser(argv).parse_args(list(argv))
+        args.argv = ["runner", *argv]  # for reports that show the command line
         settings = _settings_from(args)
         _hand_to_sandbox(settings, os.environ)
         code: int = args.func(args, settings)

@@ -735,6 +735,24 @@ def validate_https___runner_invalid_schemas_spec_schema_json(data, custom_format
                                 if isinstance(data__derivations_value__maxsilenttime, (int, float, Decimal)) and not isinstance(data__derivations_value__maxsilenttime, bool):
                                     if data__derivations_value__maxsilenttime < 1:
                                         raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.max-silent-time".format(**locals()) + " must be bigger than or equal to 1")
+                            if "junit" in data__derivations_value_keys:
+                                data__derivations_value_keys.remove("junit")
+                                data__derivations_value__junit = data__derivations_value["junit"]
+                                if not isinstance(data__derivations_value__junit, (str)):
+                                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.junit".format(**locals()) + " must be string")
+                                if isinstance(data__derivations_value__junit, str):
+                                    if not REGEX_PATTERNS['^[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*$'].search(data__derivations_value__junit):
+                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.junit".format(**locals()) + " must match pattern ^[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]*$")
+                            if "shards" in data__derivations_value_keys:
+                                data__derivations_value_keys.remove("shards")
+                                data__derivations_value__shards = data__derivations_value["shards"]
+                                if not isinstance(data__derivations_value__shards, (int)) and not (isinstance(data__derivations_value__shards, float) and data__derivations_value__shards.is_integer()) or isinstance(data__derivations_value__shards, bool):
+                                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.shards".format(**locals()) + " must be integer")
+                                if isinstance(data__derivations_value__shards, (int, float, Decimal)) and not isinstance(data__derivations_value__shards, bool):
+                                    if data__derivations_value__shards < 1:
+                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.shards".format(**locals()) + " must be bigger than or equal to 1")
+                                    if data__derivations_value__shards > 256:
+                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.shards".format(**locals()) + " must be smaller than or equal to 256")
                             if data__derivations_value_keys:
                                 raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}".format(**locals()) + " must not contain "+str(data__derivations_value_keys)+" properties")
                 data__derivations_len = len(data__derivations)

@@ -78,7 +78,30 @@ def build_entry(key: str, pos: Pos, node: Node, defaults: Node | None, report: R
     args_node = keyed.get("args")
     args = tuple(args_node.value) if args_node and isinstance(args_node.value, list) else ()
     fixed = _fixed_output(keyed, outputs, report)
-    return DerivationEntry(key, pos, name, outputs, attrs, args, fixed)
+    junit, shards = _runner_only(_mapping(node), outputs, report)
+    if shards > 1:
+        at = _mapping(node)["shards"].pos
+        if fixed is not None:
+            report(at, "a fixed-output derivation (one with 'output-hash') cannot have 'shards'")
+        for var in ("TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS", "RUNNER_SHARD_INDEX",
+                    "RUNNER_SHARD_COUNT"):
+            if var in env:
+                report(env_pos.get(var, at), f"env key '{var}' is set by 'shards'")
+    return DerivationEntry(key, pos, name, outputs, attrs, args, fixed, junit, shards)
+
+
+def _runner_only(keys: dict[str, Node], outputs: tuple[str, ...], report: Report) -> (
+    tuple[str | None, int]
+):
+    """`junit:` and `shards:` (runner-only: they never enter the derivation)."""
+    junit_node, shards_node = keys.get("junit"), keys.get("shards")
+    junit = junit_node.value if junit_node and isinstance(junit_node.value, str) else None
+    if junit_node is not None and junit is not None and junit not in outputs:
+        report(junit_node.pos, f"'junit' names output '{junit}', which is not one of the "
+                               f"outputs ({', '.join(outputs)})")
+        junit = None
+    shards = shards_node.value if shards_node and isinstance(shards_node.value, int) else 1
+    return junit, shards if not isinstance(shards, bool) and shards >= 1 else 1
 
 
 def _string(node: Node | None, default: str) -> str:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from runner.errors import RunnerError, SpecError
+from runner.spec import shards
 from runner.spec.entries import build_entry
 from runner.spec.graph import check_references, find_cycle
 from runner.spec.model import DerivationEntry, InputEntry, Spec, SubstituterEntry
@@ -175,6 +176,6 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
         path=Path(display),
         files=tuple(loader.files),
         inputs=loader.inputs,
-        derivations=loader.derivations,
+        derivations=shards.expand(loader.derivations),
         substituters=tuple(loader.substituters),
     )

@@ -69,6 +69,11 @@ class DerivationEntry:
     attrs: dict[str, Node]
     args: tuple[Node, ...]
     fixed: FixedOutput | None
+    # runner-only keys: never in the derivation, so they leave its hash alone
+    junit: str | None = None  # the output holding JUnit XML
+    shards: int = 1
+    # a shard-merging entry (made by `shards.expand`): the keys of the shards it gathers
+    gathers: tuple[str, ...] = ()
 
     @property
     def default_output(self) -> str:
@@ -97,6 +102,7 @@ class DerivationEntry:
             if isinstance(node.value, str):
                 with contextlib.suppress(TemplateError):
                     found.extend(p for p in parse_template(node.value) if isinstance(p, Ref))
+        found.extend(Ref(key) for key in self.gathers)
         return tuple(found)
 
 

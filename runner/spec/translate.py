@@ -127,6 +127,10 @@ def _derivation(
             env[attr] = _literal(node.value)
         else:
             env[attr] = to_string(node, resolve)
+    if entry.gathers:  # a `shards:` gatherer: `OUTPUT K PATH` for every shard output
+        env["RUNNER_GATHER"] = "\n".join(
+            f"{output} {k} {resolve(Ref(key, output))}"
+            for output in entry.outputs for k, key in enumerate(entry.gathers, start=1))
     args = [scalar_to_string(node.value, resolve) for node in entry.args]
     if entry.fixed is not None:
         outputs = {"out": DerivationOutput("", entry.fixed.hash_algo, entry.fixed.digest_hex)}
