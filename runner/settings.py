@@ -182,6 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Remote builds run at the same time (they take no local build slot)."),
     Setting("allowed-users", "list", ["*"],
             "Users (`*`, names, `@group`) who may connect to `runner daemon`."),
+    Setting("store", "str", "auto",
+            "Which store commands use: `local` (the store directory itself), `daemon` "
+            "(`runner daemon` on `<state-dir>/daemon-socket/socket`), `unix://PATH` (a "
+            "daemon, runner's or Nix's, on that socket) or `auto` (the daemon when the store "
+            "directory is not writable and its socket exists, else local)."),
     Setting("trusted-users", "list", ["root"],
             "Users (`*`, names, `@group`) the daemon trusts: unsigned imports, any option, "
             "repair, garbage collection."),
