@@ -140,6 +140,9 @@ def copy(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
         if args.no_check_sigs:
             overrides["require-sigs"] = "false"
         store.client.set_options(overrides)
+        for line in store.client.messages:  # e.g. the daemon ignoring an untrusted option
+            print(line, file=sys.stderr)
+        store.client.messages.clear()
         local_view = cast("LocalStore", store)
         paths = [store_path_arg(local_view, p) for p in args.paths]
         store.build(paths)
