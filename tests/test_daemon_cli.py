@@ -173,3 +173,12 @@ def test_unreachable_daemon_is_a_one_line_error(tmp_path: Path,
     code, _, err = _run(capsys, "build", "--store", f"unix://{tmp_path}/none", spec)
     assert code != 0 and err.startswith("error: cannot connect to the daemon")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_store_is_not_an_abbreviation_of_store_dir(tmp_path: Path, store_dir: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A command without `--store` refuses it (argparse would take it for --store-dir)."""
+    (tmp_path / "f").write_text("x")
+    code, out, err = _run(capsys, "store", "add", "--store", "daemon", str(tmp_path / "f"))
+    assert code != 0 and "unrecognized arguments: --store" in err and out == ""
+    assert not (tmp_path / "daemon").exists() and not Path("daemon").exists()
