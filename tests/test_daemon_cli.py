@@ -143,6 +143,13 @@ def test_store_commands_through_runner_daemon(tmp_path: Path, state_dir: str, st
         assert code == 0 and out.splitlines()[0] == app and lib in out
         code, out, _ = _run(capsys, "log", "--store", "daemon", lib)
         assert (code, out) == (0, "building lib\n")
+        cache = tmp_path / "cache"
+        code, _, err = _run(capsys, "copy", "--store", "daemon", "--to", f"file://{cache}",
+                            app)
+        assert code == 0, err
+        narinfos = {line.split(": ", 1)[1] for f in cache.glob("*.narinfo")
+                    for line in f.read_text().splitlines() if line.startswith("StorePath:")}
+        assert narinfos == {app, lib}  # the closure, from the daemon's references
         code, out, _ = _run(capsys, "gc", "--store", "daemon", "--dry-run")
         assert code == 0 and app in out.split() and drv in out.split()
         code, out, _ = _run(capsys, "gc", "--store", "daemon")
@@ -150,7 +157,7 @@ def test_store_commands_through_runner_daemon(tmp_path: Path, state_dir: str, st
         d.wait_for("closed")
         assert not os.path.exists(app)
         assert d.stop() == 0
-    assert sum("connection" in line and "user" in line for line in d.log) >= 6
+    assert sum("connection" in line and "user" in line for line in d.log) >= 7
 
 
 def test_store_setting_values(tmp_path: Path, state_dir: str) -> None:

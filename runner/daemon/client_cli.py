@@ -14,6 +14,7 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
+    from runner.daemon.remote_store import RemoteStore
     from runner.store.local_store import LocalStore
     from runner.store.path_info import PathInfo
 
@@ -127,15 +128,17 @@ def instantiate(args: argparse.Namespace, settings: Settings, socket_path: str) 
 
 
 def copy(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
-    """`copy --from URL`: the daemon substitutes the paths from URL (ensure-path after
-    set-options names it: a trusted user, or a URL among the daemon's substituters).
-    `--to` needs the daemon's NARs signed and compressed here: not done yet."""
+    """`copy --to URL`: path infos and closures from the daemon, the NARs dumped here
+    from the world-readable store files (checked against the daemon's NAR hash).
+    `copy --from URL`: the daemon substitutes the paths from URL (set-options names it:
+    honoured for a trusted user, or when URL is among the daemon's substituters)."""
     from runner.cli.args import store_path_arg
 
-    if args.to:
-        raise RunnerError("'runner copy --to' does not work through a daemon yet; run it "
-                          "with --store local (the store is readable by all)", reason="usage")
     with open_remote(settings, socket_path) as store:
+        local_view = cast("LocalStore", store)
+        paths = [store_path_arg(local_view, p) for p in args.paths]
+        if args.to:
+            return _copy_to(args, store, paths)
         overrides = {"substituters": args.from_}
         if args.no_check_sigs:
             overrides["require-sigs"] = "false"
@@ -143,9 +146,25 @@ def copy(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
         for line in store.client.messages:  # e.g. the daemon ignoring an untrusted option
             print(line, file=sys.stderr)
         store.client.messages.clear()
-        local_view = cast("LocalStore", store)
-        paths = [store_path_arg(local_view, p) for p in args.paths]
         store.build(paths)
     for path in paths:
+        print(f"copied '{path}'", file=sys.stderr)
+    return 0
+
+
+def _copy_to(args: argparse.Namespace, store: RemoteStore, paths: list[str]) -> int:
+    from runner.substituters.configure import open_transport, parse_url
+    from runner.substituters.signing import SecretKey
+    from runner.substituters.writer import copy_to_cache
+
+    url, params = parse_url(args.to)
+    compression = args.compression or params.get("compression", "xz")
+    if compression not in ("xz", "zstd", "none"):
+        raise RunnerError(f"'{args.to}': compression must be xz, zstd or none", reason="usage")
+    key = SecretKey.load(args.sign_key) if args.sign_key else None
+    # The system's temp dir: the client may not write the daemon's state dir.
+    written = copy_to_cache(store, paths, open_transport(url), compression=compression,
+                            sign_key=key)
+    for path in written:
         print(f"copied '{path}'", file=sys.stderr)
     return 0
