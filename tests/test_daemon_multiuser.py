@@ -28,7 +28,8 @@ version: 1
 derivations:
   hello:
     builder: /bin/sh
-    args: ["-c", "mkdir $out; cat /proc/sys/kernel/hostname > $out/host"]
+    args: ["-c", "echo hello from the sandbox; mkdir $out;
+                  cat /proc/sys/kernel/hostname > $out/host"]
 """
 
 
@@ -115,6 +116,11 @@ def test_untrusted_user_builds_through_the_daemon_and_nothing_more(
         # Built in the sandbox (its hostname), not on the host.
         assert socket.gethostname() != "localhost"
         assert Path(out, "host").read_text().strip() == "localhost"
+        # Its log and its path info, through the daemon too.
+        log = _runner(shared, user, "log", str(shared / user / "result"))
+        assert (log.returncode, log.stdout) == (0, "hello from the sandbox\n"), log.stderr
+        info = _runner(shared, user, "store", "path-info", out)
+        assert info.returncode == 0 and info.stdout.startswith(out), info.stderr
         # Writing into the store directly: denied by the file system.
         direct = _runner(shared, user, "store", "add", str(spec))
         assert direct.returncode != 0 and direct.stderr.startswith("error: ")
