@@ -116,6 +116,12 @@ def test_untrusted_user_builds_through_the_daemon_and_nothing_more(
         # Built in the sandbox (its hostname), not on the host.
         assert socket.gethostname() != "localhost"
         assert Path(out, "host").read_text().strip() == "localhost"
+        # The no-op build: the user's own eval cache (the daemon's state dir is not
+        # theirs), one validity query to the daemon.
+        again = _runner(shared, user, "build", str(spec))
+        assert again.returncode == 0 and again.stdout.strip() == out, again.stderr
+        assert "0 built, 1 cached through the daemon" in again.stderr
+        assert list((shared / user / "cache" / "runner" / "daemon-client").iterdir())
         # Its log and its path info, through the daemon too.
         log = _runner(shared, user, "log", str(shared / user / "result"))
         assert (log.returncode, log.stdout) == (0, "hello from the sandbox\n"), log.stderr

@@ -34,7 +34,8 @@ def build(args: argparse.Namespace, settings: Settings, socket_path: str) -> int
                               reason="usage")
     started = time.monotonic()
     with open_remote(settings, socket_path) as store:
-        entry = eval_cache.lookup(settings.state_dir, store.store_dir, args.spec, args.names)
+        entry = eval_cache.lookup(_cache_root(settings), store.store_dir, args.spec,
+                                  args.names)
         # The no-op path: the paths an unchanged spec gives, one batched query.
         if (entry is not None and not (args.check or args.repair)
                 and store.valid_paths(entry.paths) == set(entry.paths)):
@@ -74,11 +75,22 @@ def _instantiate(args: argparse.Namespace, settings: Settings, store: RemoteStor
     drvs = [f"{i.drv_path}!{','.join(sorted(i.outputs))}" for i in targets.values()]
     if not spec.inputs:  # as a local build: a cache, written only where the user may
         drv_paths = [i.drv_path for i in targets.values()]
-        eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names, digests,
+        eval_cache.record(_cache_root(settings), store.store_dir, args.spec, args.names, digests,
                           eval_cache.Entry({}, drv_paths,
                                            list(zip(drv_paths, picked, strict=True))))
     everything = [p for i in targets.values() for p in i.outputs.values()]
     return drvs, picked, everything
+
+
+def _cache_root(settings: Settings) -> str:
+    """Where the eval cache lives: the state dir when this user may write it, else the
+    user's own cache dir (a user of a shared daemon cannot write its state dir). Only
+    the user's own no-op builds read it, and every path it names is checked valid on
+    the daemon before it is trusted."""
+    if os.access(settings.state_dir, os.W_OK):
+        return settings.state_dir
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "runner", "daemon-client")
 
 
 def _finish(store: RemoteStore, args: argparse.Namespace, picked: Sequence[Mapping[str, str]],
