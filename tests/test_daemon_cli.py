@@ -65,6 +65,9 @@ def test_build_and_path_info_through_a_daemon(daemon: str, tmp_path: Path, store
     spec = write_spec(tmp_path, SPEC)
     link = str(tmp_path / "result")
     uri = f"unix://{daemon}"
+    code, out, err = _run(capsys, "build", "--store", uri, spec, "app", "--dry-run")
+    assert code == 0 and out == "", err
+    assert "these 2 derivations will be built:" in err and err.count(".drv") == 2
     code, out, err = _run(capsys, "build", "--store", uri, spec, "app", "-o", link)
     assert code == 0, err
     app = out.strip()

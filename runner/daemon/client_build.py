@@ -27,7 +27,7 @@ _RUNNER_CLASS = re.compile(r"failed \(([a-z-]+)\)")
 def build(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
     from runner.spec import eval_cache
 
-    for flag in ("dry_run", "json", "rebuild_failed"):
+    for flag in ("json", "rebuild_failed"):
         if getattr(args, flag):
             raise RunnerError(f"--{flag.replace('_', '-')} is not available through the "
                               "daemon (use --store local as the store's owner)",
@@ -43,6 +43,9 @@ def build(args: argparse.Namespace, settings: Settings, socket_path: str) -> int
             _finish(store, args, picked, f"0 built, {len(picked)} cached", started)
             return 0
         drv_paths, picked, outputs = _instantiate(args, settings, store)
+        if args.dry_run:
+            print(describe_missing(*store.query_missing(drv_paths)), file=sys.stderr)
+            return 0
         if args.check or args.repair or store.valid_paths(outputs) != set(outputs):
             store.client.on_message = _print_line
             mode = _MODES["check" if args.check else "repair" if args.repair else "normal"]
@@ -125,6 +128,26 @@ def link_outputs(store: RemoteStore, base: str, picked: Sequence[Mapping[str, st
             raise RunnerError(f"cannot create out-link '{link}': {e.strerror}",
                               reason="bad-root") from None
         store.add_indirect_root(os.path.abspath(link))
+
+
+def describe_missing(build: list[str], fetch: list[str], unknown: list[str],
+                     download: int, unpacked: int) -> str:
+    """query-missing's answer, worded as a local `--dry-run`."""
+    from runner.build.dry_run import _these
+
+    lines: list[str] = []
+    if build:
+        lines.append(f"{_these(len(build), 'derivation')} will be built:")
+        lines.extend(f"  {path}" for path in build)
+    if fetch:
+        lines.append(f"{_these(len(fetch), 'path')} will be fetched "
+                     f"({download / 2**20:.2f} MiB download, {unpacked / 2**20:.2f} MiB "
+                     "unpacked):")
+        lines.extend(f"  {path}" for path in fetch)
+    if unknown:
+        lines.append(f"{_these(len(unknown), 'path')} cannot be built or fetched:")
+        lines.extend(f"  {path}" for path in unknown)
+    return "\n".join(lines) or "nothing to build: every output is valid"
 
 
 def failure_exit_code(message: str) -> int:

@@ -177,6 +177,15 @@ class RemoteStore:
         self._call(Op.ADD_INDIRECT_ROOT, link)
         self.client.reader.u64()
 
+    def query_missing(self, targets: Iterable[str]
+                      ) -> tuple[list[str], list[str], list[str], int, int]:
+        """What realising `targets` needs: (derivations to build, paths to substitute,
+        paths nobody can produce, download bytes, unpacked NAR bytes)."""
+        self.client.writer.u64(Op.QUERY_MISSING).texts(list(targets))
+        self._call_reply()
+        r = self.client.reader
+        return r.texts(), r.texts(), r.texts(), r.u64(), r.u64()
+
     def find_roots(self) -> dict[str, str]:
         """The daemon's GC roots: link (or process) -> store path."""
         self.client.writer.u64(Op.FIND_ROOTS)
