@@ -182,6 +182,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Remote builds run at the same time (they take no local build slot)."),
     Setting("allowed-users", "list", ["*"],
             "Users (`*`, names, `@group`) who may connect to `runner daemon`."),
+    Setting("store", "str", "auto",
+            "Which store commands use: `local` (the store directory itself), `daemon` "
+            "(`runner daemon` on `<state-dir>/daemon-socket/socket`), `unix://PATH` (a "
+            "daemon, runner's or Nix's, on that socket) or `auto` (the daemon when the store "
+            "directory is not writable and its socket exists, else local)."),
+    Setting("build-users-group", "str", "",
+            "As root: sandboxed builds run as the members of this group, one build per "
+            "member at a time; empty: runner's own pool of uids 30001-30128."),
     Setting("trusted-users", "list", ["root"],
             "Users (`*`, names, `@group`) the daemon trusts: unsigned imports, any option, "
             "repair, garbage collection."),

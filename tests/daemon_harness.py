@@ -112,7 +112,9 @@ class NixDaemon:
     """Nix 2.8's `nix-daemon` over a throwaway Nix store with the given store dir, on a
     socket the test listens on itself (socket activation: ready without waiting)."""
 
-    def __init__(self, root: Path, store_dir: str) -> None:
+    def __init__(self, root: Path, store_dir: str, *, builds: bool = False) -> None:
+        """`builds`: let its builders run /bin/sh (a store whose files live elsewhere
+        builds in Nix's chroot; the host's /bin, /usr, /lib… are mounted in)."""
         root.mkdir(parents=True, exist_ok=True)
         self.socket = str(root / "socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -120,6 +122,10 @@ class NixDaemon:
         listener.listen(16)
         fd = listener.fileno()
         env = nix_env(root, store_dir)
+        if builds:
+            paths = " ".join(p for p in ("/bin", "/usr", "/lib", "/lib64", "/lib32")
+                             if os.path.exists(p))
+            env["NIX_CONFIG"] = f"sandbox-paths = {paths}\n"
         self.proc = subprocess.Popen(
             ["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec nix-daemon --option store "$0"',
              nix_local_store(root, store_dir)],

@@ -42,12 +42,14 @@ class SandboxMode:
         closure: Collection[str], outputs: list[str], fixed_output: bool, stdout: int, stderr: int,
     ) -> SandboxedBuild:
         # As root, a build uid of its own for this build (docs/security.md, class 2).
-        lease = uidpool.acquire() if os.geteuid() == 0 else None
+        group = str(self.settings.get("build-users-group"))
+        lease = uidpool.acquire(group) if os.geteuid() == 0 else None
         try:
             plan = make_plan(
                 argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
                 closure=closure, outputs=outputs, fixed_output=fixed_output,
-                settings=self.settings, ids=default_ids(lease.uid) if lease else None,
+                settings=self.settings,
+                ids=default_ids(lease.uid, lease.gid) if lease else None,
             )
             proc = spawn(plan, stdout=stdout, stderr=stderr)
         except BaseException:

@@ -66,3 +66,10 @@ def setting_flag(parser: argparse._ActionsContainer, *flags: str, name: str,
     return parser.add_argument(*flags, dest=dest, type=setting_arg(name),
                                metavar=metavar or _METAVARS.get(setting.kind, "VALUE"),
                                help=text)
+
+
+def store_flag(parser: argparse._ActionsContainer) -> argparse.Action:
+    """`--store local|daemon|unix://PATH|auto` on a command that can use a daemon."""
+    return setting_flag(parser, "--store", name="store", metavar="STORE",
+                        help="the store to use: local, daemon (runner daemon's default "
+                             "socket), unix://PATH (a daemon's socket) or auto")

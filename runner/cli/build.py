@@ -9,7 +9,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from runner.cli.args import setting_flag
+from runner.cli.args import setting_flag, store_flag
+from runner.daemon.store_choice import daemon_socket
 from runner.errors import RunnerError
 from runner.settings import Settings
 
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print per-derivation results as JSON")
     p.add_argument("--rebuild-failed", action="store_true",
                    help="ignore and clear cached failures of the requested builds")
+    store_flag(p)
     setting_flag(p, "--sandbox", name="sandbox")
     setting_flag(p, "--remote", name="remote-builders", metavar="URL",
                  help="build on this REAPI endpoint (grpc://host:port, grpcs://…, "
@@ -72,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="a .drv path, an output path (or a link to one), or a spec")
     log.add_argument("name", nargs="?", metavar="NAME",
                      help="the derivation of the spec whose log to print")
+    store_flag(log)
     log.set_defaults(func=_log)
 
 
@@ -134,6 +137,10 @@ def register_failed(actions: argparse._SubParsersAction[argparse.ArgumentParser]
 def _build(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here: the worker pulls in the whole build machinery, which
     # `runner log`, `runner store failed` and every other command do not need.
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_build
+
+        return client_build.build(args, settings, socket_path)
     from runner.store.local_store import open_store
 
     started = time.monotonic()
@@ -272,6 +279,10 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.log_target import find_log
     from runner.store.local_store import open_store
 
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.log(args, settings, socket_path)
     with open_store(settings) as store:
         data = find_log(store, settings.state_dir, args.target, args.name)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents

@@ -8,6 +8,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from runner.cli.args import store_flag
+from runner.daemon.store_choice import daemon_socket
 from runner.errors import RunnerError
 from runner.settings import Settings
 
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-check-sigs", action="store_true",
                    help="with --from: accept paths without a trusted signature")
     p.add_argument("paths", nargs="+", metavar="PATH", help="store paths to copy")
+    store_flag(p)
     p.set_defaults(func=_copy)
 
     cache = sub.add_parser("cache", help="binary cache tools")
@@ -65,6 +68,10 @@ def _copy(args: argparse.Namespace, settings: Settings) -> int:
     from runner.cli.args import store_path_arg
     from runner.store.local_store import open_store
 
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.copy(args, settings, socket_path)
     with open_store(settings) as store:
         paths = [store_path_arg(store, p) for p in args.paths]  # follows ./result
         if args.to:

@@ -75,6 +75,12 @@ class _Parser(argparse.ArgumentParser):
 
     _intermixing = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefix matching: `--store daemon` on a command without `--store` would
+        # otherwise silently mean `--store-dir daemon`.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise RunnerError(f"{self.prog}: {message}", reason="usage")
 

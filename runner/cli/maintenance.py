@@ -9,7 +9,8 @@ import json
 import os
 import re
 
-from runner.cli.args import store_path_arg
+from runner.cli.args import store_flag, store_path_arg
+from runner.daemon.store_choice import daemon_socket
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import open_store
@@ -31,11 +32,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also forget every cached build failure")
     p.add_argument("--json", action="store_true",
                    help="print what was (or would be) deleted and the bytes freed as JSON")
+    store_flag(p)
     p.set_defaults(func=_gc)
 
     p = sub.add_parser("why-depends", help="show why PATH depends on DEPENDENCY")
     p.add_argument("path", metavar="PATH", help="the store path that depends")
     p.add_argument("dependency", metavar="DEPENDENCY", help="the store path depended on")
+    store_flag(p)
     p.set_defaults(func=_why_depends)
 
 
@@ -75,6 +78,10 @@ def _bytes(text: str) -> int:
 def _gc(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.gc import GCOptions, collect_garbage
 
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.gc(args, settings, socket_path)
     options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
                         drop_failures=args.drop_failures,
                         **_keep_options(settings, args.keep_outputs, args.keep_derivations))
@@ -161,6 +168,10 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
     from runner.store.closure_info import find_mentions, shortest_chain
 
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.why_depends(args, settings, socket_path)
     with open_store(settings) as store:
         start = store_path_arg(store, args.path)
         goal = store_path_arg(store, args.dependency)

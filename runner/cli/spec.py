@@ -7,6 +7,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from runner.cli.args import store_flag
+from runner.daemon.store_choice import daemon_socket
 from runner.errors import RunnerError, SpecError
 from runner.settings import Settings
 from runner.store.derivation import Derivation, parse
@@ -26,6 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
     p.add_argument("names", nargs="*", metavar="NAME", help="derivations (default: all)")
     p.add_argument("--json", action="store_true", help="print drvPath and outputs per key")
+    store_flag(p)
     p.set_defaults(func=_instantiate)
 
     p = sub.add_parser("show", help="print derivations as `nix show-derivation` does")
@@ -69,6 +72,10 @@ def _instantiate(args: argparse.Namespace, settings: Settings) -> int:
     from runner.spec.translate import instantiate
     from runner.store.local_store import open_store
 
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.instantiate(args, settings, socket_path)
     spec = load_spec(args.spec)
     with open_store(settings) as store:
         result = instantiate(spec, store, args.names or None)

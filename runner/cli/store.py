@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from runner.cli.args import store_path_arg
+from runner.cli.args import store_flag, store_path_arg
 from runner.cli.build import register_failed
 from runner.cli.maintenance import register_store
 from runner.errors import RunnerError
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("-S", "--closure-size", action="store_true",
                    help="also show the total NAR size of each path's closure")
+    store_flag(p)
     p.set_defaults(func=_path_info)
 
     register_failed(actions)
@@ -64,6 +65,12 @@ def _dump(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _path_info(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.daemon.store_choice import daemon_socket
+
+    if (socket_path := daemon_socket(settings)) is not None:
+        from runner.daemon import client_cli
+
+        return client_cli.path_info(args, settings, socket_path)
     with open_store(settings) as store:
         infos: list[PathInfo | str] = []  # a str: a store path that is not valid
         sizes: dict[str, int] = {}

@@ -24,6 +24,8 @@ from runner.daemon.protocol import (
 from runner.daemon.wire import ProtocolError, Reader, Writer
 from runner.errors import RunnerError
 
+_RES_BUILD_LOG_LINE = 101  # Nix's ResultType::BuildLogLine
+
 
 class DaemonError(RunnerError):
     """The daemon ended an operation with `STDERR_ERROR`."""
@@ -43,6 +45,8 @@ class Client:
         self.version = version
         self.daemon_version = 0
         self.messages: list[str] = []
+        # Called with each log line instead of collecting it (a build's streamed log).
+        self.on_message: Callable[[str], None] | None = None
 
     @property
     def minor(self) -> int:
@@ -104,7 +108,11 @@ class Client:
                     self.reader.u64()
                 raise DaemonError(message)
             if kind == STDERR_NEXT:
-                self.messages.append(self.reader.text())
+                line = self.reader.text()
+                if self.on_message is not None:
+                    self.on_message(line)
+                else:
+                    self.messages.append(line)
             elif kind == STDERR_READ:
                 n = self.reader.u64()
                 if source is None:
@@ -119,17 +127,22 @@ class Client:
             elif kind == STDERR_STOP_ACTIVITY:
                 self.reader.u64()
             elif kind == STDERR_RESULT:
-                self.reader.u64(), self.reader.u64()
-                self._fields()
+                self.reader.u64()
+                result_type = self.reader.u64()
+                fields = self._fields()
+                if result_type == _RES_BUILD_LOG_LINE and self.on_message and fields:
+                    self.on_message(str(fields[0]))  # Nix's daemon sends build logs so
             else:
                 raise ProtocolError(f"unknown stderr message {kind:#x}")
 
-    def _fields(self) -> None:
+    def _fields(self) -> list[int | str]:
+        fields: list[int | str] = []
         for _ in range(self.reader.u64()):
             if self.reader.u64() == 0:
-                self.reader.u64()
+                fields.append(self.reader.u64())
             else:
-                self.reader.text()
+                fields.append(self.reader.text())
+        return fields
 
     def close(self) -> None:
         self.sock.close()

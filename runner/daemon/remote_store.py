@@ -1,22 +1,26 @@
 """A store reached through a worker-protocol daemon (`runner daemon` or Nix's own
 `nix-daemon`): the query and add subset of `LocalStore`'s API, one connection.
 
-This is the client half of docs/daemon.md; the CLI does not use it yet
-(`--store unix://…` is future work). Queries that touch many paths use the
-protocol's batched operations (query-valid-paths), not one round trip each.
+This is the client half of docs/daemon.md: runner's commands use it under
+`--store daemon` / `--store unix://PATH` (runner.daemon.store_choice). Queries that
+touch many paths use the protocol's batched operations (query-valid-paths), not one round trip each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 
 from runner.daemon.client import Client, DaemonError
 from runner.daemon.protocol import Op
 from runner.errors import RunnerError
 from runner.store import nar
+from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
 from runner.store.path_info import PathInfo
+from runner.store.paths import make_text_path
 
 _CHUNK = 64 * 1024
 
@@ -100,6 +104,9 @@ class RemoteStore:
         pairs = [(r.text(), r.text()) for _ in range(r.u64())]
         return {name: path for name, path in pairs if path}
 
+    def query_deriver(self, path: str) -> str | None:
+        return self._valid_info(path).deriver
+
     def compute_closure(self, paths: Iterable[str]) -> set[str]:
         seen: set[str] = set()
         todo = list(dict.fromkeys(paths))
@@ -132,16 +139,72 @@ class RemoteStore:
         self._skip_info()
         return path
 
-    def add_path(self, src: str, name: str) -> str:
+    def add_path(self, src: str, name: str | None = None, exclude: nar.Exclude | None = None
+                 ) -> str:
+        """Add a file or tree as a source path (as LocalStore.add_path)."""
+        name = name or os.path.basename(os.path.normpath(os.path.abspath(src)))
         w = self.client.writer
         w.u64(Op.ADD_TO_STORE).text(name).text("fixed:r:sha256").texts([]).u64(0)
-        for chunk in nar.dump(src):
+        for chunk in nar.dump(src, exclude):
             w.u64(len(chunk)).raw(chunk)
         w.u64(0)
         self._call_reply()
         path = self.client.reader.text()
         self._skip_info()
         return path
+
+    def write_derivations(self, drvs: Sequence[Derivation]) -> list[str]:
+        """Add `.drv` files (each after those it needs) as text paths: their paths are
+        computed here, one query-valid-paths finds the missing ones, only those are sent."""
+        texts: dict[str, tuple[Derivation, frozenset[str]]] = {}
+        for drv in drvs:
+            data = drv.text.encode("utf-8")
+            refs = frozenset((*drv.input_srcs, *drv.input_drvs))
+            path = make_text_path(drv.name + ".drv", hashlib.sha256(data).digest(), refs,
+                                  self.store_dir)
+            texts[path] = (drv, refs)
+        valid = self.valid_paths(texts)
+        for path, (drv, refs) in texts.items():
+            if path not in valid:
+                added = self.add_text(drv.name + ".drv", drv.text, refs)
+                if added != path:
+                    raise RunnerError(f"the daemon stored '{drv.name}.drv' as '{added}', "
+                                      f"expected '{path}'", reason="bad-drv")
+        return list(texts)
+
+    def add_indirect_root(self, link: str) -> None:
+        """Register the symlink `link` (absolute) as a GC root on the daemon's side."""
+        self._call(Op.ADD_INDIRECT_ROOT, link)
+        self.client.reader.u64()
+
+    def query_missing(self, targets: Iterable[str]
+                      ) -> tuple[list[str], list[str], list[str], int, int]:
+        """What realising `targets` needs: (derivations to build, paths to substitute,
+        paths nobody can produce, download bytes, unpacked NAR bytes)."""
+        self.client.writer.u64(Op.QUERY_MISSING).texts(list(targets))
+        self._call_reply()
+        r = self.client.reader
+        return r.texts(), r.texts(), r.texts(), r.u64(), r.u64()
+
+    def find_roots(self) -> dict[str, str]:
+        """The daemon's GC roots: link (or process) -> store path."""
+        self.client.writer.u64(Op.FIND_ROOTS)
+        self._call_reply()
+        r = self.client.reader
+        return dict((r.text(), r.text()) for _ in range(r.u64()))
+
+    def collect_garbage(self, action: int, paths: Iterable[str] = (), max_freed: int = 0
+                        ) -> tuple[list[str], int]:
+        """Nix's collect-garbage: action 0 live, 1 dead, 2 delete dead, 3 delete `paths`.
+        Returns the paths (reported or deleted) and the bytes freed."""
+        w = self.client.writer
+        w.u64(Op.COLLECT_GARBAGE).u64(action).texts(sorted(paths)).u64(0)
+        w.u64(max_freed or (1 << 64) - 1).u64(0).u64(0).u64(0)
+        self._call_reply()
+        r = self.client.reader
+        found, freed = r.texts(), r.u64()
+        r.u64()
+        return found, freed
 
     def _call_reply(self) -> None:
         try:
@@ -157,8 +220,13 @@ class RemoteStore:
         self._call(Op.ADD_TEMP_ROOT, path)
         self.client.reader.u64()
 
-    def build(self, targets: Iterable[str]) -> None:
-        """Realise `drv!out…` / plain paths on the daemon (build-paths)."""
-        self.client.writer.u64(Op.BUILD_PATHS).texts(list(targets)).u64(0)
-        self._call_reply()
+    def build(self, targets: Iterable[str], mode: int = 0) -> None:
+        """Realise `drv!out…` / plain paths on the daemon (build-paths; mode 0 normal,
+        1 repair, 2 check). A failure raises RunnerError(reason="build-failed") whose
+        message is the daemon's."""
+        self.client.writer.u64(Op.BUILD_PATHS).texts(list(targets)).u64(mode)
+        try:
+            self.client.process_stderr()
+        except DaemonError as e:
+            raise RunnerError(e.message, reason="build-failed") from None
         self.client.reader.u64()

@@ -211,6 +211,10 @@ def run_daemon(settings: Settings, socket_path: str | None, *,
     """`runner daemon`: check the store opens, then serve until told to stop."""
     with open_store(settings):
         pass  # creates and migrates the store before any client arrives
+    # Imported once here, not in every forked connection (a connection's first
+    # operation would otherwise pay ~0.1 s of imports: bench/daemon_noop.py).
+    import runner.daemon.ops
+    import runner.daemon.session  # noqa: F401
     if inherited:
         sock = inherited[0]
         where = "the socket passed by systemd"

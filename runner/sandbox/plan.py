@@ -79,12 +79,12 @@ class BuildIds:
     owner_gid: int
 
 
-def default_ids(build_uid: int = ROOT_BUILD_UID) -> BuildIds:
+def default_ids(build_uid: int = ROOT_BUILD_UID, build_gid: int = ROOT_BUILD_GID) -> BuildIds:
     """This process's ids: as root, the host build uid given (one per build slot:
     `runner.sandbox.uidpool`); otherwise a user namespace."""
     owner_uid, owner_gid = os.geteuid(), os.getegid()
     if owner_uid == 0:
-        return BuildIds(False, build_uid, ROOT_BUILD_GID, 0, owner_gid)
+        return BuildIds(False, build_uid, build_gid, 0, owner_gid)
     return BuildIds(True, USERNS_BUILD_UID, USERNS_BUILD_GID, owner_uid, owner_gid)
 
 

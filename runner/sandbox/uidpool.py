@@ -10,13 +10,18 @@ on the host, whatever its store: a uid is taken by an exclusive `flock` on
 `LOCK_DIR/<uid>`, held by runner until the build's process is reaped, and
 released by closing it (the kernel releases it when runner dies). Without root
 there is no pool: the builder is the invoking user in a user namespace.
+
+With `build-users-group` set (Nix's setting), the pool is that group's members
+(their uids, the group's gid) instead, locked the same way (docs/daemon.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import os
+import pwd
 import stat
 from dataclasses import dataclass, field
 
@@ -33,6 +38,7 @@ LOCK_DIR = "/run/runner-build-users" if os.path.isdir("/run") else "/tmp/runner-
 class Lease:
     uid: int
     _fd: int = field(repr=False)
+    gid: int = GID
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -53,17 +59,43 @@ def _lock_dir() -> int:
     return fd
 
 
-def acquire() -> Lease:
-    """A free build uid, locked until `release()`; an error when all are in use."""
+def group_pool(group: str) -> tuple[list[int], int]:
+    """The uids of `group`'s members and its gid: the build users Nix's
+    `build-users-group` names."""
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        raise RunnerError(f"the group '{group}' specified in 'build-users-group' does not "
+                          "exist", reason="sandbox-setup") from None
+    uids = set()
+    for member in entry.gr_mem:
+        try:
+            uids.add(pwd.getpwnam(member).pw_uid)
+        except KeyError:
+            continue
+    if 0 in uids:
+        raise RunnerError(f"the build users group '{group}' may not contain root",
+                          reason="sandbox-setup")
+    if not uids:
+        raise RunnerError(f"the build users group '{group}' has no members",
+                          reason="sandbox-setup")
+    return sorted(uids), entry.gr_gid
+
+
+def acquire(group: str = "") -> Lease:
+    """A free build uid, locked until `release()`; an error when all are in use.
+    `group`: the build users are its members (build-users-group), not the fixed pool."""
+    uids, gid = group_pool(group) if group else (
+        [FIRST_UID + i for i in range(COUNT)], GID)
     try:
         dir_fd = _lock_dir()
     except OSError as e:
         raise RunnerError(f"sandbox: cannot use '{LOCK_DIR}': {e.strerror}",
                           reason="sandbox-setup") from None
     try:
-        start = os.getpid() % COUNT  # spread concurrent runs over the pool
-        for i in range(COUNT):
-            uid = FIRST_UID + (start + i) % COUNT
+        start = os.getpid() % len(uids)  # spread concurrent runs over the pool
+        for i in range(len(uids)):
+            uid = uids[(start + i) % len(uids)]
             fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dir_fd)
             try:
@@ -71,7 +103,8 @@ def acquire() -> Lease:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            return Lease(uid, fd)
+            return Lease(uid, fd, gid)
     finally:
         os.close(dir_fd)
-    raise RunnerError(f"sandbox: all {COUNT} build users are in use", reason="sandbox-setup")
+    raise RunnerError(f"sandbox: all {len(uids)} build users are in use",
+                      reason="sandbox-setup")
