@@ -6,6 +6,7 @@ import contextlib
 import os
 import pwd
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -156,3 +157,41 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+def readable_site_packages(to: Path) -> Path:
+    """Copy runner's installed dependencies (recursively) to `to`, where another user can
+    read them: a tox venv lives in a root-only `.tox`, and the base interpreter's own
+    site-packages may lack them. Put the result on that user's PYTHONPATH."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    wanted = ["runner"]
+    while wanted:
+        name = wanted.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                wanted.append(req.name)
+        if key == "runner":
+            continue  # this checkout is on PYTHONPATH itself
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if file.parts[0].endswith(".dist-info") or ".." in file.parts or not source.is_file():
+                continue
+            target = to / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    for path in [to, *to.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return to

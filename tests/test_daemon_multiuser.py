@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.store.local_store import LocalStore
-from tests.daemon_harness import ROOT, Daemon, as_user
+from tests.daemon_harness import ROOT, Daemon, as_user, readable_site_packages
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="needs root and useradd to create a throwaway user")
@@ -50,6 +50,7 @@ def shared() -> Iterator[Path]:
     path.chmod(0o755)
     for sub in ("store", "state"):
         (path / sub).mkdir(mode=0o755)
+    readable_site_packages(path / "site")
     try:
         yield path
     finally:
@@ -57,7 +58,8 @@ def shared() -> Iterator[Path]:
 
 
 def _env(shared: Path, home: Path) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT),
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": f"{ROOT}:{shared / 'site'}",
             "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_CACHE_HOME": str(home / "cache"), "XDG_DATA_HOME": str(home / "data"),
             "RUNNER_STORE_DIR": str(shared / "store"),
