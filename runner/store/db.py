@@ -124,7 +124,7 @@ def _connect(path: str) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
                                cached_statements=256)
-        _set_wal(conn)
+        set_wal(conn)
         # NORMAL in WAL mode syncs at checkpoints, not on every commit.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -133,7 +133,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _set_wal(conn: sqlite3.Connection) -> None:
+def set_wal(conn: sqlite3.Connection) -> None:
     """Switching the journal mode can answer SQLITE_BUSY at once, without the busy
     handler, while another process opens the same new database: retry for a while."""
     deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS

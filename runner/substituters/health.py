@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from runner.errors import RunnerError
+from runner.store.db import set_wal
 
 FILE = "substituter-health.sqlite"
 _SCHEMA = """
@@ -74,7 +75,7 @@ class Health:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
                                        isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                set_wal(conn)  # retries a concurrent first opener's lock
                 # A cache of observations: no fsync per lookup (a crash loses a count).
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(_SCHEMA)

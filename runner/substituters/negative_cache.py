@@ -13,6 +13,7 @@ import threading
 import time
 
 from runner.errors import RunnerError
+from runner.store.db import set_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS negative_narinfo (
@@ -37,7 +38,7 @@ class NegativeCache:
                 os.makedirs(os.path.dirname(self._path), exist_ok=True)
                 conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False,
                                        isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
+                set_wal(conn)  # retries a concurrent first opener's lock
                 conn.execute("PRAGMA synchronous=NORMAL")  # a cache: no fsync per answer
                 conn.execute(_SCHEMA)
             except (OSError, sqlite3.Error) as e:

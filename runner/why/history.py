@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
+from runner.store.db import set_wal
 
 KEEP = 20
 FILE = "history.sqlite"
@@ -69,7 +70,7 @@ def open_history(state_dir: str) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
     try:
         conn.execute(f"pragma busy_timeout = {_BUSY_MS}")
-        conn.execute("pragma journal_mode = wal")
+        set_wal(conn)  # retries a concurrent first opener's lock
         conn.execute("pragma synchronous = normal")
         conn.executescript(_SCHEMA)
         yield conn
