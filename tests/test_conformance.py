@@ -8,6 +8,7 @@ worktree elsewhere). Without the directory the whole module is skipped, naming i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from runner.errors import RunnerError
-from runner.store import base32
+from runner.store import base32, paths
+from runner.store.hashes import Hash, hash_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = Path(
@@ -59,3 +61,55 @@ def test_nixbase32_decode_rejects(case: dict[str, Any]) -> None:
     with pytest.raises(RunnerError) as info:
         base32.decode(case["enc"])
     assert info.value.reason == "bad-hash"
+
+
+# --- 2. hashes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", _cases(_json("hashes.json")["cases"], "name"))
+def test_hash_known_values(case: dict[str, Any]) -> None:
+    got = hash_bytes(case["algo"], case["input"].encode())
+    assert got.to_string(case["format"]) == case["expected"]
+    assert Hash.parse(case["expected"]) == got
+
+
+# --- 3. store paths -------------------------------------------------------------------
+
+_SP = _json("storepaths.json")
+
+
+@pytest.mark.parametrize("case", _cases(_SP["text_paths"], "name"))
+def test_storepath_text(case: dict[str, Any]) -> None:
+    digest = hashlib.sha256(case["contents"].encode()).digest()
+    assert paths.make_text_path(case["name"], digest, case["references"], STORE) == case["expected"]
+
+
+@pytest.mark.parametrize("case", _cases(_SP["ca_paths"], "label"))
+def test_storepath_content_addressed(case: dict[str, Any]) -> None:
+    assert case["method"] == "nar"
+    h = Hash.parse(case["hash"])
+    if case["references"]:
+        # Only sha256-NAR content can carry references (a "source" path).
+        assert h.algo == "sha256"
+        got = paths.make_source_path(case["name"], h.digest, STORE, case["references"])
+    else:
+        got = paths.make_fixed_output_path(case["name"], h, True, STORE)
+    assert got == case["expected"]
+
+
+@pytest.mark.parametrize("case", _cases(_SP["parse_ok"], "label"))
+def test_storepath_parse_ok(case: dict[str, Any]) -> None:
+    assert paths.parse_store_path(case["path"], STORE) == (case["hash_part"], case["name"])
+    assert paths.hash_part(case["path"]) == case["hash_part"]
+
+
+@pytest.mark.parametrize("case", _cases(_SP["parse_bad"], "label"))
+def test_storepath_parse_rejects(case: dict[str, Any]) -> None:
+    with pytest.raises(RunnerError) as info:
+        paths.parse_store_path(case["path"], STORE)
+    assert info.value.reason == "bad-path"
+
+
+@pytest.mark.parametrize("case", _cases(_SP["digest"], "label"))
+def test_storepath_digest(case: dict[str, Any]) -> None:
+    digest, _name = paths.parse_store_path(case["path"], STORE)
+    assert base32.decode(digest).hex() == case["hex"]
