@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from runner.errors import RunnerError
 from runner.store import base32, paths
 from runner.store.hashes import Hash, hash_bytes
+from runner.substituters import narinfo, signing
+from runner.substituters.content_address import vouches_for_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFORMANCE = Path(
@@ -113,3 +116,98 @@ def test_storepath_parse_rejects(case: dict[str, Any]) -> None:
 def test_storepath_digest(case: dict[str, Any]) -> None:
     digest, _name = paths.parse_store_path(case["path"], STORE)
     assert base32.decode(digest).hex() == case["hex"]
+
+
+# --- 4. narinfo and signatures ---------------------------------------------------------
+
+_NI = _json("narinfo.json")
+_SIG = _json("signatures.json")
+CACHE_KEY = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="
+
+
+def _narinfo(name: str) -> narinfo.NarInfo:
+    return narinfo.parse((EMBEDDED / "narinfo" / name).read_text(), STORE, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"), [(k, v) for k, v in _NI["sig_expect"].items() if not k.startswith("_")]
+)
+def test_narinfo_sample_signatures(name: str, valid: int) -> None:
+    info = _narinfo(name)
+    keys = signing.parse_public_keys([CACHE_KEY])
+    assert signing.count_valid_signatures(info.fingerprint(), info.sigs, keys) == valid
+
+
+@pytest.mark.parametrize("case", _cases(_NI["fingerprints"], "label"))
+def test_narinfo_fingerprint(case: dict[str, Any]) -> None:
+    assert _narinfo(case["narinfo"]).fingerprint() == case["fingerprint"]
+
+
+@pytest.mark.parametrize("name", _NI["roundtrip"])
+def test_narinfo_roundtrip(name: str) -> None:
+    text = (EMBEDDED / "narinfo" / name).read_text()
+    assert _narinfo(name).to_text() == text
+
+
+@pytest.mark.parametrize("name", _NI["ca_vouches"])
+def test_narinfo_ca_vouches_for_path(name: str) -> None:
+    assert vouches_for_path(_narinfo(name), STORE)
+
+
+@pytest.mark.parametrize("case", _cases(_NI["hash_fields"], "narinfo"))
+def test_narinfo_nar_hash(case: dict[str, Any]) -> None:
+    assert _narinfo(case["narinfo"]).nar_hash.hex() == case["hex"]
+
+
+def test_narinfo_real_cache_signatures() -> None:
+    # 978 narinfos from cache.nixos.org: each must parse and its signature verify.
+    raw = (VECTORS / "tvix" / "testdata" / "narinfo.zst").read_bytes()
+    text = zstandard.ZstdDecompressor().stream_reader(raw).read().decode()
+    keys = signing.parse_public_keys([CACHE_KEY])
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    bad = []
+    for i, block in enumerate(blocks):
+        info = narinfo.parse(block, STORE, f"narinfo.zst#{i}")
+        if signing.count_valid_signatures(info.fingerprint(), info.sigs, keys) != 1:
+            bad.append(info.path)
+    assert len(blocks) == 978
+    assert bad == []
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["verify"], "label"))
+def test_signature_verify(case: dict[str, Any]) -> None:
+    key = signing.PublicKey.parse(case["public_key"])
+    parsed = signing.parse_signature(case["signature"])
+    assert parsed is not None
+    assert key.verify(case["fingerprint"], parsed[1]) is case["valid"]
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["parse_fail"], "label"))
+def test_signature_parse_rejects(case: dict[str, Any]) -> None:
+    assert signing.parse_signature(case["sig"]) is None
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["sign"], "label"))
+def test_signature_sign(case: dict[str, Any]) -> None:
+    secret = signing.SecretKey.parse(case["secret_key"])
+    assert secret.public_key().to_string() == case["public_key"]
+    assert secret.sign(case["fingerprint"]) == case["signature"]
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["keypairs"], "label"))
+def test_signature_keypair(case: dict[str, Any]) -> None:
+    assert signing.SecretKey.parse(case["secret_key"]).public_key().to_string() == (
+        case["public_key"]
+    )
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["public_keys"], "label"))
+def test_signature_public_key(case: dict[str, Any]) -> None:
+    key = signing.PublicKey.parse(case["key"])
+    assert (key.name, key.key.hex()) == (case["name"], case["hex"])
+    assert key.to_string() == case["key"]
+
+
+@pytest.mark.parametrize("case", _cases(_SIG["signature_bytes"], "label"))
+def test_signature_bytes(case: dict[str, Any]) -> None:
+    assert signing.parse_signature(case["sig"]) == (case["name"], bytes.fromhex(case["hex"]))
