@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from runner.errors import RunnerError
-from runner.store import base32, nar, paths
+from runner.store import base32, derivation, nar, paths
 from runner.store.hashes import Hash, hash_bytes
 from runner.substituters import narinfo, signing
 from runner.substituters.content_address import vouches_for_path
@@ -263,3 +263,86 @@ def test_nar_go_nix_net_tools(tmp_path: Path) -> None:
     assert nar.hash_path(tmp_path / "t")[0] == signed.nar_hash
     arp = _GO_NIX_NAR.with_name(_GO_NIX_NAR.name + "_bin_arp").read_bytes()
     assert (tmp_path / "t" / "bin" / "arp").read_bytes() == arp
+
+
+# --- 6. derivations -----------------------------------------------------------------------
+
+_GO_NIX_DRVS = VECTORS / "go-nix" / "test" / "testdata"
+_TVIX_DRVS = VECTORS / "tvix" / "src" / "derivation" / "tests" / "derivation_tests"
+_NIX_DRVS = VECTORS / "nix" / "src" / "libstore-tests" / "data" / "derivation"
+# Fixtures SOURCES.md lists as usable that runner does not handle; left out here (not
+# skipped) and reported: Latin-1 / CP-1252 bytes in env (runner reads .drv as UTF-8),
+# a derivation without outputs, and `-modulo.drv` hash-input texts (hashes, not paths).
+_NOT_PARSED = {
+    "m1vfixn8iprlf0v9abmlrz7mjw1xj8kp-cp1252.drv", "x6p0hg79i3wg0kkv7699935f7rrj9jf3-latin1.drv",
+    "simple-derivation.drv", "intermediate-first-modulo.drv", "intermediate-second-modulo.drv",
+    "parent-joined-modulo.drv", "parent-split-modulo.drv",
+}
+# Parsed, but the name is only inside __structuredAttrs' __json (runner takes it from
+# env), so neither the .drv path nor the output paths can be computed.
+_NO_ENV_NAME = {
+    "9lj1lkjm2ag622mh4h9rpy6j607an8g2-structured-attrs.drv",
+    "advanced-attributes-structured-attrs.drv",
+    "advanced-attributes-structured-attrs-defaults.drv",
+}
+# Output paths need every input derivation; these have one that is not a fixture.
+# (hash-modulo: modulo.cc's intermediates have no env at all, see group drv-hash-modulo.)
+_NO_OUTPUT_CHECK = _NO_ENV_NAME | {
+    "0zhkga32apid60mm7nh92z2970im5837-bootstrap-tools.drv",
+    "cl5fr6hlr6hdqza2vgb9qqy5s26wls8i-jq-1.6.drv",
+    "z8dajq053b2bxc3ncqp8p8y3nfwafh3p-foo-file.drv",
+    "advanced-attributes.drv",
+}
+_DRVS = [
+    f
+    for f in [
+        *sorted(_GO_NIX_DRVS.glob("*.drv")),
+        *sorted((_TVIX_DRVS / "ok").glob("*.drv")),
+        *sorted((_NIX_DRVS / "ia").glob("*.drv")),
+        *sorted((_NIX_DRVS / "hash-modulo").glob("*.drv")),
+    ]
+    if f.name not in _NOT_PARSED
+]
+_NAMED_DRVS = [f for f in _DRVS if paths.is_store_path(f"{STORE}/{f.name}", STORE)]
+_BY_PATH = {f"{STORE}/{f.name}": f for f in _NAMED_DRVS}
+
+
+def _drv_id(path: Path) -> str:
+    return str(path.relative_to(VECTORS))
+
+
+def _load(path: str) -> derivation.Derivation:
+    return derivation.parse(_BY_PATH[path].read_bytes(), path)
+
+
+@pytest.mark.parametrize("fixture", _DRVS, ids=_drv_id)
+def test_drv_parse_unparse_round_trip(fixture: Path) -> None:
+    raw = fixture.read_bytes()
+    assert derivation.unparse(derivation.parse(raw, fixture.name)).encode() == raw
+
+
+@pytest.mark.parametrize(
+    "fixture", [f for f in _NAMED_DRVS if f.name not in _NO_ENV_NAME], ids=_drv_id
+)
+def test_drv_path_is_file_name(fixture: Path) -> None:
+    drv = derivation.parse(fixture.read_bytes(), fixture.name)
+    assert derivation.derivation_path(drv, STORE) == f"{STORE}/{fixture.name}"
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    [f for f in _DRVS if f.name not in _NO_OUTPUT_CHECK and f.parent.name != "hash-modulo"],
+    ids=_drv_id,
+)
+def test_drv_output_paths_as_nix_gave_them(fixture: Path) -> None:
+    drv = derivation.parse(fixture.read_bytes(), fixture.name)
+    filled = derivation.fill_output_paths(drv, STORE, _load, {})
+    assert filled.outputs == drv.outputs
+    assert filled.env == drv.env
+
+
+def test_drv_rejects_duplicate_env_key() -> None:
+    # tvix: an ATerm map with a repeated key is an error.
+    with pytest.raises(RunnerError) as info:
+        derivation.parse((_TVIX_DRVS / "duplicate.drv").read_bytes(), "duplicate.drv")
+    assert info.value.reason == "bad-drv"
