@@ -307,6 +307,12 @@ def _restore_regular(r: _Reader, fd: int, name: bytes) -> None:
         r.copy(file_fd)
         if executable:
             os.fchmod(file_fd, os.fstat(file_fd).st_mode | 0o111)
+    except BaseException:
+        # We created it (O_EXCL): a truncated file must not outlive the failed restore,
+        # also when it is the archive's top node (no tree for `restore` to remove).
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=fd)
+        raise
     finally:
         os.close(file_fd)
 
