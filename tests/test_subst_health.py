@@ -194,3 +194,10 @@ def test_cache_status_and_reset(stores: TwoStores, isolated_env: Path,
     assert run(["cache", "status", "--json", *args]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["state"] == "up" and row["down_since"] is None
+
+
+def test_cache_status_without_substituters_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["cache", "status", "--option", "substituters", ""]) == 0
+    assert capsys.readouterr().out.startswith("no substituters: none configured")
+    assert run(["cache", "status", "--json", "--option", "substituters", ""]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -168,6 +168,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([{**r.as_json(), "configured": r.url in configured} for r in rows],
                          indent=2))
         return 0
+    if not rows:
+        print("no substituters: none configured (setting 'substituters') and none recorded")
+        return 0
     now = time.time()
     for r in rows:
         if r.is_down:
