@@ -26,22 +26,27 @@ def create_out_links(store_dir: str, state_dir: str, base: str,
     before one is made. Any existing symlink is replaced, as nix-build does, also one
     into another store (`/nix/store/…` left by Nix) or a dangling one."""
     pairs = link_names(base, outputs)
+    refuse_non_links(pairs)
+    made = []
+    for link, target in pairs:
+        if os.path.islink(link):
+            point_link(link, target)  # so that the store's check sees a link into the store
+        made.append(add_perm_root(store_dir, state_dir, target, link))
+    return made
+
+
+def refuse_non_links(pairs: Sequence[tuple[str, str]]) -> None:
+    """Before any link is made: only a symlink may be replaced, never a file or directory."""
     for link, _ in pairs:
         if os.path.lexists(link) and not os.path.islink(link):
             what = "directory" if os.path.isdir(link) else "file"
             raise RunnerError(f"cannot create out-link '{link}': a {what} of that name exists "
                               "and is not a symlink (remove it, or pick another name with -o)",
                               reason="bad-root")
-    made = []
-    for link, target in pairs:
-        if os.path.islink(link):
-            _point(link, target)  # so that the store's check sees a link into the store
-        made.append(add_perm_root(store_dir, state_dir, target, link))
-    return made
 
 
-def _point(link: str, target: str) -> None:
-    """Point the existing symlink `link` at `target` in one step (never absent)."""
+def point_link(link: str, target: str) -> None:
+    """Make the symlink `link` point at `target` in one step (an old one is never absent)."""
     tmp = f"{link}.tmp-out-link-{os.getpid()}"
     try:
         if os.path.lexists(tmp):
@@ -49,5 +54,5 @@ def _point(link: str, target: str) -> None:
         os.symlink(target, tmp)
         os.replace(tmp, link)
     except OSError as e:
-        raise RunnerError(f"cannot replace out-link '{link}': {e.strerror}",
+        raise RunnerError(f"cannot create out-link '{link}': {e.strerror}",
                           reason="bad-root") from None

@@ -14,7 +14,7 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
 from runner.store.closure_info import closure_size
-from runner.store.local_store import open_store
+from runner.store.local_store import LocalStore, open_store
 from runner.store.path_info import PathInfo
 
 
@@ -72,16 +72,21 @@ def _path_info(args: argparse.Namespace, settings: Settings) -> int:
 
         return client_cli.path_info(args, settings, socket_path)
     with open_store(settings) as store:
-        infos: list[PathInfo | str] = []  # a str: a store path that is not valid
-        sizes: dict[str, int] = {}
-        for arg in args.paths:
-            path = store_path_arg(store, arg)
-            found = store.query_path_info(path)
-            if found is None and not args.json:
-                raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
-            infos.append(path if found is None else found)
-            if args.closure_size and found is not None:
-                sizes[path] = closure_size(store, path)
+        return report_path_info(args, store)
+
+
+def report_path_info(args: argparse.Namespace, store: LocalStore) -> int:
+    """`store path-info` over any store with LocalStore's queries (a daemon's too)."""
+    infos: list[PathInfo | str] = []  # a str: a store path that is not valid
+    sizes: dict[str, int] = {}
+    for arg in args.paths:
+        path = store_path_arg(store, arg)
+        found = store.query_path_info(path)
+        if found is None and not args.json:
+            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+        infos.append(path if found is None else found)
+        if args.closure_size and found is not None:
+            sizes[path] = closure_size(store, path)
     if args.json:
         # As Nix 2.8: a path that is not valid is listed as such, and is no error.
         entries = [{"path": i, "valid": False} if isinstance(i, str) else i.to_json()

@@ -110,23 +110,12 @@ def _finish(store: RemoteStore, args: argparse.Namespace, picked: Sequence[Mappi
 def link_outputs(store: RemoteStore, base: str, picked: Sequence[Mapping[str, str]]) -> None:
     """`result` links, registered as GC roots by the daemon (add-indirect-root): the
     client may not write the daemon's state directory."""
-    from runner.build.out_links import link_names
+    from runner.build.out_links import link_names, point_link, refuse_non_links
 
     pairs = link_names(base, picked)
-    for link, _ in pairs:
-        if os.path.lexists(link) and not os.path.islink(link):
-            raise RunnerError(f"cannot create out-link '{link}': a file of that name exists "
-                              "and is not a symlink", reason="bad-root")
+    refuse_non_links(pairs)
     for link, target in pairs:
-        tmp = f"{link}.tmp-out-link-{os.getpid()}"
-        try:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            os.symlink(target, tmp)
-            os.replace(tmp, link)
-        except OSError as e:
-            raise RunnerError(f"cannot create out-link '{link}': {e.strerror}",
-                              reason="bad-root") from None
+        point_link(link, target)
         store.add_indirect_root(os.path.abspath(link))
 
 

@@ -16,46 +16,17 @@ from runner.settings import Settings
 if TYPE_CHECKING:
     from runner.daemon.remote_store import RemoteStore
     from runner.store.local_store import LocalStore
-    from runner.store.path_info import PathInfo
 
 # collect-garbage actions (Nix's GCOptions::GCAction)
 _GC_RETURN_DEAD, _GC_DELETE_DEAD = 1, 2
 
 
 def path_info(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
-    from runner.cli.args import store_path_arg
-    from runner.store.closure_info import closure_size
+    from runner.cli.store import report_path_info
 
-    infos: list[PathInfo | str] = []  # a str: a store path that is not valid
-    sizes: dict[str, int] = {}
     with open_remote(settings, socket_path) as store:
-        local_view = cast("LocalStore", store)  # the query subset closure_size uses
-        for arg in args.paths:
-            path = store_path_arg(local_view, arg)
-            found = store.query_path_info(path)
-            if found is None and not args.json:
-                raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
-            infos.append(path if found is None else found)
-            if args.closure_size and found is not None:
-                sizes[path] = closure_size(local_view, path)
-    if args.json:
-        entries = [{"path": i, "valid": False} if isinstance(i, str) else i.to_json()
-                   for i in infos]
-        for entry in entries:
-            if args.closure_size and entry.get("valid", True):
-                entry["closureSize"] = sizes[str(entry["path"])]
-        print(json.dumps(entries, sort_keys=True))
-        return 0
-    for info in infos:
-        assert not isinstance(info, str)
-        print(info.path)
-        print(f"  nar-hash:   {info.nar_hash}")
-        print(f"  nar-size:   {info.nar_size}")
-        if args.closure_size:
-            print(f"  closure:    {sizes[info.path]}")
-        print(f"  deriver:    {info.deriver or '-'}")
-        print("  references:" + "".join(f"\n    {ref}" for ref in sorted(info.references)))
-    return 0
+        # The query subset report_path_info uses is the same on a RemoteStore.
+        return report_path_info(args, cast("LocalStore", store))
 
 
 def gc(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
