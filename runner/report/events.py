@@ -63,8 +63,12 @@ class EventStream:
             self.emit("skipped", result.drv_path, name=name,
                       rootCause=result.failed_dependency or "")
         else:
-            fields: dict[str, Any] = {"name": name, "status": result.status.value,
+            fields: dict[str, Any] = {"name": name, "status": result.label,
                                       "duration": duration}
+            if result.attempts > 1:
+                fields.update(attempt=result.attempt, attempts=result.attempts)
+                if result.detail:
+                    fields["detail"] = result.detail
             if not result.status.ok:
                 fields["message"] = result.message
                 if result.exit_status is not None:
