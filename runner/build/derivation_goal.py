@@ -217,6 +217,7 @@ class DerivationGoal(Goal[BuildResult]):
             return Substitution.NO_SUBSTITUTERS
         missing = [p for p in self.outputs.values()
                    if p in corrupt or not self.store.is_valid(p)]
+        self.worker.progress.substituting_for(missing, self.drv_path)
         outcomes = await self.wait_for(
             self.worker.substitution_goal(p, repair=p in corrupt) for p in missing)
         if all(o.ok for o in outcomes):

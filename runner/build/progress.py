@@ -27,6 +27,8 @@ class Observer(Protocol):
 
     def log(self, drv_path: str, lines: list[bytes]) -> None: ...
 
+    def substitution_started(self, path: str, url: str, drv_path: str | None) -> None: ...
+
     def finished(self, result: BuildResult) -> None: ...
 
 
@@ -46,6 +48,7 @@ class Progress:
         self.started_at = time.monotonic()
         self.observers: list[Observer] = []
         self._drv_of: dict[str, str] = {}  # name → drv path of the running build
+        self._deriver: dict[str, str] = {}  # output path → drv path, while substituting
 
     # -- events from the worker
 
@@ -80,6 +83,16 @@ class Progress:
         for observer in self.observers:
             observer.finished(result)
         self.redraw()
+
+    def substituting_for(self, paths: list[str], drv_path: str) -> None:
+        """The derivation whose outputs `paths` are (for `substitution-started`)."""
+        for path in paths:
+            self._deriver.setdefault(path, drv_path)
+
+    def substitution_started(self, path: str, url: str) -> None:
+        """A download of `path` from the substituter `url` starts."""
+        for observer in self.observers:
+            observer.substitution_started(path, url, self._deriver.get(path))
 
     def build_log(self, name: str, lines: list[bytes]) -> None:
         if self.observers and name in self._drv_of:

@@ -83,6 +83,10 @@ class RunRecorder:
             for line in lines:
                 self.events.log_line(drv_path, line)
 
+    def substitution_started(self, path: str, url: str, drv_path: str | None) -> None:
+        if self.events is not None:
+            self.events.substitution_started(path, url, drv_path)
+
     def finished(self, result: BuildResult) -> None:
         record = Record(result, self.started_at.get(result.drv_path))
         self.records[result.drv_path] = record
