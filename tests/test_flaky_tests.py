@@ -240,3 +240,17 @@ def test_schema_requires_the_cache_of_a_substitution() -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"event": "substitution-started", "time": 0.1, "name": "x",
                              "path": "/s/abc-x"}, SCHEMA)
+
+
+def test_check_reports_a_flaky_check(tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = spec(tmp_path, "    flaky: true\n", pass_from=2)
+    code = run(["check", "--option", "sandbox", "relaxed", "--json", path])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    schema = json.loads((Path(__file__).resolve().parent.parent / "runner" / "schemas"
+                         / "check-output.schema.json").read_text())
+    results = json.loads(out)
+    jsonschema.validate(results, schema)
+    assert [(r["result"], r["status"], r["passed"]) for r in results] == [
+        ("flaky", "flaky", True)]
