@@ -137,6 +137,14 @@ def test_every_attempt_failed_is_cached_as_failed_3_of_3(
             pytest.raises(RunnerError) as info:
         find_log(store, settings.state_dir, path, "tests", 0)
     assert info.value.reason == "usage"
+    # A new build replaces every attempt of the old one (logs and kept XML).
+    assert build(capsys, "--rebuild-failed", "--retries", "0", path)[0] == 100
+    assert run(["log", path, "tests", "--attempt", "2"]) == 1
+    assert capsys.readouterr().err.endswith("built in 1 attempt; --attempt 2 is not one of "
+                                            "them (1…1)\n")
+    assert run(["log", path, "tests"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == "attempt 4\n" and "JUnit XML of attempt 1" in shown.err
 
 
 def test_a_flaky_test_is_never_a_cached_failure(tmp_path: Path,
@@ -254,3 +262,18 @@ def test_check_reports_a_flaky_check(tmp_path: Path,
     jsonschema.validate(results, schema)
     assert [(r["result"], r["status"], r["passed"]) for r in results] == [
         ("flaky", "flaky", True)]
+
+
+def test_the_example_spec_is_flaky_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """specs/flaky-test.yaml, as the README tour runs it: attempt 1 fails on purpose."""
+    example = str(Path(__file__).resolve().parent.parent / "specs" / "flaky-test.yaml")
+    code, out, err = build(capsys, "--json", example)
+    assert code == 0, err
+    [result] = json.loads(out)
+    assert result["status"] == "flaky" and result["detail"] == "passed on attempt 2/3"
+    assert run(["log", example, "tests", "--attempt", "1"]) == 0
+    shown = capsys.readouterr()
+    assert "attempt 1 of this build" in shown.out
+    assert "✗ example.test_network: connection reset by peer" in shown.err
+    counter = Path("/tmp/runner-flaky-example") / Path(result["outputs"]["out"]).name
+    assert not counter.exists()  # removed when it passed: the next fresh build fails once

@@ -47,7 +47,12 @@ def attempts_logged(state_dir: str, drv_path: str) -> int:
 
 
 def drop_attempts(state_dir: str, drv_path: str) -> None:
-    """Forget an earlier build's attempts (logs and kept JUnit XML) as a new one starts."""
+    """Forget an earlier build's attempts (logs and kept JUnit XML) as a new one starts.
+    Attempts count from 1, so without an attempt-1 file there is nothing (two stats,
+    not a directory listing, on every build)."""
+    if not (os.path.lexists(attempt_log_path(state_dir, drv_path, 1))
+            or os.path.lexists(junit_kept_path(state_dir, drv_path, 1))):
+        return
     base = os.path.basename(log_path(state_dir, drv_path).removesuffix(LOG_SUFFIX))
     directory = os.path.dirname(log_path(state_dir, drv_path))
     try:
