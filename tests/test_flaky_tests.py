@@ -7,7 +7,9 @@ under `--sandbox off`."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 
 from runner.build import flaky_history
 from runner.build.log_target import find_log
+from runner.build.progress import make_progress
+from runner.build.result import BuildResult, Status
 from runner.cli.build import retry_policies
 from runner.cli.main import run
 from runner.errors import RunnerError
@@ -277,3 +281,37 @@ def test_the_example_spec_is_flaky_once(capsys: pytest.CaptureFixture[str]) -> N
     assert "✗ example.test_network: connection reset by peer" in shown.err
     counter = Path("/tmp/runner-flaky-example") / Path(result["outputs"]["out"]).name
     assert not counter.exists()  # removed when it passed: the next fresh build fails once
+
+
+def test_a_timed_out_attempt_is_retried(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`timeout` kills attempt 1 (it waits on a FIFO nobody writes); attempt 2 passes."""
+    fifo = tmp_path / "never"
+    os.mkfifo(fifo)
+    counter = tmp_path / "count"
+    script = (f"echo x >> {counter}; if [ $(wc -l < {counter}) = 1 ]; then "
+              f"read line < {fifo}; fi; echo ok > $out")
+    path = write_spec(tmp_path, f"""derivations:
+  slow:
+    builder: /bin/sh
+    retries: 1
+    timeout: 1
+    args: ["-c", "{script}"]
+""")
+    code = run(["build", "--sandbox=off", "--no-out-link", "--json", path])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "attempt 1/2 of" in err
+    [result] = json.loads(out)
+    assert result["status"] == "flaky" and result["detail"] == "passed on attempt 2/2"
+
+
+def test_status_line_and_summary_count_flaky_builds() -> None:
+    progress = make_progress(log_lines=0, print_build_logs=False, stream=io.StringIO())
+    progress.expect("/s/a.drv")
+    progress.finished(BuildResult("/s/a.drv", Status.BUILT, attempt=2, attempts=3))
+    assert "1 flaky" in progress.status_line()
+    assert "0 failed, 1 flaky (passed on a retry)" in progress.summary()
+    stream = progress.stream
+    assert isinstance(stream, io.StringIO)
+    assert "flaky: '/s/a.drv' (passed on attempt 2/3)" in stream.getvalue()
