@@ -315,3 +315,11 @@ def test_status_line_and_summary_count_flaky_builds() -> None:
     stream = progress.stream
     assert isinstance(stream, io.StringIO)
     assert "flaky: '/s/a.drv' (passed on attempt 2/3)" in stream.getvalue()
+
+
+def test_retries_through_a_daemon_are_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = spec(tmp_path, "", pass_from=1)
+    assert run(["build", "--store", "daemon", "--retries", "1", path]) == 1
+    assert capsys.readouterr().err == ("error: --retries is not supported when building "
+                                       "through a daemon\n")

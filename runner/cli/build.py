@@ -156,6 +156,9 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     if (socket_path := daemon_socket(settings)) is not None:
         from runner.daemon import client_build
 
+        if args.retries is not None:  # the daemon's worker builds, without retries
+            raise RunnerError("--retries is not supported when building through a daemon",
+                              reason="usage")
         return client_build.build(args, settings, socket_path)
     from runner.store.local_store import open_store
 
