@@ -83,7 +83,8 @@ def test_a_flaky_test_passes_on_attempt_2(tmp_path: Path,
         assert all(store.is_valid(p) for p in result["outputs"].values())
         assert not store.list_failures()
     assert f"flaky: '{result['drvPath']}' (passed on attempt 2/3)" in err
-    assert "attempt 1/3 of" in err and "retrying in a fresh build directory" in err
+    assert (f"attempt 1/3 of '{result['drvPath']}' failed (exit code 1); retrying in a "
+            "fresh build directory (its log: runner log … --attempt 1)") in err
     assert "0 failed, 1 flaky (passed on a retry)" in err
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     for line in lines:
@@ -149,6 +150,8 @@ def test_every_attempt_failed_is_cached_as_failed_3_of_3(
     assert run(["log", path, "tests"]) == 0
     shown = capsys.readouterr()
     assert shown.out == "attempt 4\n" and "JUnit XML of attempt 1" in shown.err
+    assert run(["store", "failed", "list", "--json"]) == 0
+    assert all("attempts" not in r for r in json.loads(capsys.readouterr().out))
 
 
 def test_a_flaky_test_is_never_a_cached_failure(tmp_path: Path,

@@ -379,9 +379,11 @@ class DerivationGoal(Goal[BuildResult]):
         with contextlib.suppress(FileNotFoundError):
             os.replace(log_path(state, self.drv_path),
                        logs.attempt_log_path(state, self.drv_path, attempt))
+        why = (f"exit code {result.exit_status}" if result.status is Status.FAILED
+               else result.status.value)
         self.worker.progress.warn(
-            f"attempt {attempt}/{attempts} of '{self.drv_path}' failed ({result.message}); "
-            "retrying in a fresh build directory")
+            f"attempt {attempt}/{attempts} of '{self.drv_path}' failed ({why}); retrying in "
+            f"a fresh build directory (its log: runner log … --attempt {attempt})")
         if self.settings.get("keep-failed"):
             self.worker.build_dirs.keep(build_dir)
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")

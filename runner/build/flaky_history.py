@@ -92,6 +92,13 @@ def list_flaky(state_dir: str) -> list[FlakyEntry]:
 
 
 def record_failed_attempts(state_dir: str, drv_path: str, failed: int, attempts: int) -> None:
+    """Note how many attempts a cached failure had; a one-attempt failure drops an old
+    note (without creating the file: most failures never had retries)."""
+    if attempts <= 1:
+        if os.path.exists(os.path.join(state_dir, FILE)):
+            with _open(state_dir) as conn:
+                conn.execute("delete from failed_attempts where drv_path = ?", (drv_path,))
+        return
     with _open(state_dir) as conn:
         conn.execute("insert or replace into failed_attempts values (?, ?, ?, ?)",
                      (drv_path, failed, attempts, time.time()))
