@@ -14,7 +14,13 @@ from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
 from runner.cli.args import FLAG_PREFIX, setting_flag
-from runner.cli.build import finish_recording, report_flags, spec_substituters, start_recording
+from runner.cli.build import (
+    finish_recording,
+    report_flags,
+    retry_policies,
+    spec_substituters,
+    start_recording,
+)
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store.local_store import open_store
@@ -98,6 +104,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
                                   print_build_logs=bool(settings.get("print-build-logs")))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
+        worker.retry_policies = retry_policies(args, spec, str(spec_path))
         recorder = start_recording(args, spec, progress, args.argv)
         worker.run([t.drv_path for t in targets.values()])
         record_build(settings, spec_path, targets, worker.results)

@@ -73,7 +73,7 @@ def log(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
     from runner.build.log_target import find_log
 
     with open_remote(settings, socket_path) as store:
-        data = find_log(store, settings.state_dir, args.target, args.name)
+        data = find_log(store, settings.state_dir, args.target, args.name, args.attempt)
     if not data:
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
@@ -76,16 +76,18 @@ class SubstituteResult:
 
 
 def substitute(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
-               warn: Warn = print_warning, repair: bool = False) -> SubstituteResult:
+               warn: Warn = print_warning, repair: bool = False,
+               on_fetch: Callable[[str, str], None] | None = None) -> SubstituteResult:
     """Make `path` valid from the first substituter that can deliver it (blocking).
 
     With `repair`, a valid `path` (presumably corrupt) is fetched again and
     replaces the one on disk once verified. Safe to call from several threads
     at once. Raises RunnerError only when a substituter is down and
-    `substituter-errors` is `fail`.
+    `substituter-errors` is `fail`. `on_fetch(path, substituter)` is called as each
+    download starts (the `substitution-started` event).
     """
-    return _Substitution(store, substituters, settings, warn, repair=path if repair else None
-                         ).run(path)
+    return _Substitution(store, substituters, settings, warn, repair=path if repair else None,
+                         on_fetch=on_fetch).run(path)
 
 
 def find_offer(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
@@ -98,8 +100,10 @@ def find_offer(store: Store, path: str, substituters: list[Substituter], setting
 
 class _Substitution:
     def __init__(self, store: Store, substituters: list[Substituter], settings: Settings,
-                 warn: Warn, *, repair: str | None = None) -> None:
+                 warn: Warn, *, repair: str | None = None,
+                 on_fetch: Callable[[str, str], None] | None = None) -> None:
         self.store = store
+        self.on_fetch = on_fetch
         self.repair = repair  # the one path to fetch again although valid
         self.require_sigs = bool(settings.get("require-sigs"))
         self.fail_on_errors = settings.get("substituter-errors") == "fail"
@@ -217,6 +221,8 @@ class _Substitution:
                 remove_tree(path)  # a leftover of an interrupted attempt is never valid
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
+                if self.on_fetch is not None:
+                    self.on_fetch(path, sub.name)
                 try:
                     with sub.fetch(info) as read:
                         nar_hash, nar_size = _unpack_verified(read, staged, info)
