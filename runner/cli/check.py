@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rebuild-failed", action="store_true",
                    help="run checks again that failed before on the same inputs")
     p.add_argument("--forget", action="store_true",
-                   help="run nothing; release this repository's kept check results (GC "
-                        "roots) so that `runner gc` may delete them")
+                   help="run nothing; release the kept check results (GC roots) of SPEC's "
+                        "repository (default: this one) so that `runner gc` may delete them")
     setting_flag(p, "--sandbox", name="sandbox")
     setting_flag(p, "-j", "--max-jobs", name="max-jobs")
     setting_flag(p, "-L", "--print-build-logs", name="print-build-logs")
@@ -94,7 +94,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from runner.why.record import record_build
 
     if args.forget:
-        return _forget(settings)
+        return _forget(list(args.args), settings)
     spec_path, names = _split(list(args.args))
     spec = load_spec(spec_path)
     declared = spec_substituters(spec)
@@ -111,8 +111,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
                     for key, t in targets.items()]
         # Still under the worker's temporary roots: no collector can take them first.
         check_roots.keep_results(store.store_dir, store.state_dir, _repository(spec_path),
-                                 {o.name: o.result.outputs for o in outcomes
-                                  if o.passed and o.result is not None})
+                                 {o.name: targets[o.name].outputs for o in outcomes
+                                  if o.passed})
     failed = not all(o.passed for o in outcomes)
     statuses = [r.status for r in worker.results.values()]
     code = (exit_code(statuses) or exit_code([Status.FAILED])) if failed else 0
@@ -130,9 +130,16 @@ def _repository(spec_path: Path) -> str:
     return str(discover.repo_root(directory) or directory)
 
 
-def _forget(settings: Settings) -> int:
-    cwd = Path.cwd().resolve()
-    repository = str(discover.repo_root(cwd) or cwd)
+def _forget(args: list[str], settings: Settings) -> int:
+    """Release the check roots of SPEC's repository, or of the one we are in."""
+    if args[1:] or (args and not discover.looks_like_spec(args[0])):
+        raise RunnerError("--forget releases every check of a repository: give at most a "
+                          "spec, no check names", reason="usage")
+    if args:
+        repository = _repository(Path(args[0]))
+    else:
+        cwd = Path.cwd().resolve()
+        repository = str(discover.repo_root(cwd) or cwd)
     released = check_roots.forget(os.path.abspath(settings.state_dir), repository)
     checks = sorted({r.check for r in released})
     if checks:
