@@ -111,3 +111,30 @@ def test_find_hidden_on_a_list_of_visible_paths(tmp_path: Path) -> None:
     assert len(warned) == 1
     check.check("x.drv", {}, [])
     assert os.path.isdir(f"{env}/bin") and len(warned) == 1
+
+
+def test_store_targets_depend_on_each_builds_closure(tmp_path: Path) -> None:
+    # A tool linking into the store is visible only to builds whose closure holds its
+    # store path; the host-side verdict is kept, the store side asked each time.
+    store = tmp_path / "store"
+    tool = store / "abc-tool" / "bin" / "tool"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    bin_dir = tmp_path / "env" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "tool").symlink_to(tool)
+    warned: list[str] = []
+    check = PathVisibility(warned.append, str(store))
+    env = {"PATH": str(bin_dir)}
+    check.check("with.drv", env, [str(tmp_path / "env"), str(store / "abc-tool")])
+    assert warned == []
+    check.check("without.drv", env, [str(tmp_path / "env")])
+    assert len(warned) == 1 and f"links to '{tool}'" in warned[0]
+    assert "'without.drv'" in warned[0]
+    assert warned[0].endswith(f"make '{store / 'abc-tool'}' an input of the derivation "
+                              "to show it")
+    # A PATH entry inside a store path the build does not depend on.
+    check.check("entry.drv", {"PATH": str(tool.parent)}, [str(tmp_path / "env")])
+    assert warned[-1] == (f"PATH entry '{tool.parent}' of 'entry.drv' is not visible in the "
+                          "sandbox, so its tools are not found there; make "
+                          f"'{store / 'abc-tool'}' an input of the derivation to show it")

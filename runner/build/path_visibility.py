@@ -15,7 +15,7 @@ import os
 import posixpath
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runner.sandbox.plan import SandboxPlan
 
@@ -49,18 +49,22 @@ class Hidden:
     entry: str  # the PATH entry
     tool: str | None = None  # a tool in it whose target is hidden
     target: str | None = None  # where that tool really is
+    store_path: str | None = None  # the store path holding `target`, when in the store
 
     def message(self, build: str) -> str:
         """`build` names the build whose PATH it is (a derivation or its output)."""
         if self.tool is None:
+            fix = (f"make '{self.store_path}' an input of the derivation" if self.store_path
+                   else f"add '{self.entry}' to the sandbox-paths setting")
             return (f"PATH entry '{self.entry}' of '{build}' is not visible in the "
-                    f"sandbox, so its tools are not found there; add '{self.entry}' to the "
-                    "sandbox-paths setting to show it")
-        shown = _suggest(posixpath.dirname(self.target or ""))
+                    f"sandbox, so its tools are not found there; {fix} to show it")
+        fix = (f"make '{self.store_path}' an input of the derivation to show it"
+               if self.store_path else
+               f"add '{_suggest(posixpath.dirname(self.target or ''))}' to the "
+               "sandbox-paths setting to show it")
         return (f"'{self.tool}' (PATH entry '{self.entry}' of '{build}') links to "
                 f"'{self.target}', which is not visible in the sandbox: the builder will "
-                f"run another '{posixpath.basename(self.tool)}' from PATH, or none; add "
-                f"'{shown}' to the sandbox-paths setting to show it")
+                f"run another '{posixpath.basename(self.tool)}' from PATH, or none; {fix}")
 
 
 def find_hidden(entries: Iterable[str], visible: Sequence[str] | frozenset[str], *,
@@ -106,12 +110,18 @@ def _suggest(directory: str) -> str:
 
 @dataclass
 class PathVisibility:
-    """One run's check: each hidden entry or tool is warned about once, and each PATH
-    entry's listing is read once (a run of many builds with one PATH lists it once)."""
+    """One run's check: each hidden entry or tool is warned about once. Each PATH dir is
+    listed once per run, and its verdict against the host paths shown (the same for
+    every build of a run) is kept: only tools linking into the store, whose visibility
+    depends on each build's closure, are looked at again (the default PATH of every
+    build is checked in microseconds after the first)."""
 
     warn: Callable[[str], None]
+    store_dir: str = ""
     warned: set[Hidden] = field(default_factory=set)
     listings: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    verdicts: dict[tuple[str, frozenset[str]], list[Hidden]] = field(default_factory=dict)
+    in_store: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # store tools
     lock: threading.Lock = field(default_factory=threading.Lock)  # builds start in threads
 
     def check(self, build: str, env: Mapping[str, str],
@@ -120,13 +130,48 @@ class PathVisibility:
         if not entries:
             return
         with self.lock:
-            new = [h for h in find_hidden(entries, visible, tools=self._tools)
-                   if h not in self.warned]
+            new = [h for h in self._hidden(entries, visible) if h not in self.warned]
             self.warned.update(new)
         for hidden in new:
             self.warn(hidden.message(build))
+
+    def _hidden(self, entries: list[str], visible: Sequence[str] | frozenset[str]
+                ) -> list[Hidden]:
+        shown = frozenset(posixpath.normpath(v) for v in visible)
+        host = frozenset(v for v in shown if not self._in_store(v))
+        found: list[Hidden] = []
+        for entry in entries:
+            if self._in_store(entry):
+                found += [replace(h, store_path=self._store_path(h.target or h.entry))
+                          if self._in_store(h.target or h.entry) else h
+                          for h in find_hidden([entry], shown, tools=self._tools)]
+                continue
+            key = (entry, host)
+            if key not in self.verdicts:
+                self.verdicts[key] = find_hidden([entry], host, tools=self._host_tools)
+            found += self.verdicts[key]
+            if is_visible(entry, host):
+                found += [Hidden(entry, tool, target, self._store_path(target))
+                          for tool, target in self._store_tools(entry)
+                          if not is_visible(target, shown)]
+        return found
+
+    def _in_store(self, path: str) -> bool:
+        return bool(self.store_dir) and path.startswith(self.store_dir.rstrip("/") + "/")
+
+    def _store_path(self, path: str) -> str:
+        top = path[len(self.store_dir.rstrip("/")) + 1:].split("/", 1)[0]
+        return f"{self.store_dir.rstrip('/')}/{top}"
 
     def _tools(self, entry: str) -> list[tuple[str, str]]:
         if entry not in self.listings:
             self.listings[entry] = symlinked_tools(entry)
         return self.listings[entry]
+
+    def _host_tools(self, entry: str) -> list[tuple[str, str]]:
+        return [t for t in self._tools(entry) if not self._in_store(t[1])]
+
+    def _store_tools(self, entry: str) -> list[tuple[str, str]]:
+        if entry not in self.in_store:
+            self.in_store[entry] = [t for t in self._tools(entry) if self._in_store(t[1])]
+        return self.in_store[entry]

@@ -73,4 +73,4 @@ class SandboxMode:
 
 def choose_sandbox(settings: Settings, warn: Callable[[str], None]) -> SandboxMode:
     """Cheap: nothing is probed until the first build asks."""
-    return SandboxMode(settings, warn, PathVisibility(warn))
+    return SandboxMode(settings, warn, PathVisibility(warn, settings.store_dir))
