@@ -94,6 +94,9 @@ def test_store_roots_lists_every_kind(repo: Path, store_dir: str, state_dir: str
     capsys.readouterr()
     with LocalStore(store_dir, state_dir) as store:
         held = store.add_path(str(repo / "src"))
+        direct = Path(state_dir) / "gcroots" / "by-hand" / "src"
+        direct.parent.mkdir(parents=True)
+        direct.symlink_to(held)
         store.temp_roots.add_temp_root(held)
         listed = roots(capsys)
     kinds = {(r["kind"], r.get("check"), r.get("output")): r for r in listed}
@@ -103,6 +106,8 @@ def test_store_roots_lists_every_kind(repo: Path, store_dir: str, state_dir: str
     assert str(kinds[("check", "tests", "junit")]["path"]).endswith("-tests-junit")
     assert kinds[("out-link", None, None)]["link"] == str(tmp_path / "result")
     assert kinds[("out-link", None, None)]["path"] == lint["path"]
+    assert kinds[("direct", None, None)] == {"path": held, "kind": "direct",
+                                             "link": str(direct)}
     temp = kinds[("temporary", None, None)]
     assert temp["pid"] == os.getpid() and temp["path"] == held
     assert run(["store", "roots"]) == 0
