@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.substituters.base import Read, Substituter
@@ -61,15 +60,6 @@ class Watched:
         return self.inner.is_down
 
 
-@dataclass
-class _Reasons:
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, name: str, count: int, text: str) -> None:
-        if count:
-            self.lines.append(f"  {name}: {_paths(count)} {text}")
-
-
 class CacheWatch:
     """The substituters of one dry run, watched; `note` each lookup's refusals."""
 
@@ -88,18 +78,17 @@ class CacheWatch:
     def lines(self, not_used: set[str]) -> list[str]:
         """For each cache, each reason it will not deliver a path of `not_used` (what
         the plan builds): down or for another store dir, refused substitutes, not found."""
-        reasons = _Reasons()
+        lines: list[str] = []
         for cache in self.caches:
             if cache.error is not None:
-                reasons.lines.append(f"  {cache.name}: {_unusable(cache.name, cache.error)}")
+                lines.append(f"  {cache.name}: {_unusable(cache.name, cache.error)}")
                 continue
-            for reason, paths in sorted(self.refused.get(cache.name, {}).items()):
-                wanted = paths & not_used
-                reasons.add(cache.name, len(wanted), _refusal(reason, cache, wanted))
-            missing = set(cache.missing) & not_used
-            reasons.add(cache.name, len(missing), "not found")
-        return (["binary caches that will not be used:", *reasons.lines] if reasons.lines
-                else [])
+            per_reason = [(paths & not_used, _refusal(reason, cache, paths & not_used))
+                          for reason, paths in sorted(self.refused.get(cache.name, {}).items())]
+            per_reason.append((set(cache.missing) & not_used, "not found"))
+            lines += [f"  {cache.name}: {_paths(len(paths))} {text}"
+                      for paths, text in per_reason if paths]
+        return ["binary caches that will not be used:", *lines] if lines else []
 
 
 def _paths(count: int) -> str:
