@@ -282,16 +282,19 @@ def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
 def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
              settings: Settings, declared: list[SubstituterDecl]) -> int:
     from runner.build import dry_run
+    from runner.build.unused_caches import CacheWatch
     from runner.substituters.configure import open_substituters, print_warning
 
     use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
-    substituters = open_substituters(settings, declared, warn=print_warning)
+    watch = CacheWatch(open_substituters(settings, declared, warn=print_warning))
     p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
-                     find=dry_run.offers(store, substituters, settings, print_warning))
+                     find=dry_run.offers(store, watch, settings))
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:
         print(dry_run.describe(p), file=sys.stderr)
+    for line in watch.lines(dry_run.built_outputs(p)):  # why no cache helps: one per reason
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ from runner.settings import Settings
 
 if TYPE_CHECKING:
     from runner.store.local_store import LocalStore
+    from runner.substituters.serve import StoreSource
 
 
 
@@ -96,6 +97,9 @@ def _copy_to(args: argparse.Namespace, settings: Settings, store: LocalStore,
                             sign_key=key, tmp_dir=tmp_dir)
     for path in written:
         print(f"copied '{path}'", file=sys.stderr)
+    # Only a store with this store dir can use the cache (copy_to_cache refused any other).
+    print(f"cache '{url}' is for store dir '{store.store_dir}': every machine using it needs "
+          f"store-dir = {store.store_dir}", file=sys.stderr)
     return 0
 
 
@@ -139,7 +143,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                          verbose=args.verbose)
     host, port = server.server_address[:2]
     what = source if isinstance(source, str) else f"store {settings.store_dir}"
-    print(f"serving {what} on http://{host!s}:{port}", file=sys.stderr, flush=True)
+    print(f"serving {what} on http://{host!s}:{port} ({_served_store_dir(source)})",
+          file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -147,6 +152,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _served_store_dir(source: StoreSource | str) -> str:
+    """Which store dir the served cache is for: only stores with it can use the cache."""
+    if not isinstance(source, str):
+        return f"for store dir '{source.store_dir}'"
+    from runner.substituters.cache_info import parse
+
+    info_file = os.path.join(source, "nix-cache-info")
+    try:
+        with open(info_file) as f:
+            return f"for store dir '{parse(f.read(), info_file).store_dir}'"
+    except FileNotFoundError:
+        return "no nix-cache-info yet: the first `runner copy --to` sets its store dir"
+    except RunnerError as e:
+        return f"unreadable nix-cache-info: {e.message}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"unreadable nix-cache-info: {e}"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

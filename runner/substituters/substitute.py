@@ -91,10 +91,13 @@ def substitute(store: Store, path: str, substituters: list[Substituter], setting
 
 
 def find_offer(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
-               warn: Warn = print_warning) -> NarInfo | None:
+               warn: Warn = print_warning,
+               rejections: list[Rejection] | None = None) -> NarInfo | None:
     """The info of the first substituter that has `path` and is trusted for it, without
-    downloading anything (what `--dry-run` reports as "will be fetched")."""
-    offers = _Substitution(store, substituters, settings, warn).offers(path, [])
+    downloading anything (what `--dry-run` reports as "will be fetched"). Offers refused
+    on the way are added to `rejections`."""
+    found = [] if rejections is None else rejections
+    offers = _Substitution(store, substituters, settings, warn).offers(path, found)
     return next((info for _, info in offers), None)
 
 
