@@ -113,6 +113,8 @@ class DerivationGoal(Goal[BuildResult]):
             return self._result(Status.SUBSTITUTED)
         if not self.worker.rebuild_failed and (cached := self._cached_failure()):
             return cached
+        if not self.worker.rebuild_failed and (cached := await self._substituted_failure()):
+            return cached
         if substitution is Substitution.FAILED:
             if not self.settings.get("fallback"):
                 return self._result(
@@ -201,6 +203,12 @@ class DerivationGoal(Goal[BuildResult]):
             Status.CACHED_FAILURE, failure_cache.cached_message(self.drv_path, record),
             log_tail=record.log_tail.splitlines(), exit_status=record.exit_status,
             log_path=log_path(self.settings.state_dir, self.drv_path) if has_log else None)
+
+    async def _substituted_failure(self) -> BuildResult | None:
+        """A trusted cache's record that this derivation fails (use-substituted-failures)."""
+        from runner.build import substituted_failure
+
+        return await substituted_failure.check(self)
 
     async def _substitute(self, corrupt: set[str]) -> Substitution:
         """SUBSTITUTED when every missing (or `corrupt`) output was fetched; FAILED when a

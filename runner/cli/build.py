@@ -284,12 +284,43 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
         return client_cli.log(args, settings, socket_path)
     with open_store(settings) as store:
-        data = find_log(store, settings.state_dir, args.target, args.name)
+        try:
+            data = find_log(store, settings.state_dir, args.target, args.name)
+        except RunnerError as e:
+            if e.reason != "no-log":
+                raise
+            data = _log_from_substituters(store, settings, args, e)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return 0
+
+
+def _log_from_substituters(store: LocalStore, settings: Settings, args: argparse.Namespace,
+                           missing: RunnerError) -> bytes:
+    """No log here: the first substituter's `log/<drv>`, as `nix log` falls back to them."""
+    from runner.build.log_target import derivation_candidates, store_path_of
+    from runner.substituters.configure import open_substituters, print_warning
+    from runner.substituters.log_fetch import Caches, deriver_from_caches, fetch_log
+
+    caches = Caches(open_substituters(settings), print_warning)
+    if not caches.caches:
+        raise missing
+    try:
+        candidates = derivation_candidates(store, args.target, args.name)
+    except RunnerError as e:  # an output we do not have: the caches may know its deriver
+        path = store_path_of(store.store_dir, args.target)
+        deriver = deriver_from_caches(caches, path) if path and e.reason == "no-log" else None
+        if deriver is None:
+            raise missing from None
+        candidates = [deriver]
+    for drv_path in candidates:
+        found = fetch_log(caches, drv_path)
+        if found is not None:
+            print(f"got build log for '{drv_path}' from '{found[1]}'", file=sys.stderr)
+            return found[0]
+    raise missing
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
