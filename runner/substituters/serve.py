@@ -22,9 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from runner.build.logs import read_log
 from runner.errors import RunnerError
-from runner.store import nar
+from runner.store import derivation, nar
+from runner.store.derivation import Derivation
 from runner.store.local_store import LocalStore
-from runner.store.path_info import PathInfo
+from runner.store.path_info import FailureRecord, PathInfo
 from runner.substituters.cache_info import CacheInfo
 from runner.substituters.failure_export import Exported, export_failure
 from runner.substituters.narinfo import NarInfo
@@ -87,7 +88,7 @@ class StoreSource:
             path = store.query_path_from_hash_part(part)
             if path is None or not path.endswith(".drv"):
                 return None
-            return export_failure(store, self.state_dir, path, self.sign_key)
+            return export_failure(_Files(store, self), self.state_dir, path, self.sign_key)
 
     def narinfo(self, info: PathInfo) -> bytes:
         result = NarInfo(
@@ -97,6 +98,26 @@ class StoreSource:
         if self.sign_key is not None:
             result = result.signed(self.sign_key)
         return result.to_text().encode()
+
+
+class _Files:
+    """The store, reading derivations where the files are (`real_dir`)."""
+
+    def __init__(self, store: LocalStore, source: StoreSource) -> None:
+        self._store = store
+        self._source = source
+
+    def read_derivation(self, path: str) -> Derivation:
+        try:
+            with open(self._source.file(path), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise RunnerError(f"cannot read derivation '{path}': {e.strerror}",
+                              reason="bad-drv") from None
+        return derivation.parse(data, path)
+
+    def query_failure(self, path: str) -> FailureRecord | None:
+        return self._store.query_failure(path)
 
 
 def _hash_part(info: PathInfo) -> str:
