@@ -12,6 +12,7 @@ import shutil
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,7 +247,7 @@ def test_the_signature_covers_every_field() -> None:
                           Hash("sha256", hashlib.sha256(LOG).digest()), len(LOG)).signed(KEY)
     keys = {"team-1": KEY.public_key()}
     assert record.signer(keys) == "team-1"  # the control
-    changed = {
+    changed: dict[str, Any] = {
         "drv_path": "/s/" + "2" * 32 + "-bad.drv", "failure_class": "other",
         "exit_status": None, "time": 1765137001, "system": "aarch64-linux",
         "log": "log/other.drv", "log_hash": Hash("sha256", hashlib.sha256(b"x").digest()),
