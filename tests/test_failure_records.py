@@ -238,13 +238,23 @@ def test_serve_store_signs_records_on_the_fly(site: Site) -> None:
 
 
 def test_a_cache_that_is_down_is_skipped_and_the_derivation_built(site: Site) -> None:
-    spec = site.spec(BAD)
+    """No substitution is tried (allowSubstitutes = ""), so the record lookup is the first
+    contact: it marks the cache down for later runs, which then skip it with one line."""
+    spec = site.spec(BAD.split("  top:")[0] + "    allow-substitutes: false\n")
     site.fresh()
     url = f"http://127.0.0.1:{closed_port()}"
-    code, err = site.consume(spec, url, "--option", "substituter-errors", "warn")
-    assert code == 100 and site.builds() == {"bad": 1}
+    local_off = ("--option", "cache-failures", "false")  # each run reaches the lookup
+    code, err = site.consume(spec, f"{url}?retries=0", *local_off)
+    assert code == 100 and site.builds() == {"bad": 1}, err
     assert "failed with exit code 3" in err
-    assert err.count(f"substituter '{url}' is unusable") == 1
+    assert err.count(f"substituter '{url}' is unusable") == 1, err
+    code, err = site.consume(spec, f"{url}?retries=0", *local_off)
+    assert code == 100 and site.builds() == {"bad": 2}
+    assert err.count(f"cache {url} is down since") == 1, err
+    code, err = site.consume(spec, f"{url}?retries=0", *local_off,
+                             "--option", "substituter-errors", "fail")
+    assert code == 1 and site.builds() == {"bad": 2}, "substituter-errors = fail stops the run"
+    assert f"cache {url} is down since" in err
 
 
 def test_runner_log_falls_back_to_the_substituters(site: Site) -> None:
@@ -264,3 +274,30 @@ def test_runner_log_falls_back_to_the_substituters(site: Site) -> None:
         out_text, err = site.capsys.readouterr()
         assert out_text == "good-log-line\n"
         assert f"got build log for '{drvs['good']}' from '{url}'" in err
+
+
+def test_serve_store_serves_build_logs(site: Site) -> None:
+    spec = site.spec(GOOD)
+    drvs = site.produce(spec)
+    state_a = os.environ["RUNNER_STATE_DIR"]
+    site.fresh()
+    source = StoreSource(site.store_dir, state_a, real_dir=str(site.root / "store-before-b"))
+    with served(source) as url:
+        assert run(["log", "--option", "substituters", url, drvs["good"]]) == 0
+        out, err = site.capsys.readouterr()
+        assert out == "good-log-line\n"
+        assert f"from '{url}'" in err
+        other = drvs["good"].replace(os.path.basename(drvs["good"])[:32], "1" * 32)
+        assert run(["log", "--option", "substituters", url, other]) == 1  # the control
+        assert "no build log available" in site.capsys.readouterr().err
+
+
+def test_a_failure_log_too_long_for_a_record_keeps_its_end() -> None:
+    from runner.substituters.failure_export import truncate_log
+    from runner.substituters.failure_record import MAX_LOG
+
+    log = b"x" * MAX_LOG + b"the error at the end\n"
+    cut = truncate_log(log)
+    assert len(cut) == MAX_LOG and cut.endswith(b"the error at the end\n")
+    assert cut.startswith(b"[runner: log truncated")
+    assert truncate_log(b"short\n") == b"short\n"
