@@ -4,8 +4,10 @@ one warning line and a build; logs of successful builds travel too."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from runner.cli.main import run
+from runner.store.hashes import Hash
+from runner.substituters.failure_record import CacheFailure, log_name, record_name
 from runner.substituters.serve import StoreSource
 from runner.substituters.signing import SecretKey
 from tests.build_helpers import build, counts, write_spec
@@ -301,3 +305,29 @@ def test_a_failure_log_too_long_for_a_record_keeps_its_end() -> None:
     assert len(cut) == MAX_LOG and cut.endswith(b"the error at the end\n")
     assert cut.startswith(b"[runner: log truncated")
     assert truncate_log(b"short\n") == b"short\n"
+
+
+def test_no_record_is_looked_up_for_a_fixed_output_derivation(site: Site) -> None:
+    """Their failures are never cached (a download may work next time), so a record
+    for one, even signed by a trusted key, is not asked for."""
+    spec = site.spec("""derivations:
+  fetch:
+    builder: /bin/sh
+    args: [-c, 'echo fetch >> {counter}; exit 3']
+    output-hash: sha256-47DEQpj8HBSa+/TLtdbeoOdOplV1NAOSNSOYzBshOOc=
+""")
+    drv = site.produce(spec)["fetch"]
+    cache = site.root / "cache"
+    # Written by hand: runner itself never has such a failure to publish.
+    log = b"boom\n"
+    record = CacheFailure(drv, "failed", 3, 1765137000, platform.machine() + "-linux",
+                          log_name(drv), Hash("sha256", hashlib.sha256(log).digest()),
+                          len(log)).signed(SecretKey.load(site.sec))
+    for rel, data in (("nix-cache-info", f"StoreDir: {site.store_dir}\n".encode()),
+                      (record.log, log), (record_name(drv), record.to_text().encode())):
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_bytes(data)
+    site.fresh()
+    code, err = site.consume(spec, f"file://{cache}")
+    assert code == 100 and site.builds() == {"fetch": 2}, err
+    assert "record from" not in err

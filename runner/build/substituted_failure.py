@@ -29,6 +29,8 @@ async def check(goal: DerivationGoal) -> BuildResult | None:
     settings = goal.settings
     if not settings.get("use-substituted-failures") or not settings.get("substitute"):
         return None
+    if goal.drv.is_fixed_output:  # their failures are never cached (a download may work)
+        return None
     worker = goal.worker
     if not worker.substituters:
         return None
