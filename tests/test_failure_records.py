@@ -331,3 +331,24 @@ def test_no_record_is_looked_up_for_a_fixed_output_derivation(site: Site) -> Non
     code, err = site.consume(spec, f"file://{cache}")
     assert code == 100 and site.builds() == {"fetch": 2}, err
     assert "record from" not in err
+
+
+def test_runner_log_through_a_daemon_falls_back_to_the_substituters(
+        site: Site, tmp_path: Path) -> None:
+    """The daemon's store has no log of the derivation; the client's substituters do."""
+    from tests.daemon_harness import Daemon
+
+    drv = f"{site.store_dir}/{'1' * 32}-elsewhere.drv"
+    cache = tmp_path / "cache"
+    (cache / "log").mkdir(parents=True)
+    (cache / "nix-cache-info").write_text(f"StoreDir: {site.store_dir}\n")
+    (cache / log_name(drv)).write_bytes(b"built elsewhere\n")
+    with Daemon(str(tmp_path / "d" / "socket")) as d:
+        socket = f"unix://{d.socket}"
+        assert run(["log", "--store", socket, drv]) == 1  # the control: no substituter
+        assert "no build log available" in site.capsys.readouterr().err
+        assert run(["log", "--store", socket, "--option", "substituters", f"file://{cache}",
+                    drv]) == 0
+        out, err = site.capsys.readouterr()
+        assert out == "built elsewhere\n" and f"from 'file://{cache}'" in err
+        assert d.stop() == 0

@@ -15,6 +15,7 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
+    from runner.build.log_target import DeriverStore
     from runner.build.progress import Progress
     from runner.build.result import BuildResult
     from runner.report.run import RunRecorder
@@ -289,7 +290,7 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
         except RunnerError as e:
             if e.reason != "no-log":
                 raise
-            data = _log_from_substituters(store, settings, args, e)
+            data = log_from_substituters(store, settings, args, e)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
@@ -297,9 +298,10 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _log_from_substituters(store: LocalStore, settings: Settings, args: argparse.Namespace,
-                           missing: RunnerError) -> bytes:
-    """No log here: the first substituter's `log/<drv>`, as `nix log` falls back to them."""
+def log_from_substituters(store: DeriverStore, settings: Settings, args: argparse.Namespace,
+                          missing: RunnerError) -> bytes:
+    """No log here (nor in a daemon's store): the first substituter's `log/<drv>`, as
+    `nix log` falls back to them; `missing` is raised when none has it."""
     from runner.build.log_target import derivation_candidates, store_path_of
     from runner.substituters.configure import open_substituters, print_warning
     from runner.substituters.log_fetch import Caches, deriver_from_caches, fetch_log
