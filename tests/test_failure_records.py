@@ -352,3 +352,18 @@ def test_runner_log_through_a_daemon_falls_back_to_the_substituters(
         out, err = site.capsys.readouterr()
         assert out == "built elsewhere\n" and f"from 'file://{cache}'" in err
         assert d.stop() == 0
+
+
+def test_copying_an_output_uploads_its_log_unless_no_logs(site: Site) -> None:
+    spec = site.spec(GOOD)
+    drvs = site.produce(spec)
+    code, out, _ = build(site.capsys, spec)
+    assert code == 0
+    output = out.strip()
+    name = os.path.basename(drvs["good"])
+    err = site.copy(f"file://{site.root / 'with'}", output)
+    assert f"copied log of '{drvs['good']}'" in err
+    assert (site.root / "with" / "log" / name).read_bytes() == b"good-log-line\n"
+    err = site.copy(f"file://{site.root / 'without'}", "--no-logs", output)
+    assert "copied log" not in err and not (site.root / "without" / "log").exists()
+    assert f"copied '{output}'" in err
