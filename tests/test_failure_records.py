@@ -9,7 +9,9 @@ import json
 import os
 import platform
 import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -367,3 +369,39 @@ def test_copying_an_output_uploads_its_log_unless_no_logs(site: Site) -> None:
     err = site.copy(f"file://{site.root / 'without'}", "--no-logs", output)
     assert "copied log" not in err and not (site.root / "without" / "log").exists()
     assert f"copied '{output}'" in err
+
+
+class _FailingCache(BaseHTTPRequestHandler):
+    """A cache that answers nix-cache-info and fails every other request with a 500."""
+
+    def do_GET(self) -> None:
+        ok = self.path == "/nix-cache-info"
+        body = f"StoreDir: {os.environ['RUNNER_STORE_DIR']}\n".encode() if ok else b"oops"
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_cache_failing_on_the_record_follows_substituter_errors(site: Site) -> None:
+    spec = site.spec(BAD.split("  top:")[0] + "    allow-substitutes: false\n")
+    site.fresh()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingCache)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    local_off = ("--option", "cache-failures", "false")
+    try:
+        code, err = site.consume(spec, f"{url}?retries=0", *local_off)
+        assert code == 100 and site.builds() == {"bad": 1}, err  # warn: skipped, built
+        assert err.count(f"substituter '{url}' is unusable, skipping it") == 1, err
+        site.fresh("c")
+        code, err = site.consume(spec, f"{url}?retries=0", *local_off,
+                                 "--option", "substituter-errors", "fail")
+        assert code == 1 and site.builds() == {"bad": 1}, err
+        assert f"error: substituter '{url}' is unusable: GET {url}/failure/" in err
+    finally:
+        server.shutdown()
+        server.server_close()

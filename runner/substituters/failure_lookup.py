@@ -22,7 +22,7 @@ from runner.substituters.failure_record import (
     parse,
     record_name,
 )
-from runner.substituters.log_fetch import Caches, TooLarge
+from runner.substituters.log_fetch import Caches, TooLarge, Unusable
 from runner.substituters.signing import parse_public_keys
 
 
@@ -41,6 +41,8 @@ def find_failure(caches: Caches, drv_path: str, store_dir: str) -> FoundFailure 
         origin = f"{cache.name.rstrip('/')}/{rel}"
         try:
             found = _check(caches, cache, rel, origin, drv_path, store_dir)
+        except Unusable:
+            raise
         except RunnerError as e:
             caches.warn(f"ignoring failure record '{origin}': {_why(e)}")
             continue

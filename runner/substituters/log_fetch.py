@@ -25,6 +25,10 @@ class TooLarge(RunnerError):
         super().__init__(message, reason="too-large")
 
 
+class Unusable(RunnerError):
+    """A cache that failed, under `substituter-errors = fail`: ends the run."""
+
+
 class Caches:
     """The binary caches among `substituters`, by priority, with Nix's down handling."""
 
@@ -46,7 +50,7 @@ class Caches:
         message = (e.message if isinstance(e, KnownDown)
                    else f"substituter '{cache.name}' is unusable, skipping it: {e.message}")
         if self.fail_on_errors:
-            raise RunnerError(message.replace(", skipping it", ""), reason=e.reason) from None
+            raise Unusable(message.replace(", skipping it", ""), reason=e.reason) from None
         if cache.report_down(message):
             self.warn(message)
 
@@ -63,7 +67,7 @@ class Caches:
                 return read_bounded(stream.read, limit, f"{cache.name.rstrip('/')}/{rel}")
             finally:
                 stream.close()
-        except TooLarge:
+        except (TooLarge, Unusable):
             raise
         except RunnerError as e:
             self.down(cache, e)
