@@ -116,7 +116,7 @@ def test_a_failure_travels_through_a_file_cache(site: Site) -> None:
     assert site.builds() == {"bad": 1}
 
     site.fresh()
-    code, err = site.consume(spec, url)
+    code, err = site.consume(spec, url, "-k")  # -k: `top` reports its failed dependency
     assert code == 100, err
     assert site.builds() == {"bad": 1}, "a trusted record must stop the build"
     assert _cached_line(drvs["bad"], url).search(err), err
