@@ -114,6 +114,8 @@ class DerivationGoal(Goal[BuildResult]):
             return self._result(Status.SUBSTITUTED)
         if not self.worker.rebuild_failed and (cached := self._cached_failure()):
             return cached
+        if not self.worker.rebuild_failed and (cached := await self._substituted_failure()):
+            return cached
         if substitution is Substitution.FAILED:
             if not self.settings.get("fallback"):
                 return self._result(
@@ -209,6 +211,12 @@ class DerivationGoal(Goal[BuildResult]):
             log_path=log_path(state, self.drv_path) if has_log else None,
             junit_kept=kept if os.path.isdir(kept) else None,
             attempt=attempts[0] if attempts else 1, attempts=attempts[1] if attempts else 1)
+
+    async def _substituted_failure(self) -> BuildResult | None:
+        """A trusted cache's record that this derivation fails (use-substituted-failures)."""
+        from runner.build import substituted_failure
+
+        return await substituted_failure.check(self)
 
     async def _substitute(self, corrupt: set[str]) -> Substitution:
         """SUBSTITUTED when every missing (or `corrupt`) output was fetched; FAILED when a

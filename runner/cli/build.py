@@ -15,6 +15,7 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
+    from runner.build.log_target import DeriverStore
     from runner.build.progress import Progress
     from runner.build.result import BuildResult
     from runner.build.retry import RetryPolicies
@@ -307,13 +308,19 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
         return client_cli.log(args, settings, socket_path)
     with open_store(settings) as store:
-        drv_path, data = locate_log(store, settings.state_dir, args.target, args.name,
-                                    args.attempt)
+        drv_path: str | None
+        try:
+            drv_path, data = locate_log(store, settings.state_dir, args.target, args.name,
+                                        args.attempt)
+        except RunnerError as e:
+            if e.reason != "no-log" or args.attempt is not None:
+                raise  # a retried build's attempts are never in a cache
+            drv_path, data = None, log_from_substituters(store, settings, args, e)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
-    if cases := kept_junit(settings.state_dir, drv_path, args.attempt):
+    if drv_path and (cases := kept_junit(settings.state_dir, drv_path, args.attempt)):
         print(cases, file=sys.stderr)  # the failed attempt's test cases, kept with it
     return 0
 
@@ -344,6 +351,33 @@ def _flaky_list(args: argparse.Namespace, settings: Settings) -> int:
               f"last {describe_age(now - e.last_time)} (passed on attempt "
               f"{e.last_attempt}/{e.attempts}); {e.drv_path}")
     return 0
+
+
+def log_from_substituters(store: DeriverStore, settings: Settings, args: argparse.Namespace,
+                          missing: RunnerError) -> bytes:
+    """No log here (nor in a daemon's store): the first substituter's `log/<drv>`, as
+    `nix log` falls back to them; `missing` is raised when none has it."""
+    from runner.build.log_target import derivation_candidates, store_path_of
+    from runner.substituters.configure import open_substituters, print_warning
+    from runner.substituters.log_fetch import Caches, deriver_from_caches, fetch_log
+
+    caches = Caches(open_substituters(settings), print_warning)
+    if not caches.caches:
+        raise missing
+    try:
+        candidates = derivation_candidates(store, args.target, args.name)
+    except RunnerError as e:  # an output we do not have: the caches may know its deriver
+        path = store_path_of(store.store_dir, args.target)
+        deriver = deriver_from_caches(caches, path) if path and e.reason == "no-log" else None
+        if deriver is None:
+            raise missing from None
+        candidates = [deriver]
+    for drv_path in candidates:
+        found = fetch_log(caches, drv_path)
+        if found is not None:
+            print(f"got build log for '{drv_path}' from '{found[1]}'", file=sys.stderr)
+            return found[0]
+    raise missing
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:

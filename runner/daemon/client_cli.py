@@ -73,7 +73,14 @@ def log(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
     from runner.build.log_target import find_log
 
     with open_remote(settings, socket_path) as store:
-        data = find_log(store, settings.state_dir, args.target, args.name, args.attempt)
+        try:
+            data = find_log(store, settings.state_dir, args.target, args.name, args.attempt)
+        except RunnerError as e:
+            if e.reason != "no-log" or args.attempt is not None:
+                raise
+            from runner.cli.build import log_from_substituters
+
+            data = log_from_substituters(store, settings, args, e)
     if not data:
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
