@@ -293,7 +293,7 @@ def _read_config(path: Path) -> list[tuple[str, str, str]]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as e:
-        raise RunnerError(f"cannot read config file {path}: {e}", reason="bad-config") from None
+        raise RunnerError(f"cannot read config file {path}: {e}", reason="bad-setting") from None
     entries = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -304,7 +304,7 @@ def _read_config(path: Path) -> list[tuple[str, str, str]]:
         if not sep or not name:
             raise RunnerError(
                 f"{path}:{lineno}: expected 'name = value', got '{raw.strip()}'",
-                reason="bad-config",
+                reason="bad-setting",
             )
         try:
             lookup(name)

@@ -46,7 +46,7 @@ def test_endpoint_forms(url: str, target: str, secure: bool) -> None:
 def test_bad_endpoints(url: str) -> None:
     with pytest.raises(RunnerError) as e:
         Endpoint.parse(url)
-    assert e.value.reason == "bad-remote-url"
+    assert e.value.reason == "bad-url"
 
 
 def test_tree_of_a_path(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ def test_malformed_endpoint_urls() -> None:
     for url in ("grpc://[::1", "grpcs://h:99999", "grpc://h:abc"):
         with pytest.raises(RunnerError) as e:
             Endpoint.parse(url)
-        assert e.value.reason == "bad-remote-url" and url in e.value.message
+        assert e.value.reason == "bad-url" and url in e.value.message
 
 
 def _flaky_server(failures: int, code: str) -> tuple[object, str, list[int]]:

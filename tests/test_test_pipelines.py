@@ -292,5 +292,5 @@ def test_an_unwritable_report_is_a_one_line_error(tmp_path: Path,
     recorder = RunRecorder(make_progress(log_lines=0, print_build_logs=False), {})
     with pytest.raises(RunnerError) as caught:
         recorder.write_report(str(missing), ["runner"], 0)
-    assert caught.value.reason == "io-error"
+    assert caught.value.reason == "io"
     assert not missing.parent.exists()

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 from runner.build.process import Ending
 from runner.build.result import Status
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.settings import Settings
 from runner.store.derivation import Derivation
 
 if TYPE_CHECKING:
     from runner.remote.executor import RemoteExecutor, RemoteResult
 
-UNAVAILABLE = ("remote-unavailable", "remote-error")
+UNAVAILABLE = (Reason.REMOTE_UNAVAILABLE, Reason.REMOTE_ERROR)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class RemoteBuilders:
                                      f"{self.down}", unavailable=True)
             if not isinstance(e, RunnerError):
                 raise
-            if e.reason == "remote-unavailable":
+            if e.reason == Reason.REMOTE_UNAVAILABLE:
                 self._mark_down()
             return RemoteOutcome(None, -1, f"remote build of '{drv_path}' on '{self.url}' "
                                  f"failed: {e.message}", unavailable=e.reason in UNAVAILABLE)

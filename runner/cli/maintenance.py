@@ -11,7 +11,7 @@ import re
 
 from runner.cli.args import store_flag, store_path_arg
 from runner.daemon.store_choice import daemon_socket
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.settings import Settings
 from runner.store.local_store import open_store
 
@@ -125,7 +125,7 @@ def _add_root(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         path = store_path_arg(store, args.path)
         if not store.is_valid(path):
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         print(add_perm_root(store.store_dir, store.state_dir, path, args.link))
     return 0
 

@@ -10,7 +10,7 @@ import sys
 from runner.cli.args import store_flag, store_path_arg
 from runner.cli.build import register_failed
 from runner.cli.maintenance import register_store
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.settings import Settings
 from runner.store import nar
 from runner.store.closure_info import closure_size
@@ -83,7 +83,7 @@ def report_path_info(args: argparse.Namespace, store: LocalStore) -> int:
         path = store_path_arg(store, arg)
         found = store.query_path_info(path)
         if found is None and not args.json:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         infos.append(path if found is None else found)
         if args.closure_size and found is not None:
             sizes[path] = closure_size(store, path)

@@ -21,7 +21,7 @@ from runner.daemon.protocol import (
 )
 from runner.daemon.trust import Peer
 from runner.daemon.wire import ProtocolError, Reader, Writer
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.settings import Settings
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
@@ -112,7 +112,7 @@ class Session:
     def valid_info(self, path: str) -> PathInfo:
         info = self.store.query_path_info(path)
         if info is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         return info
 
     def write_info(self, info: PathInfo, *, include_path: bool) -> None:

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.settings import Settings
 from runner.substituters.base import Substituter, SubstituterDecl, Warn
 from runner.substituters.binary_cache import BinaryCache
@@ -185,7 +186,7 @@ def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = 
     try:
         return _open_cache(decl, settings, warn, shared, keys)
     except RunnerError as e:
-        if e.reason != "bad-url":
+        if e.reason != Reason.BAD_URL:
             raise
         where = decl.origin if decl.from_spec else "setting 'substituters'"
         raise RunnerError(f"{where}: {e.message}", reason=e.reason) from None

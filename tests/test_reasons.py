@@ -1,0 +1,146 @@
+"""Reason codes are a closed set: runner/reasons.py lists every code runner/ raises or
+matches, every listed code is used, tests match only listed codes, the docs are current."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from runner.errors import RunnerError, SpecError, raise_not_valid
+from runner.reasons import RENAMED, Reason, markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNER = ROOT / "runner"
+GENERATED = ("_protos", "_spec_schema_code.py")
+
+
+def _sources(top: Path) -> dict[str, ast.AST]:
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text(), str(p))
+            for p in sorted(top.rglob("*.py")) if not any(g in str(p) for g in GENERATED)}
+
+
+def _strings(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)]
+
+
+def _mentions_reason(node: ast.AST) -> bool:
+    """`x.reason`, `x["reason"]`, `[r.reason for r in …]` (not `f(x.reason)`: urllib3's
+    reasons are not ours)."""
+    if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp):
+        node = node.elt
+    return (isinstance(node, ast.Attribute) and node.attr == "reason"
+            or isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+            and node.slice.value == "reason")
+
+
+def codes_in(tree: ast.AST, *, keywords: bool = True) -> tuple[list[tuple[int, str]], list[str]]:
+    """(line, code) of every code written in `tree`: `reason="…"` keywords (unless not
+    `keywords`: pytest's skip reasons are prose), defaults of `reason` parameters,
+    strings compared with a `.reason`; and the `Reason.NAME` members it names."""
+    codes: list[tuple[int, str]] = []
+    members: list[str] = []
+    for node in ast.walk(tree):
+        if keywords and isinstance(node, ast.keyword) and node.arg == "reason" \
+                and isinstance(node.value, ast.Constant):
+            codes.append((node.value.lineno, node.value.value))
+        elif isinstance(node, ast.arguments):
+            params = node.posonlyargs + node.args
+            positional = list(zip(params[len(params) - len(node.defaults):], node.defaults))
+            for arg, default in [*positional, *zip(node.kwonlyargs, node.kw_defaults)]:
+                if arg.arg == "reason" and isinstance(default, ast.Constant):
+                    codes.append((default.lineno, default.value))
+        elif isinstance(node, ast.Compare) and len(node.ops) == 1:
+            sides = [node.left, *node.comparators]
+            if isinstance(node.ops[0], ast.In | ast.NotIn):  # `"x" in e.reason`: a substring
+                sides = sides if _mentions_reason(node.left) else []
+            if any(_mentions_reason(s) for s in sides):
+                codes += [(node.lineno, text) for s in sides for text in _strings(s)
+                          if not _mentions_reason(s)]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id == "Reason":
+            members.append(node.attr)
+    return codes, members
+
+
+REGISTERED = {r.value for r in Reason}
+
+
+def test_every_code_runner_writes_is_registered() -> None:
+    unknown = [f"{path}:{line}: {code!r}" for path, tree in _sources(RUNNER).items()
+               for line, code in codes_in(tree)[0] if code not in REGISTERED]
+    assert unknown == [], "register these in runner/reasons.py (or fix the typo)"
+
+
+def test_every_registered_code_is_used_in_runner() -> None:
+    used: set[str] = set()
+    for path, tree in _sources(RUNNER).items():
+        if path == "runner/reasons.py":
+            continue
+        codes, members = codes_in(tree)
+        used.update(code for _, code in codes)
+        used.update(Reason[name].value for name in members if name in Reason.__members__)
+    assert sorted(REGISTERED - used) == [], "unused codes: remove them from runner/reasons.py"
+
+
+def test_every_code_the_tests_assert_is_registered() -> None:
+    unknown = [f"{path}:{line}: {code!r}" for path, tree in _sources(ROOT / "tests").items()
+               if not path.endswith("test_reasons.py")
+               for line, code in codes_in(tree, keywords=False)[0] if code not in REGISTERED]
+    assert unknown == []
+
+
+def test_the_probe_finds_codes_wherever_they_are_written() -> None:
+    """Control: each form the scans rely on is seen, and an unregistered one stands out."""
+    tree = ast.parse('def f(reason="error"): pass\n'
+                     'raise RunnerError("m", reason="no-such-code")\n'
+                     'if e.reason in ("busy", "lock"): pass\n'
+                     'assert [r.reason for r in x] == ["unsigned"]\n'
+                     'assert d["error"]["reason"] == "usage"\n'
+                     'assert "prose" in problem.reason\n'
+                     'y = Reason.IO\n')
+    codes, members = codes_in(tree)
+    assert sorted(c for _, c in codes) == ["busy", "error", "lock", "no-such-code", "unsigned",
+                                          "usage"]
+    assert members == ["IO"]
+    assert {c for _, c in codes} - REGISTERED == {"no-such-code"}
+
+
+def test_runner_error_refuses_an_unregistered_code() -> None:
+    with pytest.raises(ValueError, match="unregistered reason code 'bad-hsah'"):
+        RunnerError("x", reason="bad-hsah")
+    with pytest.raises(ValueError, match="corrupt-nar"):  # a renamed code is gone for good
+        RunnerError("x", reason="corrupt-nar")
+    with pytest.raises(ValueError):
+        SpecError(["f:1:1: x"], reason="spec-too-shallow")
+    error = RunnerError("x", reason=Reason.BAD_NAR)
+    assert error.reason == "bad-nar" and type(error.reason) is str  # plain str for JSON/f""
+    assert RunnerError("x").reason == "error" and SpecError([]).reason == "spec"
+
+
+def test_a_reason_formats_as_its_code() -> None:
+    """Python 3.11 changed str() of (str, Enum) members to `Reason.IO`; ours stays 'io'."""
+    assert f"{Reason.IO}" == str(Reason.IO) == "io" and Reason("io") is Reason.IO
+    assert all(r.meaning and "\n" not in r.meaning for r in Reason)
+
+
+def test_renamed_codes_are_gone_and_point_to_registered_ones() -> None:
+    assert not set(RENAMED) & REGISTERED
+    assert all(isinstance(new, Reason) for new in RENAMED.values())
+
+
+def test_not_valid_is_one_error() -> None:
+    with pytest.raises(RunnerError) as e:
+        raise_not_valid("/nix/store/00000000000000000000000000000000-x")
+    assert e.value.reason == "invalid-path"
+    assert e.value.message == "path '/nix/store/00000000000000000000000000000000-x' is not valid"
+    copies = [path for path, text in ((p, p.read_text()) for p in RUNNER.rglob("*.py"))
+              if "is not valid\", reason=" in text]
+    assert copies == []
+
+
+def test_the_docs_table_is_current() -> None:
+    assert (ROOT / "docs" / "reasons.md").read_text() == markdown(), \
+        "run: python -m runner.reasons > docs/reasons.md"
