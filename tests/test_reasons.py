@@ -31,9 +31,9 @@ def _mentions_reason(node: ast.AST) -> bool:
     reasons are not ours)."""
     if isinstance(node, ast.ListComp | ast.SetComp | ast.GeneratorExp):
         node = node.elt
-    return (isinstance(node, ast.Attribute) and node.attr == "reason"
-            or isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
-            and node.slice.value == "reason")
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "reason"
+    return isinstance(node, ast.Attribute) and node.attr == "reason"
 
 
 def codes_in(tree: ast.AST, *, keywords: bool = True) -> tuple[list[tuple[int, str]], list[str]]:
@@ -45,13 +45,14 @@ def codes_in(tree: ast.AST, *, keywords: bool = True) -> tuple[list[tuple[int, s
     for node in ast.walk(tree):
         if keywords and isinstance(node, ast.keyword) and node.arg == "reason" \
                 and isinstance(node.value, ast.Constant):
-            codes.append((node.value.lineno, node.value.value))
+            codes.append((node.value.lineno, str(node.value.value)))
         elif isinstance(node, ast.arguments):
             params = node.posonlyargs + node.args
-            positional = list(zip(params[len(params) - len(node.defaults):], node.defaults))
-            for arg, default in [*positional, *zip(node.kwonlyargs, node.kw_defaults)]:
+            defaulted = params[len(params) - len(node.defaults):]
+            for arg, default in [*zip(defaulted, node.defaults, strict=True),
+                                 *zip(node.kwonlyargs, node.kw_defaults, strict=True)]:
                 if arg.arg == "reason" and isinstance(default, ast.Constant):
-                    codes.append((default.lineno, default.value))
+                    codes.append((default.lineno, str(default.value)))
         elif isinstance(node, ast.Compare) and len(node.ops) == 1:
             sides = [node.left, *node.comparators]
             if isinstance(node.ops[0], ast.In | ast.NotIn):  # `"x" in e.reason`: a substring
@@ -122,7 +123,7 @@ def test_runner_error_refuses_an_unregistered_code() -> None:
 
 def test_a_reason_formats_as_its_code() -> None:
     """Python 3.11 changed str() of (str, Enum) members to `Reason.IO`; ours stays 'io'."""
-    assert f"{Reason.IO}" == str(Reason.IO) == "io" and Reason("io") is Reason.IO
+    assert f"{Reason.IO}" == str(Reason.IO) == Reason.IO.value == "io"
     assert all(r.meaning and "\n" not in r.meaning for r in Reason)
 
 

@@ -22,7 +22,7 @@ _GC_RETURN_DEAD, _GC_DELETE_DEAD = 1, 2
 
 
 def path_info(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
-    from runner.cli.store import report_path_info
+    from runner.cli.path_info import report_path_info
 
     with open_remote(settings, socket_path) as store:
         # The query subset report_path_info uses is the same on a RemoteStore.

@@ -174,12 +174,13 @@ def serve_connection(conn: Channel, decision: Peer | str, settings: Settings) ->
             writer.flush()
             return 1
         with open_store(settings) as store:
+            from runner.daemon.ops import HANDLERS
             from runner.daemon.protocol import STDERR_LAST
             from runner.daemon.session import Session
 
             writer.u64(STDERR_LAST)  # start-up went well
             writer.flush()
-            Session(reader, writer, version, decision, store, settings).serve()
+            Session(reader, writer, version, decision, store, settings).serve(HANDLERS)
         return 0
     except EndOfStream:
         return 0
