@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,7 +145,7 @@ def _caps(**kw: object) -> re_pb2.ServerCapabilities:
 
 def test_capabilities_are_checked() -> None:
     assert capabilities.check("u", _caps()).max_batch_bytes == 1 << 20
-    cases = [
+    cases: list[dict[str, Any]] = [
         {"execution_capabilities": re_pb2.ExecutionCapabilities(exec_enabled=False)},
         {"cache_capabilities": re_pb2.CacheCapabilities(
             digest_functions=[re_pb2.DigestFunction.SHA1])},

@@ -97,7 +97,7 @@ def test_root_and_rootless_plans_from_explicit_ids() -> None:
     assert (rootless.uid_map, rootless.gid_map) == ("1000 4321 1\n", "100 8765 1\n")
     assert (rootless.owner_uid, rootless.owner_gid) == (4321, 8765)
     # Everything but identity is the same.
-    strip = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
+    strip: dict[str, Any] = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
              "build_gid": 0, "owner_uid": 0, "owner_gid": 0}
     assert (dataclasses.replace(root, mounts=(), **strip)
             == dataclasses.replace(rootless, mounts=(), **strip))
