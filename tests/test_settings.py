@@ -154,3 +154,30 @@ def test_fork_server_switch_is_a_declared_setting(tmp_path: Path) -> None:
 
     assert fork_server_with("true") == "fork-server True"  # the control
     assert fork_server_with("false") == "fork-server False"
+
+
+def test_typed_accessors_check_the_kind() -> None:
+    s = Settings.load(environ={}, config_file=Path("/nonexistent"), flags={"max-jobs": 3})
+    assert (s.number("max-jobs"), s.flag("keep-going")) == (3, False)
+    assert s.text("sandbox") == BY_NAME["sandbox"].default_value()
+    assert s.strings("substituters") == list(s.get("substituters"))
+    assert s.text("store-dir") == s.store_dir  # a path is text
+    with pytest.raises(TypeError, match="setting 'max-jobs' is a int, not a bool"):
+        s.flag("max-jobs")
+    with pytest.raises(TypeError):
+        s.number("sandbox")
+    with pytest.raises(RunnerError) as e:
+        s.flag("no-such-setting")
+    assert e.value.reason == "bad-setting"
+
+
+# Owned by branches in flight when the accessors came (issue 22); the lead moves them
+# to the typed accessors after merging and empties this list.
+UNTYPED_GET_ALLOWED = {"runner/sandbox/plan.py", "runner/sandbox/policy.py",
+                       "runner/build/derivation_goal.py"}
+
+
+def test_runner_reads_settings_through_the_typed_accessors() -> None:
+    untyped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "runner").rglob("*.py")
+                     if "settings.get(" in p.read_text())
+    assert set(untyped) <= UNTYPED_GET_ALLOWED

@@ -50,9 +50,9 @@ class RemoteBuilders:
 
     def __init__(self, settings: Settings, before_open: Callable[[], None] = lambda: None
                  ) -> None:
-        self.url = str(settings.get("remote-builders"))
+        self.url = settings.text("remote-builders")
         self.settings = settings
-        self.slots = asyncio.Semaphore(max(int(settings.get("remote-max-jobs")), 1))
+        self.slots = asyncio.Semaphore(max(settings.number("remote-max-jobs"), 1))
         self._before_open: Callable[[], None] | None = before_open
         self._executor: RemoteExecutor | None = None
         self._mutex = threading.Lock()
@@ -79,9 +79,9 @@ class RemoteBuilders:
             if self._executor is None:
                 assert self._before_open is None, "RemoteBuilders.prepare() was not called"
                 options = RemoteOptions(
-                    instance=str(self.settings.get("remote-instance")),
-                    connect_timeout=float(self.settings.get("remote-connect-timeout")),
-                    rpc_timeout=float(self.settings.get("remote-timeout")))
+                    instance=self.settings.text("remote-instance"),
+                    connect_timeout=float(self.settings.number("remote-connect-timeout")),
+                    rpc_timeout=float(self.settings.number("remote-timeout")))
                 self._executor = RemoteExecutor(self.url, self.settings, options)
             return self._executor
 

@@ -174,8 +174,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                                   {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
-        progress = make_progress(log_lines=int(settings.get("log-lines")),
-                                 print_build_logs=bool(settings.get("print-build-logs")))
+        progress = make_progress(log_lines=settings.number("log-lines"),
+                                 print_build_logs=settings.flag("print-build-logs"))
         mode = (BuildMode.CHECK if args.check else BuildMode.REPAIR if args.repair
                 else BuildMode.NORMAL)
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
@@ -264,7 +264,7 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
     from runner.build import dry_run
     from runner.substituters.configure import open_substituters, print_warning
 
-    use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
+    use_cache = settings.flag("cache-failures") and not args.rebuild_failed
     substituters = open_substituters(settings, declared, warn=print_warning)
     p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
                      find=dry_run.offers(store, substituters, settings, print_warning))

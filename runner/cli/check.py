@@ -95,7 +95,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         targets = instantiate(spec, store, names or None)
         progress = _CheckProgress(quiet=args.quiet,
-                                  print_build_logs=bool(settings.get("print-build-logs")))
+                                  print_build_logs=settings.flag("print-build-logs"))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
         recorder = start_recording(args, spec, progress, args.argv)
@@ -110,7 +110,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([o.to_json() for o in outcomes], indent=2))
     elif failed or not args.quiet:
-        _print_summary(outcomes, int(settings.get("log-lines")))
+        _print_summary(outcomes, settings.number("log-lines"))
     return code
 
 

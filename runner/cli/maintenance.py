@@ -101,8 +101,8 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
 def _keep_options(settings: Settings, outputs: bool | None = None,
                   derivations: bool | None = None) -> dict[str, bool]:
     """What `gc` keeps beyond the closure of the roots: a flag wins over the setting."""
-    return {"keep_outputs": bool(settings.get("keep-outputs")) if outputs is None else outputs,
-            "keep_derivations": (bool(settings.get("keep-derivations"))
+    return {"keep_outputs": settings.flag("keep-outputs") if outputs is None else outputs,
+            "keep_derivations": (settings.flag("keep-derivations")
                                  if derivations is None else derivations)}
 
 

@@ -129,8 +129,8 @@ def _check_info(s: Session, info: NarInfo, check_sigs: bool) -> None:
     if info.deriver:
         s.path(info.deriver)
     if check_sigs:
-        importer.check_trust(info, s.store.store_dir, s.settings.get("trusted-public-keys"),
-                             bool(s.settings.get("require-sigs")))
+        importer.check_trust(info, s.store.store_dir, s.settings.strings("trusted-public-keys"),
+                             s.settings.flag("require-sigs"))
 
 
 def _import(s: Session, info: NarInfo, registration_time: int, read: Callable[[int], bytes],

@@ -157,7 +157,7 @@ def _realise(s: Session, drv_paths: list[str], mode: int) -> list[BuildResult]:
         if not s.store.is_valid(path):
             raise_not_valid(path)
     s.store.temp_roots.add_temp_roots(drv_paths)
-    progress = Progress(_ClientStream(s), log_lines=int(s.settings.get("log-lines")),  # type: ignore[arg-type]
+    progress = Progress(_ClientStream(s), log_lines=s.settings.number("log-lines"),  # type: ignore[arg-type]
                         print_build_logs=True)
     worker = Worker(s.store, s.settings, progress,
                     lambda: choose_sandbox(s.settings, progress.warn), mode=build_mode)

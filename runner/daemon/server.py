@@ -114,8 +114,8 @@ class Server:
         try:
             try:
                 peer = peer_of(conn)
-                decision = admit(peer, self.settings.get("allowed-users"),
-                                 self.settings.get("trusted-users"))
+                decision = admit(peer, self.settings.strings("allowed-users"),
+                                 self.settings.strings("trusted-users"))
                 pid = os.fork()
             except OSError as e:  # this connection fails; the daemon goes on
                 log(f"cannot serve a connection: {e.strerror or e}")

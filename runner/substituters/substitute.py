@@ -102,8 +102,8 @@ class _Substitution:
                  warn: Warn, *, repair: str | None = None) -> None:
         self.store = store
         self.repair = repair  # the one path to fetch again although valid
-        self.require_sigs = bool(settings.get("require-sigs"))
-        self.fail_on_errors = settings.get("substituter-errors") == "fail"
+        self.require_sigs = settings.flag("require-sigs")
+        self.fail_on_errors = settings.text("substituter-errors") == "fail"
         self.warn = warn
         self.done: list[str] = []
         self.substituters = self._by_priority(substituters)
