@@ -358,8 +358,9 @@ def test_closure_invariant(store: LocalStore) -> None:
 def test_failed_batch_registers_nothing(store: LocalStore) -> None:
     good = _info(store, "good")
     bad = _info(store, "bad", _fake_path(store, "missing"))
-    with pytest.raises(RunnerError):
+    with pytest.raises(RunnerError) as e:
         store.register_valid_paths([good, bad])
+    assert e.value.reason == "closure"
     assert not store.is_valid(good.path)
 
 
@@ -422,8 +423,9 @@ def test_queries_on_invalid_paths(store: LocalStore) -> None:
     assert store.query_path_info(missing) is None
     assert store.query_deriver(missing) is None
     assert store.query_valid_derivers(missing) == set()
-    with pytest.raises(RunnerError):
+    with pytest.raises(RunnerError) as e:
         store.query_references(missing)
+    assert e.value.reason == "invalid-path"
 
 
 # ------------------------------------------------------------------ failures

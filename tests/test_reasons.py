@@ -145,3 +145,42 @@ def test_not_valid_is_one_error() -> None:
 def test_the_docs_table_is_current() -> None:
     assert (ROOT / "docs" / "reasons.md").read_text() == markdown(), \
         "run: python -m runner.reasons > docs/reasons.md"
+
+
+def unchecked_raises(tree: ast.AST) -> list[int]:
+    """Lines of `with pytest.raises(RunnerError|SpecError)` whose function never looks at
+    the error's reason (nor returns the error for its caller to)."""
+    lines = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        text = ast.unparse(fn)
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.With):
+                continue
+            for item in node.items:
+                call = item.context_expr
+                if not (isinstance(call, ast.Call) and ast.unparse(call.func) == "pytest.raises"
+                        and call.args and ast.unparse(call.args[0]).endswith(
+                            ("RunnerError", "SpecError"))):
+                    continue
+                name = item.optional_vars.id if isinstance(item.optional_vars, ast.Name) else ""
+                if not name or (f"{name}.value.reason" not in text
+                                and f"return {name}.value" not in text):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_every_raised_runner_error_is_checked_for_its_reason() -> None:
+    unchecked = [f"{path}:{line}" for path, tree in _sources(ROOT / "tests").items()
+                 for line in unchecked_raises(tree)]
+    assert unchecked == [], "assert `e.value.reason == ...` after these"
+
+
+def test_the_probe_sees_an_unchecked_raises() -> None:
+    tree = ast.parse("def test_a():\n    with pytest.raises(RunnerError):\n        f()\n"
+                     "def test_b():\n    with pytest.raises(RunnerError) as e:\n        f()\n"
+                     "    assert e.value.reason == 'io'\n"
+                     "def test_c():\n    with pytest.raises(SpecError, match='x') as e:\n"
+                     "        f()\n")
+    assert unchecked_raises(tree) == [2, 9]

@@ -143,9 +143,10 @@ def test_spec_sandbox_paths_need_permission() -> None:
                                                                          "/srv/tools"]))
     assert _by_target(plan)["/tools"].source == "/srv/tools"
     assert not _by_target(plan)["/srv/data/set1"].writable
-    with pytest.raises(RunnerError):  # a prefix of a name is not a parent
+    with pytest.raises(RunnerError) as e:  # a prefix of a name is not a parent
         _plan(env={"__sandboxPaths": "/srv/database"},
               settings=_settings(allowed_spec_sandbox_paths=["/srv/data"]))
+    assert e.value.reason == "sandbox-path-not-allowed"
 
 
 @pytest.mark.parametrize("bad", [

@@ -86,7 +86,7 @@ def test_a_path_swapped_after_the_check_is_not_bound(
     _swap_before_bind(monkeypatch, allowed, outside)
     with pytest.raises(RunnerError) as e:
         start(tmp_path, READ, env=env, settings=settings, fork_server=False)
-    assert "changed while being bound" in e.value.message
+    assert "changed while being bound" in e.value.message and e.value.reason == "sandbox-setup"
     # Control: without the check on what was bound, the swap leaks the secret.
     os.unlink(allowed / "real")
     os.rename(allowed / "real.moved", allowed / "real")

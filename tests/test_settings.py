@@ -60,18 +60,21 @@ def test_bad_values_are_clear_errors(name: str, value: str, words: str) -> None:
 
 
 def test_unknown_setting_suggests_a_name() -> None:
-    with pytest.raises(RunnerError, match="did you mean 'max-jobs'"):
+    with pytest.raises(RunnerError, match="did you mean 'max-jobs'") as e:
         Settings.load(options={"max-job": "2"}, environ={}, config_file=Path("/nonexistent"))
+    assert e.value.reason == "bad-setting"
 
 
 def test_bad_config_line_names_file_and_line(tmp_path: Path) -> None:
     conf = tmp_path / "runner.conf"
     conf.write_text("log-lines = 3\nthis is not a setting line\n")
-    with pytest.raises(RunnerError, match=rf"{conf}:2: expected 'name = value'"):
+    with pytest.raises(RunnerError, match=rf"{conf}:2: expected 'name = value'") as e:
         Settings.load(environ={}, config_file=conf)
+    assert e.value.reason == "bad-setting"  # was bad-config, merged (docs/reasons.md)
     conf.write_text("\n\nsandbox-pathz = /x\n")
-    with pytest.raises(RunnerError, match=rf"{conf}:3: unknown setting 'sandbox-pathz'"):
+    with pytest.raises(RunnerError, match=rf"{conf}:3: unknown setting 'sandbox-pathz'") as e:
         Settings.load(environ={}, config_file=conf)
+    assert e.value.reason == "bad-setting"
 
 
 def test_config_show_prints_values_and_origins(tmp_path: Path) -> None:

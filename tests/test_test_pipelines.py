@@ -276,7 +276,7 @@ def test_sharded_example_on_the_local_reapi_server(tmp_path: Path,
         server.stop()
     assert code == 0, err
     results = {Path(r["drvPath"]).name.split("-", 1)[1][:-4]: r for r in json.loads(out)}
-    assert {r["status"] for r in results.values()} <= {"built", "substituted"}
+    assert {r["status"] for r in results.values()} == {"built"}  # a fresh server: run there
     assert "tests: 6 tests, 0 failed" in err
     suites = [s.get("name", "") for s in ET.parse(merged).getroot().iter("testsuite")]
     assert sorted(suites) == [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]
