@@ -81,12 +81,13 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     if (socket_path := daemon_socket(settings)) is not None:
         from runner.daemon import client_cli
 
-        return client_cli.gc(args, settings, socket_path)
-    options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
-                        drop_failures=args.drop_failures,
-                        **_keep_options(settings, args.keep_outputs, args.keep_derivations))
-    with open_store(settings) as store:
-        result = collect_garbage(store, options)
+        result = client_cli.gc(args, settings, socket_path)
+    else:
+        options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
+                            drop_failures=args.drop_failures,
+                            **_keep_options(settings, args.keep_outputs, args.keep_derivations))
+        with open_store(settings) as store:
+            result = collect_garbage(store, options)
     if args.json:
         print(json.dumps(result.to_json(dry_run=args.dry_run), indent=2))
         return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from runner.errors import RunnerError
 from runner.reasons import Reason
 from runner.settings import Settings
-from runner.store import dirfd, nar
+from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
 from runner.store.locks import PathLocks
@@ -226,7 +226,7 @@ class _Substitution:
                 except BaseException:
                     # Still ours and writable: removed by descriptor, whatever its depth.
                     with contextlib.suppress(OSError):
-                        dirfd.remove_path(staged)
+                        remove_tree(staged)
                     raise
                 try:
                     canonicalise(staged)
