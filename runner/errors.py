@@ -2,12 +2,16 @@
 
 Everything a user can cause (bad spec, bad flag, corrupt file, failed build)
 raises `RunnerError`; the CLI's single handler prints `error: …` and exits
-with `exit_code`. Tests assert `reason`, not the wording.
+with `exit_code`. Tests assert `reason`, not the wording; the reasons are the closed
+set of runner/reasons.py.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NoReturn
+
+from runner.reasons import Reason
 
 
 class RunnerError(Exception):
@@ -16,7 +20,7 @@ class RunnerError(Exception):
     def __init__(self, message: str, *, reason: str = "error", exit_code: int = 1) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason
+        self.reason = Reason.check(reason)  # ValueError for an unregistered code: a typo
         self.exit_code = exit_code
 
     def __str__(self) -> str:
@@ -29,6 +33,14 @@ class SpecError(RunnerError):
     def __init__(self, problems: list[str], *, reason: str = "spec") -> None:
         super().__init__("\n".join(problems), reason=reason, exit_code=1)
         self.problems = problems
+
+
+NOT_VALID = "is not valid"  # how a store (ours or a Nix daemon) words an unknown path
+
+
+def raise_not_valid(path: str) -> NoReturn:
+    """The error for a well-formed store path that is not valid (registered) here."""
+    raise RunnerError(f"path '{path}' {NOT_VALID}", reason=Reason.INVALID_PATH)
 
 
 def os_error_text(what: str, e: OSError) -> str:

@@ -254,7 +254,32 @@ class Settings:
         return cls(values, origins)
 
     def get(self, name: str) -> Value:
+        """The value, untyped: prefer `flag`, `number`, `text`, `strings`."""
         lookup(name)
+        return self._values[name]
+
+    def flag(self, name: str) -> bool:
+        """A `bool` setting's value."""
+        return bool(self._of_kind(name, "bool"))
+
+    def number(self, name: str) -> int:
+        """An `int` setting's value."""
+        return int(self._of_kind(name, "int"))
+
+    def text(self, name: str) -> str:
+        """A `str`, `path` or `enum` setting's value."""
+        return str(self._of_kind(name, "str", "path", "enum"))
+
+    def strings(self, name: str) -> list[str]:
+        """A `list` setting's value (a copy)."""
+        return [str(v) for v in self._of_kind(name, "list")]
+
+    def _of_kind(self, name: str, *kinds: str) -> Value:
+        """The value of `name`, if its kind is one of `kinds`: asking a bool for a number
+        is a bug of ours, caught by the first test that does it."""
+        kind = lookup(name).kind
+        if kind not in kinds:
+            raise TypeError(f"setting '{name}' is a {kind}, not a {' or '.join(kinds)}")
         return self._values[name]
 
     def with_overrides(self, **flags: Value) -> Settings:
@@ -296,7 +321,7 @@ def _read_config(path: Path) -> list[tuple[str, str, str]]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as e:
-        raise RunnerError(f"cannot read config file {path}: {e}", reason="bad-config") from None
+        raise RunnerError(f"cannot read config file {path}: {e}", reason="bad-setting") from None
     entries = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -307,7 +332,7 @@ def _read_config(path: Path) -> list[tuple[str, str, str]]:
         if not sep or not name:
             raise RunnerError(
                 f"{path}:{lineno}: expected 'name = value', got '{raw.strip()}'",
-                reason="bad-config",
+                reason="bad-setting",
             )
         try:
             lookup(name)

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,8 +55,8 @@ def valid_paths(state_dir: str) -> dict[str, set[str]]:
     return paths
 
 
-def runner_process(*argv: str, **kwargs: object) -> subprocess.Popen[str]:
+def runner_process(*argv: str, **kwargs: Any) -> subprocess.Popen[str]:
     """A real `runner` process (for concurrency, signals and crashes)."""
     return subprocess.Popen([sys.executable, "-m", "runner", *argv], text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            **kwargs)  # type: ignore[call-overload]
+                            **kwargs)

@@ -179,7 +179,7 @@ class BlobServer:
         self.blobs: dict[tuple[str, int], bytes] = {}
         blobs = self.blobs
 
-        class Cas(re_grpc.ContentAddressableStorageServicer):  # type: ignore[misc]
+        class Cas(re_grpc.ContentAddressableStorageServicer):
             def BatchReadBlobs(self, request: object, context: object) -> object:
                 responses = []
                 for d in request.digests:  # type: ignore[attr-defined]
@@ -189,7 +189,7 @@ class BlobServer:
                         digest=d, data=data or b"", status=status))
                 return re_pb2.BatchReadBlobsResponse(responses=responses)
 
-        class ByteStream(bytestream_pb2_grpc.ByteStreamServicer):  # type: ignore[misc]
+        class ByteStream(bytestream_pb2_grpc.ByteStreamServicer):
             def Read(self, request: object, context: object) -> object:
                 *_, h, size = request.resource_name.split("/")  # type: ignore[attr-defined]
                 data = blobs.get((h, int(size)), b"")
@@ -197,8 +197,10 @@ class BlobServer:
                     yield bytestream_pb2.ReadResponse(data=data[start:start + (1 << 16)])
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        re_grpc.add_ContentAddressableStorageServicer_to_server(Cas(), self._server)
-        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStream(), self._server)
+        re_grpc.add_ContentAddressableStorageServicer_to_server(  # type: ignore[no-untyped-call]
+            Cas(), self._server)
+        bytestream_pb2_grpc.add_ByteStreamServicer_to_server(  # type: ignore[no-untyped-call]
+            ByteStream(), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
 

@@ -1,4 +1,4 @@
-"""Run the real CLI in-process with the spec commands registered."""
+"""Run the real CLI in-process, capturing its output."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ from runner.cli import main
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
     """`runner ARGV…` → (exit code, stdout, stderr)."""
-    modules = main.COMMAND_MODULES
-    if "runner.cli.spec" not in modules:  # until main.py lists it
-        main.COMMAND_MODULES = (*modules, "runner.cli.spec")
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main.run(list(argv))
-    finally:
-        main.COMMAND_MODULES = modules
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main.run(list(argv))
     return code, out.getvalue(), err.getvalue()

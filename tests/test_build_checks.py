@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from base64 import b64encode
 from pathlib import Path
 
@@ -13,19 +12,12 @@ import pytest
 
 from runner.build.build_dirs import PRIVATE_PREFIX
 from tests.build_helpers import build, counts, write_spec
+from tests.markers import wait_gone
 
 
 def _gone(pid: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.01)
-    return False
+    """SIGKILL is delivered asynchronously: wait (on its pidfd) for the kernel to end it."""
+    return wait_gone([pid], timeout=5)
 
 
 def _sri(data: bytes) -> str:

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from runner.build.process import Ending, Limits, ProcessEnd, supervise
+from tests.markers import wait_gone
 
 
 def _run(script: str, limits: Limits) -> tuple[ProcessEnd, bytes]:
@@ -26,25 +26,8 @@ def _run(script: str, limits: Limits) -> tuple[ProcessEnd, bytes]:
 
 
 def _gone(pid: int) -> bool:
-    """SIGKILL is delivered asynchronously: give the kernel a moment to finish the job."""
-    deadline = time.monotonic() + 5
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie not yet reaped by init counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
+    """SIGKILL is delivered asynchronously: wait (on its pidfd) for the kernel to end it."""
+    return wait_gone([pid], timeout=5)
 
 
 def test_exit_status_and_output_are_captured() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,19 @@ import pytest
 from runner.store import nar
 from runner.store.hashes import Hash
 from tests.build_helpers import counts, runner_process, valid_paths, write_spec
+from tests.markers import Markers, wait_gone
 
 pytestmark = pytest.mark.slow
 
 
 def _graph(tmp_path: Path, counter: Path, pids: Path, sleep: str) -> str:
-    step = (f"echo $name >> {counter}; echo $$ >> {pids}; sleep {sleep} & "
-            f"echo $! >> {pids}; wait; ")
+    """a -> b, c -> d. Each builder says `$name` on the FIFO `markers` once it runs (if
+    that exists), sleeps `sleep` seconds (600 if its name is a line of `hold`), and
+    appends `$name` to `done` when it has finished."""
+    markers, hold, done = tmp_path / "markers", tmp_path / "hold", tmp_path / "done"
+    step = (f"echo $name >> {counter}; echo $$ >> {pids}; s={sleep}; "
+            f"grep -qx $name {hold} 2>/dev/null && s=600; sleep $s & echo $! >> {pids}; "
+            f"[ -p {markers} ] && echo $name > {markers}; wait; echo $name >> {done}; ")
     return write_spec(tmp_path, f"""derivations:
   a:
     builder: /bin/sh
@@ -47,12 +52,7 @@ def _alive(pids: Path) -> list[int]:
 
 
 def _no_survivors(pids: Path) -> bool:
-    deadline = time.monotonic() + 5
-    while _alive(pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return wait_gone(_alive(pids), timeout=5)
 
 
 def _store_is_consistent(state_dir: str) -> None:
@@ -88,51 +88,71 @@ def test_interrupt_kills_builders_and_registers_nothing(
         tmp_path: Path, state_dir: str, store_dir: str, sig: int, code: int) -> None:
     counter, pids = tmp_path / "counter", tmp_path / "pids"
     spec = _graph(tmp_path, counter, pids, "60")
-    proc = runner_process("build", "--sandbox=off", "--no-out-link", spec, "d")
-    deadline = time.monotonic() + 30
-    while len(_alive(pids)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(sig)
+    with Markers(tmp_path / "markers") as markers:
+        proc = runner_process("build", "--sandbox=off", "--no-out-link", spec, "d")
+        markers.wait_for("a")  # a's builder and its sleep run
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == code, err
     assert "interrupted" in err
     assert _no_survivors(pids)
+    assert not (tmp_path / "done").exists()  # interrupted mid-build, not after
     assert not [p for p in valid_paths(state_dir) if not p.endswith(".drv")]
     assert not list(Path(store_dir).glob("*.lock"))  # output locks released
 
 
 def test_sigkill_at_any_point_then_rerun(tmp_path: Path, state_dir: str) -> None:
+    """runner killed (with its builders, as by a crash) while each stage of the graph
+    builds; each rerun takes up where the last one stopped, and the last completes."""
     counter, pids = tmp_path / "counter", tmp_path / "pids"
-    spec = _graph(tmp_path, counter, pids, "0.05")
-    for delay in (0.05, 0.3, 0.5, 0.7, 0.9):
-        proc = runner_process("build", "--sandbox=off", "--no-out-link", spec, "d")
-        time.sleep(delay)
-        proc.kill()
-        proc.communicate()
-        _store_is_consistent(state_dir)
+    spec = _graph(tmp_path, counter, pids, "0")
+    hold = tmp_path / "hold"
+    with Markers(tmp_path / "markers") as markers:
+        for held, valid_before in ((["a"], set()), (["b", "c"], {"a"}), (["d"], {"a", "b", "c"})):
+            hold.write_text("".join(f"{name}\n" for name in held))
+            proc = runner_process("build", "--sandbox=off", "--no-out-link", "-j", "2", spec,
+                                  "d")
+            markers.wait_all(*held)  # the held builders run: kill the run right there
+            proc.kill()
+            proc.communicate()
+            survivors = _alive(pids)
+            for pid in survivors:
+                os.kill(pid, signal.SIGKILL)
+            assert wait_gone(survivors)
+            _store_is_consistent(state_dir)
+            assert _built(state_dir) == valid_before
+    hold.unlink()
     proc = runner_process("build", "--sandbox=off", "--no-out-link", spec, "d")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert Path(out.strip(), "both").read_text() == "a\na\n"
     _store_is_consistent(state_dir)
+    # Each stage started once more than it was killed in; nothing finished twice.
+    assert counts(counter) == {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert counts(tmp_path / "done") == {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def _built(state_dir: str) -> set[str]:
+    """The names of the valid outputs (not .drv files) in the store."""
+    return {Path(p).name.split("-", 1)[1] for p in valid_paths(state_dir)
+            if not p.endswith(".drv")}
 
 
 def test_an_orphaned_builder_keeps_its_outputs_locked(tmp_path: Path, state_dir: str) -> None:
     """After `kill -9` of runner the unsandboxed builder lives on; it must still hold the
     output lock, so the next runner waits for it instead of building alongside it."""
-    started = tmp_path / "started"
+    markers = tmp_path / "markers"
     loop = "for i in 1 2 3 4 5 6; do echo $$ >> $out/log; sleep 0.2; done"
     spec = write_spec(tmp_path, f"""derivations:
   slow:
     builder: /bin/sh
-    args: ["-c", "touch {started}; mkdir $out; {loop}"]
+    args: ["-c", "mkdir $out; [ -p {markers} ] && echo started > {markers}; {loop}"]
 """)
-    first = runner_process("build", "--sandbox=off", "--no-out-link", spec)
-    while not started.exists():
-        assert first.poll() is None, first.communicate()
-        time.sleep(0.01)
-    first.kill()
-    first.communicate()
+    with Markers(markers) as said:
+        first = runner_process("build", "--sandbox=off", "--no-out-link", spec)
+        said.wait_for("started")
+        first.kill()
+        first.communicate()
     second = runner_process("build", "--sandbox=off", "--no-out-link", spec)
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err

@@ -38,7 +38,7 @@ Reply = object
 Step = Callable[[Client], Reply]
 
 
-def _call(c: Client, send: Callable[[Client], None], receive: Callable[[Client], Reply]
+def _call(c: Client, send: Callable[[Client], object], receive: Callable[[Client], Reply]
           ) -> Reply:
     send(c)
     try:

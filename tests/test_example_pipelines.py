@@ -108,7 +108,7 @@ def test_sharded_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     shards = [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]
     assert sorted(results) == sorted([*shards, "tests"])
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
-    cases = [c.get("name") for name in shards for c in suites[name].iter("testcase")]
+    cases = [c.get("name", "") for name in shards for c in suites[name].iter("testcase")]
     assert sorted(cases) == ["test_add", "test_div", "test_mul", "test_split", "test_sub",
                              "test_upper"]
     assert all(suites[name].get("tests") == "2" for name in shards)

@@ -69,8 +69,9 @@ def test_parse_rejects(text: str, algo: str | None) -> None:
 
 
 def test_hash_rejects_wrong_digest_size() -> None:
-    with pytest.raises(RunnerError):
+    with pytest.raises(RunnerError) as e:
         Hash("sha256", b"\0" * 20)
+    assert e.value.reason == "bad-hash"
 
 
 def test_compress_xor_folds() -> None:

@@ -7,7 +7,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -171,9 +170,49 @@ def test_concurrent_adds_of_the_same_tree(store: LocalStore, tmp_path: Path) -> 
 # A subprocess that adds a big tree; the test kills it at some moment.
 ADDER = """
 import sys
+from runner.store import local_store
 from runner.store.local_store import LocalStore
+
+# The real add, paused at one point (argv[4]): it says so on stdout, then blocks on
+# stdin until the test kills it, so the kill lands exactly there.
+point = sys.argv[4]
+
+
+def pause(where):
+    if where == point:
+        print(where, flush=True)
+        sys.stdin.read()
+
+
+real_stage, real_rename = local_store.stage_tree, local_store.rename_tree
+real_register = LocalStore.register_valid_paths
+entries = []
+
+
+def midway(rel):
+    entries.append(rel)
+    if len(entries) == 150:  # of the 320 entries
+        pause("copying")
+    return False
+
+
+local_store.stage_tree = lambda src, dest, exclude: real_stage(src, dest, midway)
+
+
+def rename(src, dest):
+    pause("moving")
+    real_rename(src, dest)
+
+
+def register(self, infos):
+    pause("registering")
+    real_register(self, infos)
+    pause("registered")
+
+
+local_store.rename_tree = rename
+LocalStore.register_valid_paths = register
 store = LocalStore(sys.argv[1], sys.argv[2])
-print("start", flush=True)
 store.add_path(sys.argv[3])
 print("done", flush=True)
 """
@@ -190,21 +229,24 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.03, 0.1, 0.25])
+@pytest.mark.parametrize("point", ["copying", "moving", "registering", "registered"])
 def test_sigkill_during_add_leaves_nothing_half_done(
-    store: LocalStore, big_tree: Path, delay: float
+    store: LocalStore, big_tree: Path, point: str
 ) -> None:
     src = big_tree
     expected = make_source_path("big", nar.hash_path(str(src))[0].digest, store.store_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-c", ADDER, store.store_dir, store.state_dir, str(src)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", ADDER, store.store_dir, store.state_dir, str(src), point],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline() == "start\n"
-    time.sleep(delay)
+    assert proc.stdout.readline() == f"{point}\n"  # the add is there, mid-operation
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    out, _ = proc.communicate(timeout=60)
+    assert "done" not in out  # killed before the add returned
+    assert store.is_valid(expected) == (point == "registered")
+    if point == "registering":  # in place but not valid: a leftover the next add replaces
+        assert os.path.isdir(expected)
 
     # Whatever got registered is complete and matches its recorded hash.
     for (path,) in store.db.execute("select path from ValidPaths").fetchall():
@@ -316,8 +358,9 @@ def test_closure_invariant(store: LocalStore) -> None:
 def test_failed_batch_registers_nothing(store: LocalStore) -> None:
     good = _info(store, "good")
     bad = _info(store, "bad", _fake_path(store, "missing"))
-    with pytest.raises(RunnerError):
+    with pytest.raises(RunnerError) as e:
         store.register_valid_paths([good, bad])
+    assert e.value.reason == "closure"
     assert not store.is_valid(good.path)
 
 
@@ -380,8 +423,9 @@ def test_queries_on_invalid_paths(store: LocalStore) -> None:
     assert store.query_path_info(missing) is None
     assert store.query_deriver(missing) is None
     assert store.query_valid_derivers(missing) == set()
-    with pytest.raises(RunnerError):
+    with pytest.raises(RunnerError) as e:
         store.query_references(missing)
+    assert e.value.reason == "invalid-path"
 
 
 # ------------------------------------------------------------------ failures

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_endpoint_forms(url: str, target: str, secure: bool) -> None:
 def test_bad_endpoints(url: str) -> None:
     with pytest.raises(RunnerError) as e:
         Endpoint.parse(url)
-    assert e.value.reason == "bad-remote-url"
+    assert e.value.reason == "bad-url"
 
 
 def test_tree_of_a_path(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ def _caps(**kw: object) -> re_pb2.ServerCapabilities:
 
 def test_capabilities_are_checked() -> None:
     assert capabilities.check("u", _caps()).max_batch_bytes == 1 << 20
-    cases = [
+    cases: list[dict[str, Any]] = [
         {"execution_capabilities": re_pb2.ExecutionCapabilities(exec_enabled=False)},
         {"cache_capabilities": re_pb2.CacheCapabilities(
             digest_functions=[re_pb2.DigestFunction.SHA1])},
@@ -287,7 +288,7 @@ def test_malformed_endpoint_urls() -> None:
     for url in ("grpc://[::1", "grpcs://h:99999", "grpc://h:abc"):
         with pytest.raises(RunnerError) as e:
             Endpoint.parse(url)
-        assert e.value.reason == "bad-remote-url" and url in e.value.message
+        assert e.value.reason == "bad-url" and url in e.value.message
 
 
 def _flaky_server(failures: int, code: str) -> tuple[object, str, list[int]]:

@@ -55,6 +55,7 @@ def test_page_is_self_contained_and_escaped() -> None:
 def test_real_browser_renders_the_timeline(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(report.render(sample_run()))
+    assert CHROMIUM is not None  # skipped otherwise
     flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=60, check=True).stdout

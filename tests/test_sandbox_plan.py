@@ -97,7 +97,7 @@ def test_root_and_rootless_plans_from_explicit_ids() -> None:
     assert (rootless.uid_map, rootless.gid_map) == ("1000 4321 1\n", "100 8765 1\n")
     assert (rootless.owner_uid, rootless.owner_gid) == (4321, 8765)
     # Everything but identity is the same.
-    strip = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
+    strip: dict[str, Any] = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
              "build_gid": 0, "owner_uid": 0, "owner_gid": 0}
     assert (dataclasses.replace(root, mounts=(), **strip)
             == dataclasses.replace(rootless, mounts=(), **strip))
@@ -143,9 +143,10 @@ def test_spec_sandbox_paths_need_permission() -> None:
                                                                          "/srv/tools"]))
     assert _by_target(plan)["/tools"].source == "/srv/tools"
     assert not _by_target(plan)["/srv/data/set1"].writable
-    with pytest.raises(RunnerError):  # a prefix of a name is not a parent
+    with pytest.raises(RunnerError) as e:  # a prefix of a name is not a parent
         _plan(env={"__sandboxPaths": "/srv/database"},
               settings=_settings(allowed_spec_sandbox_paths=["/srv/data"]))
+    assert e.value.reason == "sandbox-path-not-allowed"
 
 
 @pytest.mark.parametrize("bad", [

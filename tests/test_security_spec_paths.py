@@ -86,13 +86,14 @@ def test_a_path_swapped_after_the_check_is_not_bound(
     _swap_before_bind(monkeypatch, allowed, outside)
     with pytest.raises(RunnerError) as e:
         start(tmp_path, READ, env=env, settings=settings, fork_server=False)
-    assert "changed while being bound" in e.value.message
+    assert "changed while being bound" in e.value.message and e.value.reason == "sandbox-setup"
     # Control: without the check on what was bound, the swap leaks the secret.
     os.unlink(allowed / "real")
     os.rename(allowed / "real.moved", allowed / "real")
     real_resolve = executor._resolve_spec_path
     monkeypatch.setattr(executor, "_resolve_spec_path",
-                        lambda m: dataclasses.replace(real_resolve(m), ident=None))
+                        lambda m: None if (step := real_resolve(m)) is None
+                        else dataclasses.replace(step, ident=None))
     leak = start(tmp_path, READ, env=env, settings=settings, fork_server=False, name="leak")
     assert leak.finish()[0] == 0
     assert Path(leak.out).read_text() == "host secret"

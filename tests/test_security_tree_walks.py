@@ -107,7 +107,7 @@ def _copy(tree: str) -> None:
         os.close(parent)
 
 
-OPERATIONS: dict[str, Callable[[str], None]] = {
+OPERATIONS: dict[str, Callable[[str], object]] = {
     "chown_tree": lambda t: chown_tree(t, BUILD_UID, BUILD_GID),
     "restrict_tree": restrict_tree,
     "canonicalise": canonicalise,

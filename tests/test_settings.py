@@ -60,18 +60,21 @@ def test_bad_values_are_clear_errors(name: str, value: str, words: str) -> None:
 
 
 def test_unknown_setting_suggests_a_name() -> None:
-    with pytest.raises(RunnerError, match="did you mean 'max-jobs'"):
+    with pytest.raises(RunnerError, match="did you mean 'max-jobs'") as e:
         Settings.load(options={"max-job": "2"}, environ={}, config_file=Path("/nonexistent"))
+    assert e.value.reason == "bad-setting"
 
 
 def test_bad_config_line_names_file_and_line(tmp_path: Path) -> None:
     conf = tmp_path / "runner.conf"
     conf.write_text("log-lines = 3\nthis is not a setting line\n")
-    with pytest.raises(RunnerError, match=rf"{conf}:2: expected 'name = value'"):
+    with pytest.raises(RunnerError, match=rf"{conf}:2: expected 'name = value'") as e:
         Settings.load(environ={}, config_file=conf)
+    assert e.value.reason == "bad-setting"  # was bad-config, merged (docs/reasons.md)
     conf.write_text("\n\nsandbox-pathz = /x\n")
-    with pytest.raises(RunnerError, match=rf"{conf}:3: unknown setting 'sandbox-pathz'"):
+    with pytest.raises(RunnerError, match=rf"{conf}:3: unknown setting 'sandbox-pathz'") as e:
         Settings.load(environ={}, config_file=conf)
+    assert e.value.reason == "bad-setting"
 
 
 def test_config_show_prints_values_and_origins(tmp_path: Path) -> None:
@@ -154,3 +157,30 @@ def test_fork_server_switch_is_a_declared_setting(tmp_path: Path) -> None:
 
     assert fork_server_with("true") == "fork-server True"  # the control
     assert fork_server_with("false") == "fork-server False"
+
+
+def test_typed_accessors_check_the_kind() -> None:
+    s = Settings.load(environ={}, config_file=Path("/nonexistent"), flags={"max-jobs": 3})
+    assert (s.number("max-jobs"), s.flag("keep-going")) == (3, False)
+    assert s.text("sandbox") == BY_NAME["sandbox"].default_value()
+    assert s.strings("substituters") == list(s.get("substituters"))
+    assert s.text("store-dir") == s.store_dir  # a path is text
+    with pytest.raises(TypeError, match="setting 'max-jobs' is a int, not a bool"):
+        s.flag("max-jobs")
+    with pytest.raises(TypeError):
+        s.number("sandbox")
+    with pytest.raises(RunnerError) as e:
+        s.flag("no-such-setting")
+    assert e.value.reason == "bad-setting"
+
+
+# Owned by branches in flight when the accessors came (issue 22); the lead moves them
+# to the typed accessors after merging and empties this list.
+UNTYPED_GET_ALLOWED = {"runner/sandbox/plan.py", "runner/sandbox/policy.py",
+                       "runner/build/derivation_goal.py"}
+
+
+def test_runner_reads_settings_through_the_typed_accessors() -> None:
+    untyped = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "runner").rglob("*.py")
+                     if "settings.get(" in p.read_text())
+    assert set(untyped) <= UNTYPED_GET_ALLOWED

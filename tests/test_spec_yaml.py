@@ -71,8 +71,9 @@ def test_aliases_within_budget_are_fine() -> None:
     uses = ALIAS_BUDGET // 2  # each use of `a` reaches two nodes again: the list and its item
     text = "a: &a [1]\n" + "".join(f"k{i}: *a\n" for i in range(uses))
     assert len(parse_yaml(text, "f.yaml").plain()) == uses + 1  # type: ignore[arg-type]
-    with pytest.raises(SpecError, match="expand to too many values"):
+    with pytest.raises(SpecError, match="expand to too many values") as e:
         parse_yaml(text + "one-more: *a\n", "f.yaml")
+    assert e.value.reason == "spec"
 
 
 def test_alias_bomb_is_refused_without_expanding() -> None:
@@ -99,8 +100,9 @@ def test_nesting_at_the_limit_is_fine() -> None:
     levels = MAX_DEPTH - 2  # the mapping of `x` and the scalar are levels too
     text = "x: " + "[" * levels + "1" + "]" * levels + "\n"
     assert parse_yaml(text, "f.yaml").at("x") is not None
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecError) as e:
         parse_yaml("x: " + "[" * (levels + 1) + "1" + "]" * (levels + 1) + "\n", "f.yaml")
+    assert e.value.reason == "spec-too-deep"
 
 
 def test_recursive_alias() -> None:
@@ -131,12 +133,15 @@ def test_bad_yaml(text: str, expected: str) -> None:
 def test_files_not_utf8_missing_or_directories(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(b"version: 1\nname: caf\xe9\n")
-    with pytest.raises(SpecError, match=r"bad.yaml:2:10: the file is not valid UTF-8"):
+    with pytest.raises(SpecError, match=r"bad.yaml:2:10: the file is not valid UTF-8") as e:
         load_yaml(bad)
-    with pytest.raises(SpecError, match=r"nope.yaml:1:1: no such file"):
+    assert e.value.reason == "spec"
+    with pytest.raises(SpecError, match=r"nope.yaml:1:1: no such file") as e:
         load_yaml(tmp_path / "nope.yaml")
-    with pytest.raises(SpecError, match=r"is a directory"):
+    assert e.value.reason == "spec"
+    with pytest.raises(SpecError, match=r"is a directory") as e:
         load_yaml(tmp_path)
+    assert e.value.reason == "spec"
     bom = tmp_path / "bom.yaml"
     bom.write_bytes(b"\xef\xbb\xbfversion: 1\n")
     assert load_yaml(bom).plain() == {"version": 1}
@@ -222,5 +227,6 @@ def test_escape_error_inside_a_multi_line_string_points_at_the_escape() -> None:
     with pytest.raises(SpecError) as info:
         parse_yaml('a: "one\n  two \\q"\n', "f.yaml")
     # libyaml points at the backslash, the pure-Python parser at the letter after it.
+    assert info.value.reason == "spec"
     assert info.value.problems[0].startswith(("f.yaml:2:7: invalid YAML",
                                               "f.yaml:2:8: invalid YAML"))

@@ -198,7 +198,7 @@ def test_truncated_corrupt_or_oversized_streams_are_rejected(compression: str) -
         with pytest.raises(RunnerError) as e:
             while reader.read(65536):
                 pass
-        assert e.value.reason == "corrupt-nar"
+        assert e.value.reason == "bad-nar"
 
 
 BOMB = r"""
@@ -234,7 +234,7 @@ def test_decompression_bomb_is_cut_off_in_bounded_memory(compression: str, mib: 
     proc = subprocess.run([sys.executable, "-c", BOMB, compression, str(mib)],
                           capture_output=True, text=True, check=True)
     verdict, growth = proc.stdout.splitlines()
-    assert verdict == "corrupt-nar NAR is larger than the 4194304 bytes announced"
+    assert verdict == "bad-nar NAR is larger than the 4194304 bytes announced"
     assert int(growth) < 32, f"RSS grew by {growth} MiB for a {mib} MiB bomb"
 
 
@@ -253,7 +253,7 @@ def test_zstd_frame_structure(case: str) -> None:
         return
     with pytest.raises(RunnerError) as e:
         reader.read(len(DATA) + 1)
-    assert e.value.reason == "corrupt-nar"
+    assert e.value.reason == "bad-nar"
 
 
 @pytest.mark.parametrize("compression, packer", [("xz", lzma.compress), ("bzip2", bz2.compress)])
@@ -263,4 +263,4 @@ def test_data_after_the_stream_is_corrupt(compression: str, packer: object) -> N
     with pytest.raises(RunnerError) as e:
         while reader.read(65536):
             pass
-    assert e.value.reason == "corrupt-nar"
+    assert e.value.reason == "bad-nar"

@@ -85,7 +85,7 @@ def test_bytes_after_the_nar_are_refused(stores: TwoStores, tmp_path: Path,
             status, reasons = _substitute(stores, path, url)
     else:
         status, reasons = _substitute(stores, path, f"file://{cache}")
-    assert (status, reasons) == (FAILED, ["corrupt-nar"])
+    assert (status, reasons) == (FAILED, ["bad-nar"])
     assert _leftovers(stores) == []
 
 

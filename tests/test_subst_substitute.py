@@ -194,7 +194,7 @@ def test_tampered_compressed_file_is_rejected(stores: TwoStores) -> None:
     nar_file.write_bytes(bytes(data))
     result = _run(stores, lib, url)
     assert result.status == FAILED
-    assert result.rejections[0].reason in ("corrupt-nar", "hash-mismatch")
+    assert result.rejections[0].reason in ("bad-nar", "hash-mismatch")
     _no_leftovers(stores)
 
 

@@ -174,7 +174,7 @@ def test_check_writes_junit_events_and_report(tmp_path: Path,
     assert code == 100
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert events[0]["event"] == "run-started" and events[-1]["event"] == "run-finished"
-    suites = [s.get("name") for s in ET.parse(merged).getroot().iter("testsuite")]
+    suites = [s.get("name", "") for s in ET.parse(merged).getroot().iter("testsuite")]
     assert sorted(suites) == ["broken", "deploy", "lint", "tests"]
     assert "skipped because of it: deploy" in page.read_text()
 
@@ -186,6 +186,7 @@ def test_report_of_a_real_run_in_a_browser(tmp_path: Path,
     page = tmp_path / "run.html"
     assert build(spec, "--report", str(page)) == 100
     capsys.readouterr()
+    assert CHROMIUM is not None  # skipped otherwise
     flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}"]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=60, check=True).stdout
@@ -238,7 +239,7 @@ def test_shards_run_apart_and_the_gatherer_sees_every_case(
     capsys.readouterr()
     suites = {s.get("name"): s for s in ET.parse(merged).getroot().iter("testsuite")}
     assert list(suites) == ["tests"]
-    assert sorted(c.get("name") for c in suites["tests"].iter("testcase")) == ["t0", "t1", "t2"]
+    assert sorted(c.get("name", "") for c in suites["tests"].iter("testcase")) == ["t0", "t1", "t2"]
 
 
 @pytest.mark.parametrize(("extra", "problem"), [
@@ -275,9 +276,9 @@ def test_sharded_example_on_the_local_reapi_server(tmp_path: Path,
         server.stop()
     assert code == 0, err
     results = {Path(r["drvPath"]).name.split("-", 1)[1][:-4]: r for r in json.loads(out)}
-    assert {r["status"] for r in results.values()} <= {"built", "substituted"}
+    assert {r["status"] for r in results.values()} == {"built"}  # a fresh server: run there
     assert "tests: 6 tests, 0 failed" in err
-    suites = [s.get("name") for s in ET.parse(merged).getroot().iter("testsuite")]
+    suites = [s.get("name", "") for s in ET.parse(merged).getroot().iter("testsuite")]
     assert sorted(suites) == [f"tests.shard-{k}-of-3" for k in (1, 2, 3)]
 
 
@@ -292,5 +293,5 @@ def test_an_unwritable_report_is_a_one_line_error(tmp_path: Path,
     recorder = RunRecorder(make_progress(log_lines=0, print_build_logs=False), {})
     with pytest.raises(RunnerError) as caught:
         recorder.write_report(str(missing), ["runner"], 0)
-    assert caught.value.reason == "io-error"
+    assert caught.value.reason == "io"
     assert not missing.parent.exists()

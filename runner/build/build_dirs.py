@@ -97,7 +97,7 @@ def restrict_tree(path: str) -> None:
 
 class BuildDirs:
     def __init__(self, settings: Settings, background: Background) -> None:
-        self._top = str(settings.get("build-dir")) or tempfile.gettempdir()
+        self._top = settings.text("build-dir") or tempfile.gettempdir()
         self._parent = ""  # made and checked at the first build
         self._background = background
         self._spare: list[str] = []

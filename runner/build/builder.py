@@ -48,9 +48,9 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
     settings = job.settings
     env = job.drv.env
     limits = Limits(
-        timeout=_tighter(int(settings.get("timeout")), env.get("timeout")),
-        max_silent_time=_tighter(int(settings.get("max-silent-time")), env.get("maxSilent")),
-        max_log_size=int(settings.get("max-log-size")),
+        timeout=_tighter(settings.number("timeout"), env.get("timeout")),
+        max_silent_time=_tighter(settings.number("max-silent-time"), env.get("maxSilent")),
+        max_log_size=settings.number("max-log-size"),
     )
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:

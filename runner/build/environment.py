@@ -15,7 +15,7 @@ HOMELESS = "/homeless-shelter"
 
 
 def _cores(settings: Settings) -> int:
-    cores = int(settings.get("cores"))
+    cores = settings.number("cores")
     if cores:
         return cores
     try:

@@ -10,7 +10,7 @@ EXTRA_PLATFORMS = {"x86_64-linux": ("i686-linux",)}
 
 def local_platform_refusal(system: str, drv_path: str, settings: Settings) -> str | None:
     """Why `drv_path` cannot be built here, or None."""
-    host = str(settings.get("system"))
+    host = settings.text("system")
     if system == host or system in EXTRA_PLATFORMS.get(host, ()):
         return None
     return (f"a '{system}' is required to build '{drv_path}', but I am a '{host}' "

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING
 from runner.build.process import Ending
 from runner.build.result import Status
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.settings import Settings
 from runner.store.derivation import Derivation
 
 if TYPE_CHECKING:
     from runner.remote.executor import RemoteExecutor, RemoteResult
 
-UNAVAILABLE = ("remote-unavailable", "remote-error")
+UNAVAILABLE = (Reason.REMOTE_UNAVAILABLE, Reason.REMOTE_ERROR)
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class RemoteBuilders:
 
     def __init__(self, settings: Settings, before_open: Callable[[], None] = lambda: None
                  ) -> None:
-        self.url = str(settings.get("remote-builders"))
+        self.url = settings.text("remote-builders")
         self.settings = settings
-        self.slots = asyncio.Semaphore(max(int(settings.get("remote-max-jobs")), 1))
+        self.slots = asyncio.Semaphore(max(settings.number("remote-max-jobs"), 1))
         self._before_open: Callable[[], None] | None = before_open
         self._executor: RemoteExecutor | None = None
         self._mutex = threading.Lock()
@@ -78,9 +79,9 @@ class RemoteBuilders:
             if self._executor is None:
                 assert self._before_open is None, "RemoteBuilders.prepare() was not called"
                 options = RemoteOptions(
-                    instance=str(self.settings.get("remote-instance")),
-                    connect_timeout=float(self.settings.get("remote-connect-timeout")),
-                    rpc_timeout=float(self.settings.get("remote-timeout")))
+                    instance=self.settings.text("remote-instance"),
+                    connect_timeout=float(self.settings.number("remote-connect-timeout")),
+                    rpc_timeout=float(self.settings.number("remote-timeout")))
                 self._executor = RemoteExecutor(self.url, self.settings, options)
             return self._executor
 
@@ -121,7 +122,7 @@ class RemoteBuilders:
                                      f"{self.down}", unavailable=True)
             if not isinstance(e, RunnerError):
                 raise
-            if e.reason == "remote-unavailable":
+            if e.reason == Reason.REMOTE_UNAVAILABLE:
                 self._mark_down()
             return RemoteOutcome(None, -1, f"remote build of '{drv_path}' on '{self.url}' "
                                  f"failed: {e.message}", unavailable=e.reason in UNAVAILABLE)

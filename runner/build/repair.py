@@ -43,8 +43,8 @@ def repair_paths(store: LocalStore, paths: Iterable[str], settings: Settings, *,
             if not result.ok:
                 warn(f"cannot repair '{path}': {result.describe()}")
     if derivers:
-        progress = make_progress(log_lines=int(settings.get("log-lines")),
-                                 print_build_logs=bool(settings.get("print-build-logs")))
+        progress = make_progress(log_lines=settings.number("log-lines"),
+                                 print_build_logs=settings.flag("print-build-logs"))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         mode=BuildMode.REPAIR)
         worker.run(sorted(set(derivers.values())))

@@ -45,7 +45,7 @@ class SandboxMode:
         closure: Collection[str], outputs: list[str], fixed_output: bool, stdout: int, stderr: int,
     ) -> SandboxedBuild:
         # As root, a build uid of its own for this build (docs/security.md, class 2).
-        group = str(self.settings.get("build-users-group"))
+        group = self.settings.text("build-users-group")
         lease = uidpool.acquire(group) if os.geteuid() == 0 else None
         try:
             plan = make_plan(

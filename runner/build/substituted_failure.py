@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 async def check(goal: DerivationGoal) -> BuildResult | None:
     """The cached failure a cache vouches for, or None (build it)."""
     settings = goal.settings
-    if not settings.get("use-substituted-failures") or not settings.get("substitute"):
+    if not settings.flag("use-substituted-failures") or not settings.flag("substitute"):
         return None
     if goal.drv.is_fixed_output:  # their failures are never cached (a download may work)
         return None
@@ -41,7 +41,7 @@ async def check(goal: DerivationGoal) -> BuildResult | None:
 
     def lookup() -> FoundFailure | None:
         caches = Caches(worker.substituters, warn,
-                        fail_on_errors=settings.get("substituter-errors") == "fail")
+                        fail_on_errors=settings.text("substituter-errors") == "fail")
         return find_failure(caches, goal.drv_path, goal.store.store_dir)
 
     async with worker.substitution_slot():
@@ -52,7 +52,7 @@ async def check(goal: DerivationGoal) -> BuildResult | None:
     saved = await asyncio.to_thread(_save_log, path, found.log)
     lines = found.log.decode("utf-8", "replace").splitlines()
     return BuildResult(goal.drv_path, Status.CACHED_FAILURE, message=describe(found),
-                       log_tail=lines[-max(int(settings.get("log-lines")), 1):],
+                       log_tail=lines[-max(settings.number("log-lines"), 1):],
                        exit_status=found.record.exit_status,
                        log_path=path if saved else None)
 

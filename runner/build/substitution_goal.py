@@ -12,6 +12,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from runner.build.goal import Goal
+from runner.reasons import Reason
 from runner.store.local_store import LocalStore
 from runner.substituters import substitute as subst
 from runner.substituters.substitute import SubstituteResult
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 # Rejections that mean "this offer is not for us" rather than "delivery failed": as in
 # Nix, an untrusted substitute is ignored and the path is built; no --fallback needed.
-TRUST_REASONS = frozenset({"unsigned", "untrusted-key", "bad-signature"})
+TRUST_REASONS = frozenset({Reason.UNSIGNED, Reason.UNTRUSTED_KEY, Reason.BAD_SIGNATURE})
 
 
 class Substitution(enum.Enum):

@@ -96,7 +96,7 @@ def _paths(count: int) -> str:
 
 
 def _unusable(name: str, error: RunnerError) -> str:
-    if error.reason == "wrong-store-dir":
+    if error.reason == "store-mismatch":
         text = error.message.removeprefix(f"binary cache '{name}' is ")
         return f"{text} (every machine sharing a cache needs the same store-dir)"
     known = f"cache {name} is down "  # found down by an earlier run (health records)

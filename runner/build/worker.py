@@ -52,8 +52,8 @@ class Worker:
         self._declared = tuple(declared_substituters)
         self._substituters: list[Substituter] | None = None
         self._substitution_slots: asyncio.Semaphore | None = None
-        self.keep_going = bool(settings.get("keep-going"))
-        self.max_jobs = int(settings.get("max-jobs"))
+        self.keep_going = settings.flag("keep-going")
+        self.max_jobs = settings.number("max-jobs")
         self.derivation_goals: dict[str, DerivationGoal] = {}
         self.substitution_goals: dict[str, SubstitutionGoal] = {}
         self.results: dict[str, BuildResult] = {}
@@ -67,7 +67,7 @@ class Worker:
         self.spawner = Spawner(self.max_jobs)  # sandboxed builds start off the loop
         self._closures: dict[frozenset[str], frozenset[str]] = {}
         self.remote = (RemoteBuilders(settings, before_open=self._probe_sandbox)
-                       if settings.get("remote-builders") else None)
+                       if settings.text("remote-builders") else None)
 
     # -- the goal table
 
@@ -124,7 +124,7 @@ class Worker:
         threads in the child, which fail in the new PID namespace): probing later would
         turn the sandbox off for the whole run. Sandboxed builds themselves start from
         fork servers, fresh processes gRPC never touched (runner/sandbox/forkserver.py)."""
-        if self.settings.get("sandbox") != "off":
+        if self.settings.text("sandbox") != "off":
             from runner.sandbox.probe import probe
 
             probe()
@@ -160,7 +160,7 @@ class Worker:
     async def substitution_slot(self) -> AsyncIterator[None]:
         """Substitutions do not take build slots; they have their own limit."""
         if self._substitution_slots is None:
-            jobs = int(self.settings.get("max-substitution-jobs"))
+            jobs = self.settings.number("max-substitution-jobs")
             self._substitution_slots = asyncio.Semaphore(max(jobs, 1))
         async with self._substitution_slots:
             yield

@@ -108,7 +108,7 @@ def install(start: Path, spec: str | None, *, force: bool) -> Installed:
         tmp.chmod(0o755)
         os.replace(tmp, hook)
     except OSError as e:
-        raise RunnerError(f"cannot write '{hook}': {e.strerror}", reason="hook") from None
+        raise RunnerError(f"cannot write '{hook}': {e.strerror}", reason="io") from None
     if saved.exists():
         return Installed(hook, saved, kind or kind_of(saved))
     return Installed(hook, None, "")
@@ -127,5 +127,5 @@ def uninstall(start: Path) -> Removed | None:
         else:
             hook.unlink()
     except OSError as e:
-        raise RunnerError(f"cannot remove '{hook}': {e.strerror}", reason="hook") from None
+        raise RunnerError(f"cannot remove '{hook}': {e.strerror}", reason="io") from None
     return Removed(hook, restored)

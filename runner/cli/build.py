@@ -15,7 +15,6 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
-    from runner.build.log_target import DeriverStore
     from runner.build.progress import Progress
     from runner.build.result import BuildResult
     from runner.build.retry import RetryPolicies
@@ -194,8 +193,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                                   {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
-        progress = make_progress(log_lines=int(settings.get("log-lines")),
-                                 print_build_logs=bool(settings.get("print-build-logs")))
+        progress = make_progress(log_lines=settings.number("log-lines"),
+                                 print_build_logs=settings.flag("print-build-logs"))
         mode = (BuildMode.CHECK if args.check else BuildMode.REPAIR if args.repair
                 else BuildMode.NORMAL)
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
@@ -286,7 +285,7 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
     from runner.build.unused_caches import CacheWatch
     from runner.substituters.configure import open_substituters, print_warning
 
-    use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
+    use_cache = settings.flag("cache-failures") and not args.rebuild_failed
     watch = CacheWatch(open_substituters(settings, declared, warn=print_warning))
     p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
                      find=dry_run.offers(store, watch, settings))
@@ -301,6 +300,7 @@ def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.log_target import kept_junit, locate_log
+    from runner.cli.log_fallback import log_from_substituters
     from runner.store.local_store import open_store
 
     if (socket_path := daemon_socket(settings)) is not None:
@@ -315,7 +315,8 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
         except RunnerError as e:
             if e.reason != "no-log" or args.attempt is not None:
                 raise  # a retried build's attempts are never in a cache
-            drv_path, data = None, log_from_substituters(store, settings, args, e)
+            drv_path, data = None, log_from_substituters(store, settings, args.target,
+                                                              args.name, e)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
@@ -351,33 +352,6 @@ def _flaky_list(args: argparse.Namespace, settings: Settings) -> int:
               f"last {describe_age(now - e.last_time)} (passed on attempt "
               f"{e.last_attempt}/{e.attempts}); {e.drv_path}")
     return 0
-
-
-def log_from_substituters(store: DeriverStore, settings: Settings, args: argparse.Namespace,
-                          missing: RunnerError) -> bytes:
-    """No log here (nor in a daemon's store): the first substituter's `log/<drv>`, as
-    `nix log` falls back to them; `missing` is raised when none has it."""
-    from runner.build.log_target import derivation_candidates, store_path_of
-    from runner.substituters.configure import open_substituters, print_warning
-    from runner.substituters.log_fetch import Caches, deriver_from_caches, fetch_log
-
-    caches = Caches(open_substituters(settings), print_warning)
-    if not caches.caches:
-        raise missing
-    try:
-        candidates = derivation_candidates(store, args.target, args.name)
-    except RunnerError as e:  # an output we do not have: the caches may know its deriver
-        path = store_path_of(store.store_dir, args.target)
-        deriver = deriver_from_caches(caches, path) if path and e.reason == "no-log" else None
-        if deriver is None:
-            raise missing from None
-        candidates = [deriver]
-    for drv_path in candidates:
-        found = fetch_log(caches, drv_path)
-        if found is not None:
-            print(f"got build log for '{drv_path}' from '{found[1]}'", file=sys.stderr)
-            return found[0]
-    raise missing
 
 
 def _failed_list(args: argparse.Namespace, settings: Settings) -> int:

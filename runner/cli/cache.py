@@ -243,7 +243,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         records = {r.url: r for r in health.all()}
     finally:
         health.close()
-    configured = [parse_url(u)[0] for u in settings.get("substituters")]
+    configured = [parse_url(u)[0] for u in settings.strings("substituters")]
     urls = list(dict.fromkeys([*configured, *sorted(records)]))
     rows = [records.get(u) or Record(u, None, None, 0, None, 0, 0) for u in urls]
     if args.json:

@@ -107,7 +107,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         targets = instantiate(spec, store, names or None)
         progress = _CheckProgress(quiet=args.quiet,
-                                  print_build_logs=bool(settings.get("print-build-logs")))
+                                  print_build_logs=settings.flag("print-build-logs"))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
         worker.retry_policies = retry_policies(args, spec, str(spec_path))
@@ -127,7 +127,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([o.to_json() for o in outcomes], indent=2))
     elif failed or not args.quiet:
-        _print_summary(outcomes, int(settings.get("log-lines")))
+        _print_summary(outcomes, settings.number("log-lines"))
     return code
 
 

@@ -198,7 +198,7 @@ def _hand_to_sandbox(settings: Settings, environ: MutableMapping[str, str]) -> N
     """The sandbox executor reads `sandbox-fork-server` from its environment variable
     (it also runs outside the CLI): a value from the config file or --option goes
     there too."""
-    if not settings.get("sandbox-fork-server"):
+    if not settings.flag("sandbox-fork-server"):
         environ["RUNNER_SANDBOX_FORK_SERVER"] = "0"
 
 

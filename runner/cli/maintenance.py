@@ -12,7 +12,7 @@ import sys
 
 from runner.cli.args import store_flag, store_path_arg
 from runner.daemon.store_choice import daemon_socket
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.settings import Settings
 from runner.store.local_store import open_store
 
@@ -112,8 +112,8 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
 def _keep_options(settings: Settings, outputs: bool | None = None,
                   derivations: bool | None = None) -> dict[str, bool]:
     """What `gc` keeps beyond the closure of the roots: a flag wins over the setting."""
-    return {"keep_outputs": bool(settings.get("keep-outputs")) if outputs is None else outputs,
-            "keep_derivations": (bool(settings.get("keep-derivations"))
+    return {"keep_outputs": settings.flag("keep-outputs") if outputs is None else outputs,
+            "keep_derivations": (settings.flag("keep-derivations")
                                  if derivations is None else derivations)}
 
 
@@ -136,7 +136,7 @@ def _add_root(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         path = store_path_arg(store, args.path)
         if not store.is_valid(path):
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         print(add_perm_root(store.store_dir, store.state_dir, path, args.link))
     return 0
 

@@ -33,7 +33,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         for line in capabilities.describe(caps):
             print(f"  {line}")
         capabilities.check(args.url, caps)
-        system = str(settings.get("system"))
+        system = settings.text("system")
         start = time.monotonic()
         code, log = executor.run_command(PROBE, system)
         took = time.monotonic() - start

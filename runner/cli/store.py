@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from runner.cli.args import store_flag, store_path_arg
+from runner.cli.args import store_flag
 from runner.cli.build import register_failed, register_flaky
 from runner.cli.maintenance import register_store
+from runner.cli.path_info import report_path_info
 from runner.errors import RunnerError
 from runner.settings import Settings
 from runner.store import nar
-from runner.store.closure_info import closure_size
-from runner.store.local_store import LocalStore, open_store
-from runner.store.path_info import PathInfo
+from runner.store.local_store import open_store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,36 +72,3 @@ def _path_info(args: argparse.Namespace, settings: Settings) -> int:
         return client_cli.path_info(args, settings, socket_path)
     with open_store(settings) as store:
         return report_path_info(args, store)
-
-
-def report_path_info(args: argparse.Namespace, store: LocalStore) -> int:
-    """`store path-info` over any store with LocalStore's queries (a daemon's too)."""
-    infos: list[PathInfo | str] = []  # a str: a store path that is not valid
-    sizes: dict[str, int] = {}
-    for arg in args.paths:
-        path = store_path_arg(store, arg)
-        found = store.query_path_info(path)
-        if found is None and not args.json:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
-        infos.append(path if found is None else found)
-        if args.closure_size and found is not None:
-            sizes[path] = closure_size(store, path)
-    if args.json:
-        # As Nix 2.8: a path that is not valid is listed as such, and is no error.
-        entries = [{"path": i, "valid": False} if isinstance(i, str) else i.to_json()
-                   for i in infos]
-        for entry in entries:
-            if args.closure_size and entry.get("valid", True):
-                entry["closureSize"] = sizes[str(entry["path"])]
-        print(json.dumps(entries, sort_keys=True))
-        return 0
-    for info in infos:
-        assert not isinstance(info, str)  # refused above without --json
-        print(info.path)
-        print(f"  nar-hash:   {info.nar_hash}")
-        print(f"  nar-size:   {info.nar_size}")
-        if args.closure_size:
-            print(f"  closure:    {sizes[info.path]}")
-        print(f"  deriver:    {info.deriver or '-'}")
-        print("  references:" + "".join(f"\n    {ref}" for ref in sorted(info.references)))
-    return 0

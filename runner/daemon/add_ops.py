@@ -13,6 +13,7 @@ from runner.daemon.protocol import (
 from runner.daemon.session import Session
 from runner.daemon.wire import MAX_TEXT, FramedReader, ProtocolError, Reader
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.store.hashes import Hash
 from runner.store.path_info import PathInfo
 from runner.substituters.narinfo import NarInfo
@@ -72,7 +73,7 @@ def _add_to_store(s: Session) -> None:
         info = importer.add_fixed(s.store, name, recursive, algo, s.reader.exact,
                                   flat_is_nar=True)
     except RunnerError as e:
-        if e.reason == "bad-nar":  # the stream is out of step: end the connection
+        if e.reason == Reason.BAD_NAR:  # the stream is out of step: end the connection
             raise ProtocolError(e.message) from None
         raise
     s.stop_work()
@@ -128,8 +129,8 @@ def _check_info(s: Session, info: NarInfo, check_sigs: bool) -> None:
     if info.deriver:
         s.path(info.deriver)
     if check_sigs:
-        importer.check_trust(info, s.store.store_dir, s.settings.get("trusted-public-keys"),
-                             bool(s.settings.get("require-sigs")))
+        importer.check_trust(info, s.store.store_dir, s.settings.strings("trusted-public-keys"),
+                             s.settings.flag("require-sigs"))
 
 
 def _import(s: Session, info: NarInfo, registration_time: int, read: Callable[[int], bytes],
@@ -163,7 +164,7 @@ def _add_to_store_nar(s: Session) -> None:
         _check_info(s, info, check_sigs)
         _import(s, info, when, read, repair)
     except RunnerError as e:
-        if s.minor < 21 or e.reason == "bad-nar":
+        if s.minor < 21 or e.reason == Reason.BAD_NAR:
             # The NAR may be partly unread and is inline: the stream is out of step.
             raise ProtocolError(e.message) from None
         raise

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.store import derivation
 from runner.store.hashes import Hash
 from runner.store.local_store import LocalStore
@@ -155,9 +155,9 @@ def _realise(s: Session, drv_paths: list[str], mode: int) -> list[BuildResult]:
         raise RunnerError(f"unknown build mode {mode}", reason="usage")
     for path in drv_paths:
         if not s.store.is_valid(path):
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
     s.store.temp_roots.add_temp_roots(drv_paths)
-    progress = Progress(_ClientStream(s), log_lines=int(s.settings.get("log-lines")),  # type: ignore[arg-type]
+    progress = Progress(_ClientStream(s), log_lines=s.settings.number("log-lines"),  # type: ignore[arg-type]
                         print_build_logs=True)
     worker = Worker(s.store, s.settings, progress,
                     lambda: choose_sandbox(s.settings, progress.warn), mode=build_mode)

@@ -31,7 +31,7 @@ class DaemonError(RunnerError):
     """The daemon ended an operation with `STDERR_ERROR`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, reason="daemon-error")
+        super().__init__(message, reason="daemon")
 
 
 class Client:

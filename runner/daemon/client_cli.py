@@ -23,7 +23,7 @@ _GC_RETURN_DEAD, _GC_DELETE_DEAD = 1, 2
 
 
 def path_info(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
-    from runner.cli.store import report_path_info
+    from runner.cli.path_info import report_path_info
 
     with open_remote(settings, socket_path) as store:
         # The query subset report_path_info uses is the same on a RemoteStore.
@@ -78,9 +78,9 @@ def log(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
         except RunnerError as e:
             if e.reason != "no-log" or args.attempt is not None:
                 raise
-            from runner.cli.build import log_from_substituters
+            from runner.cli.log_fallback import log_from_substituters
 
-            data = log_from_substituters(store, settings, args, e)
+            data = log_from_substituters(store, settings, args.target, args.name, e)
     if not data:
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)

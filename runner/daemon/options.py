@@ -53,7 +53,7 @@ class ClientOptions:
             if name in _IGNORED:
                 continue
             if name == "substituters" and not trusted:
-                allowed = set(settings.get("substituters"))
+                allowed = set(settings.strings("substituters"))
                 wanted = text.split()
                 for url in wanted:
                     if url not in allowed:

@@ -15,7 +15,8 @@ from types import TracebackType
 
 from runner.daemon.client import Client, DaemonError
 from runner.daemon.protocol import Op
-from runner.errors import RunnerError
+from runner.errors import NOT_VALID, RunnerError, raise_not_valid
+from runner.reasons import Reason
 from runner.store import nar
 from runner.store.derivation import Derivation
 from runner.store.hashes import Hash
@@ -54,7 +55,7 @@ class RemoteStore:
         try:
             self.client.process_stderr()
         except DaemonError as e:
-            reason = "invalid-path" if "is not valid" in e.message else "daemon"
+            reason = Reason.INVALID_PATH if NOT_VALID in e.message else Reason.DAEMON
             raise RunnerError(e.message, reason=reason) from None
 
     # ------------------------------------------------------------ queries
@@ -84,7 +85,7 @@ class RemoteStore:
     def _valid_info(self, path: str) -> PathInfo:
         info = self.query_path_info(path)
         if info is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         return info
 
     def query_references(self, path: str) -> set[str]:

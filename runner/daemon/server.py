@@ -114,8 +114,8 @@ class Server:
         try:
             try:
                 peer = peer_of(conn)
-                decision = admit(peer, self.settings.get("allowed-users"),
-                                 self.settings.get("trusted-users"))
+                decision = admit(peer, self.settings.strings("allowed-users"),
+                                 self.settings.strings("trusted-users"))
                 pid = os.fork()
             except OSError as e:  # this connection fails; the daemon goes on
                 log(f"cannot serve a connection: {e.strerror or e}")
@@ -174,12 +174,13 @@ def serve_connection(conn: Channel, decision: Peer | str, settings: Settings) ->
             writer.flush()
             return 1
         with open_store(settings) as store:
+            from runner.daemon.ops import HANDLERS
             from runner.daemon.protocol import STDERR_LAST
             from runner.daemon.session import Session
 
             writer.u64(STDERR_LAST)  # start-up went well
             writer.flush()
-            Session(reader, writer, version, decision, store, settings).serve()
+            Session(reader, writer, version, decision, store, settings).serve(HANDLERS)
         return 0
     except EndOfStream:
         return 0

@@ -9,7 +9,7 @@ leaves the stream out of step, so the error is sent and the connection ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from runner.daemon import signatures
 from runner.daemon.options import ClientOptions
@@ -21,7 +21,7 @@ from runner.daemon.protocol import (
 )
 from runner.daemon.trust import Peer
 from runner.daemon.wire import ProtocolError, Reader, Writer
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.settings import Settings
 from runner.store.local_store import LocalStore
 from runner.store.path_info import PathInfo
@@ -66,13 +66,12 @@ class Session:
         write_error(self.writer, self.version, error.message)
         self.writer.flush()
 
-    def serve(self) -> None:
-        """Answer operations until the client hangs up (or breaks the framing)."""
-        from runner.daemon.ops import HANDLERS  # the operations use this class
-
+    def serve(self, handlers: Mapping[int, Callable[[Session], None]]) -> None:
+        """Answer operations until the client hangs up (or breaks the framing). The
+        operation table is passed in (ops.HANDLERS): the operations import this module."""
         while not self.reader.at_eof():
             code = self.reader.u64()
-            handler = HANDLERS.get(code)
+            handler = handlers.get(code)
             if handler is None:
                 # Its arguments are unknown, so the stream cannot be resynchronised.
                 raise ProtocolError(f"invalid operation {code}")
@@ -112,7 +111,7 @@ class Session:
     def valid_info(self, path: str) -> PathInfo:
         info = self.store.query_path_info(path)
         if info is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         return info
 
     def write_info(self, info: PathInfo, *, include_path: bool) -> None:

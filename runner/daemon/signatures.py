@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.store.local_store import LocalStore
 
 
@@ -26,7 +26,7 @@ def add(store: LocalStore, path: str, sigs: Iterable[str]) -> None:
     with store.db.transaction() as conn:
         row = conn.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
         if row is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         old = conn.execute("select sigs from PathSignatures where id = ?", (row[0],)).fetchone()
         merged = new | set(old[0].split() if old else ())
         conn.execute("insert or replace into PathSignatures (id, sigs) values (?, ?)",

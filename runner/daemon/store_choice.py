@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def daemon_socket(settings: Settings) -> str | None:
     """The daemon socket to use, or None for the local store."""
-    value = str(settings.get("store")).strip()
+    value = settings.text("store").strip()
     if value in ("", "local"):
         return None
     default = os.path.join(settings.state_dir, "daemon-socket", "socket")

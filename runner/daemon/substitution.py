@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _substituters(s: Session) -> list[Substituter]:
-    key = tuple(s.settings.get("substituters")), bool(s.settings.get("substitute"))
+    key = tuple(s.settings.strings("substituters")), s.settings.flag("substitute")
     if s.substituter_cache is None or s.substituter_cache[0] != key:
         s.substituter_cache = (key, open_substituters(s.settings, warn=_warner(s)))
     return s.substituter_cache[1]

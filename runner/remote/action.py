@@ -71,7 +71,7 @@ def platform_properties(system: str, *, network: bool) -> dict[str, str] | None:
 
 def effective_timeout(settings: Settings, drv: Derivation) -> int:
     """The setting, tightened (never loosened) by the derivation's `timeout`."""
-    limits = [int(settings.get("timeout"))]
+    limits = [settings.number("timeout")]
     with contextlib.suppress(ValueError):
         limits.append(int(drv.env.get("timeout", "0")))
     positive = [n for n in limits if n > 0]
@@ -83,7 +83,7 @@ def remote_env(drv: Derivation, settings: Settings) -> dict[str, str]:
     # The local CPU count is no business of a remote worker, and the action's
     # digest must not depend on it: pass the setting as is (0 = all cores of
     # the builder, as Nix passes `cores`).
-    env["NIX_BUILD_CORES"] = str(settings.get("cores"))
+    env["NIX_BUILD_CORES"] = str(settings.number("cores"))
     return env
 
 

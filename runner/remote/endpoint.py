@@ -41,25 +41,25 @@ class Endpoint:
                 path = path[2:]
             if not path.startswith("/"):
                 raise RunnerError(f"remote URL '{url}': a unix socket path must be absolute",
-                                  reason="bad-remote-url")
+                                  reason="bad-url")
             return cls(url, f"unix:{path}", secure=False)
         try:
             parts = urlsplit(url)
         except ValueError as e:
             raise RunnerError(f"remote URL '{url}' is malformed: {e}",
-                              reason="bad-remote-url") from None
+                              reason="bad-url") from None
         if parts.scheme not in ("grpc", "grpcs") or not parts.hostname:
             raise RunnerError(
                 f"remote URL '{url}' is not grpc://HOST:PORT, grpcs://HOST:PORT or unix:/PATH",
-                reason="bad-remote-url")
+                reason="bad-url")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise RunnerError(f"remote URL '{url}' must not have a path or a query",
-                              reason="bad-remote-url")
+                              reason="bad-url")
         try:
             port = parts.port
         except ValueError:
             raise RunnerError(f"remote URL '{url}' has a bad port",
-                              reason="bad-remote-url") from None
+                              reason="bad-url") from None
         secure = parts.scheme == "grpcs"
         host = parts.hostname
         if ":" in host:  # IPv6 literal

@@ -174,7 +174,7 @@ def _write(path: str, data: bytes) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise RunnerError(f"cannot write '{shlex.quote(path)}': {err.strerror or err}",
-                          reason="io-error", exit_code=1) from err
+                          reason="io", exit_code=1) from err
 
 
 def open_events(path: str | None, logs: bool) -> EventStream | None:
@@ -189,5 +189,5 @@ def open_events(path: str | None, logs: bool) -> EventStream | None:
         stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by the run)
     except OSError as err:
         raise RunnerError(f"cannot write '{path}': {err.strerror or err}",
-                          reason="io-error", exit_code=1) from err
+                          reason="io", exit_code=1) from err
     return EventStream(stream, logs=logs)

@@ -23,7 +23,7 @@ from typing import IO, Protocol
 
 from runner.errors import RunnerError
 from runner.spec.git_tree import EXECUTABLE, GITLINK, SYMLINK, Entry, git_env, list_entries
-from runner.spec.inputs import Exclude, exclude_filter, nar_sha256
+from runner.spec.input_tree import Exclude, exclude_filter, nar_sha256
 from runner.spec.model import InputEntry
 from runner.store.path_info import PathInfo
 from runner.store.paths import make_source_path

@@ -19,13 +19,14 @@ from typing import Union
 import yaml
 
 from runner.errors import SpecError
+from runner.reasons import Reason
 
 # Nodes reached again through aliases: far more than any real spec needs, far
 # less than what an "alias bomb" would expand to (we stop counting there).
 ALIAS_BUDGET = 10_000
 # Specs are shallow; refusing deep nesting keeps the recursive walk safe.
 MAX_DEPTH = 64
-TOO_DEEP = "spec-too-deep"  # the reason of the SpecError for MAX_DEPTH
+TOO_DEEP = Reason.SPEC_TOO_DEEP  # the reason of the SpecError for MAX_DEPTH
 
 Scalar = str | int | float | bool | None
 Value = Union[Scalar, "dict[str, Node]", "list[Node]"]

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.store.local_store import LocalStore
 from runner.store.paths import hash_part
 
@@ -30,7 +30,7 @@ def shortest_chain(store: LocalStore, start: str, goal: str) -> list[str] | None
     """The shortest reference chain start -> … -> goal (both included), or None."""
     for path in (start, goal):
         if not store.is_valid(path):
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
     parent: dict[str, str | None] = {start: None}
     queue = deque([start])
     while queue:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.store import derivation, nar, tree_cache
 from runner.store.canonicalise import (
     remove_tree,
@@ -86,7 +86,7 @@ class LocalStore:
             os.makedirs(self.store_dir, exist_ok=True)
         except OSError as e:
             raise RunnerError(f"cannot create the store '{self.store_dir}': {e.strerror}",
-                              reason="store") from None
+                              reason="io") from None
         self.db = Database.open(self.state_dir)
         self._claim_state_dir()
         try:
@@ -383,7 +383,7 @@ class LocalStore:
     def _valid_id(self, path: str) -> int:
         id_ = self._id(path)
         if id_ is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         return id_
 
     # ------------------------------------------------------------ failures
@@ -466,7 +466,7 @@ def _claim_store_dir(store_dir: str, state_dir: str) -> None:
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return  # a store we cannot write to cannot be changed through us either
         raise RunnerError(f"cannot record the state dir of the store '{store_dir}' in "
-                          f"'{marker}': {e.strerror}", reason="store") from None
+                          f"'{marker}': {e.strerror}", reason="io") from None
     if owner != mine:
         raise RunnerError(
             f"the store '{store_dir}' belongs to the state dir '{owner}', not "

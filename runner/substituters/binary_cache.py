@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.store.hashes import Hash
 from runner.store.paths import hash_part
 from runner.substituters import cache_info, narinfo
@@ -80,7 +81,7 @@ class BinaryCache(DownState):
         try:
             return call()
         except RunnerError as e:
-            if e.reason == "substituter-down" and self._health is not None:
+            if e.reason == Reason.SUBSTITUTER_DOWN and self._health is not None:
                 self._health.mark_down(self.name, e.message)
             raise
 
@@ -94,7 +95,7 @@ class BinaryCache(DownState):
         if info.store_dir != self.store_dir:
             raise RunnerError(
                 f"binary cache '{self.name}' is for store dir '{info.store_dir}', "
-                f"not '{self.store_dir}'", reason="wrong-store-dir")
+                f"not '{self.store_dir}'", reason="store-mismatch")
         return info
 
     def query(self, path: str) -> narinfo.NarInfo | None:

@@ -29,11 +29,11 @@ _ZSTD_SKIPPABLE = 0x184D2A50  # low 4 bits are free
 
 
 def _corrupt(why: str) -> RunnerError:
-    return RunnerError(f"cannot decompress NAR: {why}", reason="corrupt-nar")
+    return RunnerError(f"cannot decompress NAR: {why}", reason="bad-nar")
 
 
 def _truncated() -> RunnerError:
-    return RunnerError("compressed NAR is truncated", reason="corrupt-nar")
+    return RunnerError("compressed NAR is truncated", reason="bad-nar")
 
 
 class _Decoder(Protocol):
@@ -203,7 +203,7 @@ def _decoder(compression: str, read_raw: Callable[[int], bytes]) -> _Decoder:
 class DecompressingReader:
     """`read(n)` over the decompressed stream of `read_raw`; fewer than n bytes only at EOF.
 
-    Raises RunnerError(reason="corrupt-nar") on corrupt or truncated input, and
+    Raises RunnerError(reason="bad-nar") on corrupt or truncated input, and
     as soon as the output exceeds `limit` bytes. Holds at most about
     n + `_OUT` decompressed bytes, whatever the compression ratio.
     """
@@ -223,7 +223,7 @@ class DecompressingReader:
         self._produced += len(out)
         if self._produced > self._limit:
             raise RunnerError(f"NAR is larger than the {self._limit} bytes announced",
-                              reason="corrupt-nar")
+                              reason="bad-nar")
         self._buf += out
 
     def read(self, n: int) -> bytes:

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.settings import Settings
 from runner.substituters.base import Substituter, SubstituterDecl, Warn
 from runner.substituters.binary_cache import BinaryCache
@@ -116,7 +117,7 @@ TRUSTED_COMMANDS = "trusted-substituter-commands"
 
 def trusted_commands(settings: Settings) -> list[str]:
     """The programs the user lets specs run as substituters."""
-    return [str(v) for v in settings.get(TRUSTED_COMMANDS)]
+    return [str(v) for v in settings.strings(TRUSTED_COMMANDS)]
 
 
 def resolve_program(name: str) -> str | None:
@@ -135,12 +136,12 @@ def open_substituters(settings: Settings, declared: Sequence[SubstituterDecl] = 
     declared by a spec is left out, with a warning, unless it is one of
     `trusted_programs` (default: the `trusted-substituter-commands` setting).
     """
-    if not settings.get("substitute"):
+    if not settings.flag("substitute"):
         return []
     if trusted_programs is None:
         trusted_programs = trusted_commands(settings)
     allowed = {p for p in map(resolve_program, trusted_programs) if p is not None}
-    decls = [SubstituterDecl(url=u) for u in settings.get("substituters")]
+    decls = [SubstituterDecl(url=u) for u in settings.strings("substituters")]
     decls.extend(declared)
     shared = _Shared(settings)
     result: list[Substituter] = []
@@ -163,7 +164,7 @@ class _Shared:
 
     def __init__(self, settings: Settings) -> None:
         self.negative = NegativeCache(settings.state_dir,
-                                      int(settings.get("narinfo-cache-negative-ttl")))
+                                      settings.number("narinfo-cache-negative-ttl"))
         self.health = open_health(settings)
         self.clients: dict[tuple[float, int], HttpClient] = {}
 
@@ -176,7 +177,7 @@ def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = 
     """One substituter. The caller decides whether a declared program may run at all
     (`open_substituters` asks `trusted-substituter-commands` for spec-declared ones)."""
     shared = shared or _Shared(settings)
-    keys = trusted_keys_for(decl, list(settings.get("trusted-public-keys")), warn)
+    keys = trusted_keys_for(decl, list(settings.strings("trusted-public-keys")), warn)
     if decl.command is not None:
         return CommandSubstituter(decl.command, settings.store_dir,
                                   os.path.join(settings.state_dir, "tmp"), trusted_keys=keys,
@@ -185,7 +186,7 @@ def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = 
     try:
         return _open_cache(decl, settings, warn, shared, keys)
     except RunnerError as e:
-        if e.reason != "bad-url":
+        if e.reason != Reason.BAD_URL:
             raise
         where = decl.origin if decl.from_spec else "setting 'substituters'"
         raise RunnerError(f"{where}: {e.message}", reason=e.reason) from None
@@ -214,5 +215,5 @@ def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _
 
 
 def open_health(settings: Settings) -> Health:
-    return Health(settings.state_dir, int(settings.get("substituter-down-time")),
-                  int(settings.get("substituter-down-max")))
+    return Health(settings.state_dir, settings.number("substituter-down-time"),
+                  settings.number("substituter-down-max"))

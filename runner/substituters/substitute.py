@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
+from runner.reasons import Reason
 from runner.settings import Settings
 from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
@@ -71,7 +72,7 @@ class SubstituteResult:
         return "\n".join(r.message for r in self.rejections)
 
     def error(self) -> RunnerError:
-        reason = self.rejections[0].reason if self.rejections else "no-substitute"
+        reason = self.rejections[0].reason if self.rejections else Reason.NO_SUBSTITUTE
         return RunnerError(f"cannot substitute '{self.path}':\n{self.describe()}", reason=reason)
 
 
@@ -108,8 +109,8 @@ class _Substitution:
         self.store = store
         self.on_fetch = on_fetch
         self.repair = repair  # the one path to fetch again although valid
-        self.require_sigs = bool(settings.get("require-sigs"))
-        self.fail_on_errors = settings.get("substituter-errors") == "fail"
+        self.require_sigs = settings.flag("require-sigs")
+        self.fail_on_errors = settings.text("substituter-errors") == "fail"
         self.warn = warn
         self.done: list[str] = []
         self.substituters = self._by_priority(substituters)
@@ -140,7 +141,7 @@ class _Substitution:
             try:
                 info = sub.query(path)
             except RunnerError as e:
-                if e.reason == "bad-narinfo":
+                if e.reason == Reason.BAD_NARINFO:
                     rejections.append(Rejection(sub.name, e.reason, f"{sub.name}: {e.message}"))
                 else:
                     self._down(sub, e)
@@ -163,7 +164,7 @@ class _Substitution:
                 if not sub_result.ok:
                     rejections.extend(sub_result.rejections)
                     rejections.append(Rejection(
-                        sub.name, "incomplete-closure",
+                        sub.name, Reason.INCOMPLETE_CLOSURE,
                         f"{sub.name}: cannot substitute '{path}': its reference '{ref}' "
                         "could not be substituted"))
                     return SubstituteResult(path, INCOMPLETE, None, tuple(rejections),
@@ -171,12 +172,12 @@ class _Substitution:
             try:
                 self._install(sub, info)
             except RunnerError as e:
-                if e.reason == "missing-nar":
+                if e.reason == Reason.MISSING_NAR:
                     # The cache lost the file: as if it never had the path (Nix's
                     # SubstituteGone), not a rejection that needs --fallback.
                     self.warn(e.message)
                     continue
-                if e.reason == "substituter-down":
+                if e.reason == Reason.SUBSTITUTER_DOWN:
                     self._down(sub, e)
                 rejections.append(Rejection(
                     sub.name, e.reason, f"{sub.name}: rejected '{path}': {e.message}"))
@@ -205,12 +206,13 @@ class _Substitution:
             return None
         names = sorted({p[0] for p in map(parse_signature, info.sigs) if p is not None})
         if not info.sigs:
-            reason, why = "unsigned", "it is not signed"
+            reason, why = Reason.UNSIGNED, "it is not signed"
         elif not set(names) & set(keys):
             shown = ", ".join(f"'{n}'" for n in names) or "malformed signatures"
-            reason, why = "untrusted-key", f"it is signed only by keys you do not trust ({shown})"
+            reason = Reason.UNTRUSTED_KEY
+            why = f"it is signed only by keys you do not trust ({shown})"
         else:
-            reason, why = "bad-signature", "its signature does not match its contents"
+            reason, why = Reason.BAD_SIGNATURE, "its signature does not match its contents"
         return Rejection(sub.name, reason, f"{sub.name}: rejected '{info.path}': {why} "
                          "(require-sigs is on; see trusted-public-keys)")
 
@@ -277,12 +279,13 @@ def _unpack_verified(read: Read, dest: str, info: NarInfo) -> tuple[Hash, int]:
         nar.restore(counted, dest, max_rel=room)
         if read(1):  # not `counted`: the parser's bytes alone are hashed
             raise RunnerError(f"data after the end of the NAR (the NAR is {size} bytes)",
-                              reason="corrupt-nar")
+                              reason="bad-nar")
     except RunnerError as e:
-        if e.reason in ("size-mismatch", "hash-mismatch", "corrupt-nar", "substituter-down",
-                        "fetch-failed", "path-too-long", "io"):
+        if e.reason in (Reason.SIZE_MISMATCH, Reason.HASH_MISMATCH, Reason.BAD_NAR,
+                        Reason.SUBSTITUTER_DOWN, Reason.FETCH_FAILED, Reason.PATH_TOO_LONG,
+                        Reason.IO):
             raise
-        raise RunnerError(f"corrupt NAR: {e.message}", reason="corrupt-nar") from None
+        raise RunnerError(f"corrupt NAR: {e.message}", reason="bad-nar") from None
     if size != info.nar_size:
         raise RunnerError(f"NAR has {size} bytes, but {info.nar_size} were announced",
                           reason="size-mismatch")

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, raise_not_valid
 from runner.store import nar
 from runner.store.hashes import Hash
 from runner.store.path_info import PathInfo
@@ -46,7 +46,7 @@ def check_cache_info(transport: Transport, store_dir: str) -> bool:
     info = cache_info.parse(text.decode("utf-8", "replace"), f"{transport.url}/nix-cache-info")
     if info.store_dir != store_dir:
         raise RunnerError(f"binary cache '{transport.url}' is for store dir '{info.store_dir}', "
-                          f"not '{store_dir}'", reason="wrong-store-dir")
+                          f"not '{store_dir}'", reason="store-mismatch")
     return True
 
 
@@ -70,7 +70,7 @@ def copy_to_cache(store: SourceStore, paths: Iterable[str], transport: Transport
     for path in store.compute_closure(paths):
         info = store.query_path_info(path)
         if info is None:
-            raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
+            raise_not_valid(path)
         infos[path] = info
     has_info = check_cache_info(transport, store.store_dir)
     order = graphlib.TopologicalSorter(
