@@ -117,7 +117,7 @@ class DerivationGoal(Goal[BuildResult]):
         if not self.worker.rebuild_failed and (cached := await self._substituted_failure()):
             return cached
         if substitution is Substitution.FAILED:
-            if not self.settings.get("fallback"):
+            if not self.settings.flag("fallback"):
                 return self._result(
                     Status.SUBSTITUTION_FAILED,
                     f"some substitutes for the outputs of '{self.drv_path}' failed; "
@@ -152,7 +152,7 @@ class DerivationGoal(Goal[BuildResult]):
         if remote is not None and self.aside is None and not remote.refusal(self.drv):
             async with remote.slots:  # remote builds take no local build slot
                 result = await self._locked(remote=True)
-            if not result.remote_unavailable or not self.settings.get("remote-fallback"):
+            if not result.remote_unavailable or not self.settings.flag("remote-fallback"):
                 return result
             self.worker.progress.warn(f"{result.message}; building it locally")
         if refusal := local_platform_refusal(self.drv.system, self.drv_path, self.settings):
@@ -194,7 +194,7 @@ class DerivationGoal(Goal[BuildResult]):
         return all(self.store.is_valid(path) for path in self.outputs.values())
 
     def _cached_failure(self) -> BuildResult | None:
-        if not self.settings.get("cache-failures"):
+        if not self.settings.flag("cache-failures"):
             return None
         record = failure_cache.find_failure(self.store, self.outputs.values())
         if record is None:
@@ -221,7 +221,7 @@ class DerivationGoal(Goal[BuildResult]):
     async def _substitute(self, corrupt: set[str]) -> Substitution:
         """SUBSTITUTED when every missing (or `corrupt`) output was fetched; FAILED when a
         substituter had one but could not deliver it (Nix then builds only with --fallback)."""
-        if not self.settings.get("substitute") or self.drv.env.get("allowSubstitutes") == "":
+        if not self.settings.flag("substitute") or self.drv.env.get("allowSubstitutes") == "":
             return Substitution.NO_SUBSTITUTERS
         missing = [p for p in self.outputs.values()
                    if p in corrupt or not self.store.is_valid(p)]
@@ -268,7 +268,7 @@ class DerivationGoal(Goal[BuildResult]):
             self.input_paths.update(result.outputs[name] for name in wanted
                                     if name in result.outputs)
         missing = [src for src in self.drv.input_srcs if not self.store.is_valid(src)]
-        if missing and self.settings.get("substitute"):
+        if missing and self.settings.flag("substitute"):
             await self.wait_for(self.worker.substitution_goal(src) for src in missing)
         if self.mode is BuildMode.REPAIR:  # a source has no deriver: fetch it again
             damaged = [src for src in self.drv.input_srcs if is_corrupt(self.store, src)]
@@ -328,7 +328,7 @@ class DerivationGoal(Goal[BuildResult]):
         name = self.drv.name
         # An attempt that may be retried writes its log at once: it moves aside if so.
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
-                       int(self.settings.get("log-lines")),
+                       self.settings.number("log-lines"),
                        self.worker.background if attempt == attempts else None)
         progress = self.worker.progress
 
@@ -392,7 +392,7 @@ class DerivationGoal(Goal[BuildResult]):
         self.worker.progress.warn(
             f"attempt {attempt}/{attempts} of '{self.drv_path}' failed ({why}); retrying in "
             f"a fresh build directory (its log: runner log … --attempt {attempt})")
-        if self.settings.get("keep-failed"):
+        if self.settings.flag("keep-failed"):
             self.worker.build_dirs.keep(build_dir)
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
@@ -420,7 +420,7 @@ class DerivationGoal(Goal[BuildResult]):
             infos = collect_outputs(self.drv_path, build_drv, closure,
                                     self.store.compute_closure)
             if self.aside is not None and self.aside.check:
-                keep = bool(self.settings.get("keep-failed"))
+                keep = self.settings.flag("keep-failed")
                 if problems := check_outputs(self.store, infos, self.aside.redirect, keep=keep):
                     return self._result(
                         Status.NOT_DETERMINISTIC,
@@ -458,14 +458,14 @@ class DerivationGoal(Goal[BuildResult]):
                 runner_killed=runner_killed)
             if transient:
                 result.message += f"; {transient}: not cached"
-        if self.settings.get("keep-failed"):
+        if self.settings.flag("keep-failed"):
             self.worker.build_dirs.keep(build_dir)  # docs/security.md, class 4
             self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
             self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
         killed = result.exit_status is not None and result.exit_status < 0  # by a signal
-        cache = (result.status in PERMANENT and self.settings.get("cache-failures")
+        cache = (result.status in PERMANENT and self.settings.flag("cache-failures")
                  and not killed and not transient and not self.drv.is_fixed_output
                  and self.aside is None)
         if cache and flaky:
