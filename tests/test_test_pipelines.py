@@ -193,6 +193,10 @@ def test_report_of_a_real_run_in_a_browser(tmp_path: Path,
     assert len(re.findall(r"class=\"bar\"", dom)) == 4  # one per derivation of the run
     assert 'id="root-causes"' in dom
     assert re.search(r"lint</a> \(failed\); skipped because of it: deploy", dom)
+    # what never ran is a mark where it was decided, not a bar over the time it waited
+    widths = {m[0]: float(m[1]) for m in re.findall(
+        r"data-status=\"([\w-]+)\"[^>]*width:\s*([\d.]+)%", dom)}
+    assert widths["dependency-failed"] < 1 < widths["failed"], widths
     assert "c.bad: expected 2, got 3" in dom  # the failing case from the junit output
 
 

@@ -152,6 +152,8 @@ class RunRecorder:
         for record in self.records.values():
             result = record.result
             start = record.started if record.started is not None else result.start_time
+            if record.started is None and result.status in _NOT_RUN:
+                start = result.stop_time  # a mark when it was decided, not a bar of waiting
             cases = tuple(record.summary.failing) if record.summary is not None else ()
             entries.append(html.Entry(
                 drv_name(result.drv_path), result.drv_path, result.label,
@@ -162,6 +164,9 @@ class RunRecorder:
                                            time.localtime(self.wall_start)),
                        time.time() - self.wall_start, exit_code, entries)
         _write(path, html.render(run).encode())
+
+
+_NOT_RUN = (Status.DEPENDENCY_FAILED, Status.CACHED_FAILURE, Status.ALREADY_VALID)
 
 
 def _write(path: str, data: bytes) -> None:
