@@ -81,8 +81,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.01)
             survivors = processes_with(marker) if marker else []
     result.update(
-        returncode=proc.returncode, stdout=out.decode(errors="replace"),
-        stderr=err.decode(errors="replace"), survivors=survivors,
+        returncode=proc.returncode, stdout=(out or b"").decode(errors="replace"),
+        stderr=(err or b"").decode(errors="replace"), survivors=survivors,
         outputs={name: describe(path) for name, path in outputs.items()},
         store_listing=sorted(os.listdir(store)),
         build_listing=sorted(os.listdir(build)),

@@ -17,12 +17,13 @@ from runner.sandbox import staging, uidpool
 from runner.sandbox.executor import spawn
 from runner.sandbox.plan import default_ids, make_plan
 from runner.sandbox.policy import use_sandbox
+from runner.sandbox.served import ServedProcess
 from runner.settings import Settings
 
 
 @dataclass(frozen=True)
 class SandboxedBuild:
-    proc: subprocess.Popen[bytes]
+    proc: ServedProcess | subprocess.Popen[bytes]
     release: Callable[[], None]  # call once `proc` is reaped, however it ended
 
 

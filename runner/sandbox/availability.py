@@ -57,6 +57,6 @@ def _try_build(build_uid: int | None) -> str | None:
             return f"cannot run /bin/true in the sandbox: {e}"
         _, err = proc.communicate()
         if proc.returncode != 0:
-            detail = err.decode(errors="replace").strip()
+            detail = (err or b"").decode(errors="replace").strip()
             return f"a test build in the sandbox exited with {proc.returncode}: {detail}"
     return None
