@@ -46,7 +46,8 @@ def test_layout() -> None:
     assert plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
     assert mounts[STORE].source == plan.staging_store == f"{plan.staging_dir}/store"
     assert mounts[STORE].writable
-    assert mounts[IN] == Mount("bind", IN, source=IN)  # read-only, required
+    assert plan.inputs == (IN,) and IN not in mounts  # read-only, in the store view
+    assert mounts[STORE].kind == "store" and mounts[STORE].data == f"{plan.staging_dir}/work"
     assert mounts["/tmp"].writable and mounts["/dev/shm"].writable
     assert not mounts["/dev"].writable
     assert mounts["/proc"].kind == "proc" and mounts["/dev/pts"].kind == "devpts"

@@ -36,10 +36,10 @@ import threading
 from dataclasses import replace
 
 from runner.errors import RunnerError
-from runner.sandbox import forkserver, staging, supervisor
-from runner.sandbox.child import Step
+from runner.sandbox import forkserver, staging, storeview, supervisor, trace
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.sandbox.served import ServedProcess
+from runner.sandbox.steps import Step
 from runner.store.canonicalise import remove_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,9 +71,12 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
     from a thread that lives as long as the build: the build is killed when
     that thread (its parent) exits. `fork_server` None: `use_fork_server()`.
     """
+    trace.mark("spawn")
     staging.prepare(plan)
+    trace.mark("staged")
     try:
         steps = resolve(plan)
+        trace.mark("resolved")
         server = None
         if fork_server if fork_server is not None else use_fork_server():
             server = _thread_server()
@@ -216,12 +219,14 @@ def _served(server: _ForkServer, plan: SandboxPlan, steps: list[Step], *, stdout
         theirs.append(pipe_w)
         try:
             pid = server.request(plan, steps, [null, out_fd, err_fd, pipe_w])
+            trace.mark("cloned")
         finally:
             for fd in theirs:
                 os.close(fd)
             theirs.clear()
         try:
             problem = _read_all_bytes(pipe_r)
+            trace.mark("exec'd")
         finally:
             os.close(pipe_r)
         proc = ServedProcess(plan.argv, pid,
@@ -264,6 +269,10 @@ def resolve(plan: SandboxPlan) -> list[Step]:
     host_paths = [m.source for m in plan.mounts if m.kind == "bind" and m.optional]
     steps = []
     for m in plan.mounts:
+        if m.kind == "store":
+            steps.append(Step(m, m.source, True, inputs=_inputs(plan.inputs),
+                              stubs_on_disk=not storeview.wants_overlay(len(plan.inputs))))
+            continue
         if m.kind not in ("bind", "device"):
             steps.append(Step(m, "", False))
             continue
@@ -295,6 +304,22 @@ def resolve(plan: SandboxPlan) -> list[Step]:
             source = real
         steps.append(Step(m, source, stat.S_ISDIR(st.st_mode)))
     return steps
+
+
+def _inputs(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Each input as `child.Step.inputs` wants it: one lstat, no mount per path here."""
+    entries = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise RunnerError(f"sandbox: '{path}' does not exist", reason="sandbox-setup") from None
+        name = os.path.basename(path)
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(f"l{name}\0{os.readlink(path)}")
+        else:
+            entries.append(("d" if stat.S_ISDIR(st.st_mode) else "f") + name)
+    return tuple(entries)
 
 
 def _resolve_spec_path(m: Mount) -> Step | None:
