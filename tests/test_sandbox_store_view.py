@@ -134,7 +134,8 @@ def test_store_view_env_is_honoured_both_ways(monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_store_the_overlay_cannot_name_falls_back_to_stubs(tmp_path: Path) -> None:
     """overlayfs options cannot carry a ',' in a path: that build gets stubs on disk."""
-    script = STORE_FS + """cat "$in0/data"; echo; echo ok > "$out" """
+    script = STORE_FS + """
+        cat "$in0/data"; echo; echo ok > "$out" """
     r = _ok(sandbox_harness.run({"work": str(tmp_path / "a,b"), "store_view": "overlay",
                                  "script": script, "closure": INPUTS}))
     assert _fs(r["stdout"]) != "overlay"
