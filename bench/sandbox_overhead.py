@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.sandbox import make_plan, probe, spawn
+from runner.sandbox.plan import default_ids
 from runner.sandbox.served import ServedProcess
 from runner.settings import Settings
 
@@ -153,7 +154,7 @@ def closure_cost(sizes: list[int], runs: int) -> None:
         argv = ["/bin/sh", "-c", "echo i > $out"]
         plans = {n: make_plan(argv=argv, env=env, build_dir=build, store_dir=store,
                               closure=closure[:n], outputs=[out], fixed_output=False,
-                              settings=Settings.load(environ={})) for n in sizes}
+                              settings=Settings.load(environ={}), ids=default_ids()) for n in sizes}
         dev = subprocess.DEVNULL
 
         def once(start: Callable[[], subprocess.Popen[bytes] | ServedProcess]) -> float:
@@ -258,7 +259,7 @@ def spawn_only(runs: int) -> None:
         out = f"{store}/0123456789abcdfghijklmnpqrsvwxyz-out"
         plan = make_plan(argv=["/bin/true"], env={"PATH": "/usr/bin:/bin", "out": out},
                          build_dir=build, store_dir=store, closure=[], outputs=[out],
-                         fixed_output=False, settings=Settings.load(environ={}))
+                         fixed_output=False, settings=Settings.load(environ={}), ids=default_ids())
         dev = subprocess.DEVNULL
         plain = per_run(runs, lambda: subprocess.Popen(
             list(plan.argv), env=dict(plan.env), stdin=dev, stdout=dev, stderr=dev,

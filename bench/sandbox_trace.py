@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.sandbox import make_plan, spawn
+from runner.sandbox.plan import default_ids
 from runner.sandbox.storeview import STORE_VIEW_ENV
 from runner.sandbox.trace import ENV
 from runner.settings import Settings
@@ -48,7 +49,7 @@ def main() -> None:
         plan = make_plan(argv=["/bin/sh", "-c", "echo i > $out"],
                          env={"PATH": "/usr/bin:/bin", "out": out}, build_dir=build,
                          store_dir=store, closure=closure, outputs=[out], fixed_output=False,
-                         settings=Settings.load(environ={}))
+                         settings=Settings.load(environ={}), ids=default_ids())
         log = f"{tmp}/trace"
         runs: list[list[tuple[str, int]]] = []
         for i in range(args.runs + 1):

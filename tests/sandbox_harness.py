@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.errors import RunnerError
 from runner.sandbox import make_plan, spawn
+from runner.sandbox.plan import default_ids
 from runner.sandbox.storeview import STORE_VIEW_ENV
 from runner.settings import Settings
 
@@ -71,7 +72,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     try:
         plan = make_plan(argv=argv, env=env, build_dir=build, store_dir=store, closure=closure,
                          outputs=outputs.values(), fixed_output=request.get("fixed_output", False),
-                         settings=settings)
+                         settings=settings, ids=default_ids())
         proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except RunnerError as e:
         return {**result, "error": {"reason": e.reason, "message": e.message}}

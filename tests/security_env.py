@@ -107,7 +107,7 @@ def start(work: Path, script: str, *, fixed_output: bool = False, build_uid: int
     ids = default_ids(build_uid) if build_uid is not None else None
     plan = make_plan(argv=["/bin/sh", "-c", script], env=full_env, build_dir=str(build),
                      store_dir=str(store), closure=[], outputs=[out], fixed_output=fixed_output,
-                     settings=settings or Settings(), ids=ids)
+                     settings=settings or Settings(), ids=ids or default_ids())
     proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                  fork_server=fork_server)
     return Build(plan, proc, out, build)

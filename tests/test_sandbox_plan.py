@@ -11,7 +11,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.sandbox import SandboxPlan, make_plan, use_sandbox
-from runner.sandbox.plan import BuildIds, Mount
+from runner.sandbox.plan import BuildIds, Mount, default_ids
 from runner.settings import Settings
 
 STORE = "/nix/store"
@@ -26,7 +26,7 @@ def _settings(**overrides: Any) -> Settings:
 def _plan(**kw: Any) -> SandboxPlan:
     args: dict[str, Any] = dict(argv=["/bin/sh", "-c", "true"], env={"out": OUT},
                                 build_dir="/tmp/b", store_dir=STORE, closure=[IN], outputs=[OUT],
-                                fixed_output=False, settings=_settings())
+                                fixed_output=False, settings=_settings(), ids=default_ids())
     return make_plan(**{**args, **kw})
 
 
@@ -98,7 +98,7 @@ def test_root_and_rootless_plans_from_explicit_ids() -> None:
     assert (rootless.uid_map, rootless.gid_map) == ("1000 4321 1\n", "100 8765 1\n")
     assert (rootless.owner_uid, rootless.owner_gid) == (4321, 8765)
     # Everything but identity is the same.
-    strip = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
+    strip: dict[str, Any] = {"uid_map": "", "gid_map": "", "user_namespace": False, "build_uid": 0,
              "build_gid": 0, "owner_uid": 0, "owner_gid": 0}
     assert (dataclasses.replace(root, mounts=(), **strip)
             == dataclasses.replace(rootless, mounts=(), **strip))

@@ -50,7 +50,7 @@ class SandboxMode:
                 argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
                 closure=closure, outputs=outputs, fixed_output=fixed_output,
                 settings=self.settings,
-                ids=default_ids(lease.uid, lease.gid) if lease else None,
+                ids=default_ids(lease.uid, lease.gid) if lease else default_ids(),
             )
             proc = spawn(plan, stdout=stdout, stderr=stderr)
         except BaseException:

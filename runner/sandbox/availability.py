@@ -46,7 +46,7 @@ def _try_build(build_uid: int | None) -> str | None:
         os.mkdir(build)
         plan = make_plan(argv=["/bin/true"], env={}, build_dir=build, store_dir=store,
                          closure=[], outputs=[], fixed_output=False, settings=_Defaults(),
-                         ids=default_ids(build_uid) if build_uid is not None else None)
+                         ids=default_ids(build_uid) if build_uid is not None else default_ids())
         try:
             # Popen forks runner here: no fork server for one build on this thread.
             proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -124,10 +124,11 @@ def make_plan(
     outputs: Iterable[str],
     fixed_output: bool,
     settings: SettingsLike,
-    ids: BuildIds | None = None,
+    ids: BuildIds,
 ) -> SandboxPlan:
-    """The sandbox for one build. Depends only on its arguments (`ids` None: the
-    effective uid's `default_ids()`)."""
+    """The sandbox for one build. Depends only on its arguments: `ids` says who
+    builds (the caller's `default_ids()`), so root and rootless plans can be made
+    on any machine."""
     if not argv:
         raise RunnerError("sandbox: empty builder command", reason="sandbox-setup")
     store_dir = _absolute(store_dir, "store dir")
@@ -136,7 +137,6 @@ def make_plan(
     # An output is never also an input (it is rebuilt), so it is not bound read-only.
     closure_t = tuple(sorted({_store_child(p, store_dir, "input") for p in closure}
                              - set(outputs_t)))
-    ids = ids or default_ids()
     as_root = not ids.user_namespace
     uid, gid = ids.build_uid, ids.build_gid
     owner_uid, owner_gid = ids.owner_uid, ids.owner_gid
