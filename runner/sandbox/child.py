@@ -84,13 +84,17 @@ def _make_root(steps: list[Step], user_namespace: bool) -> None:
         _apply(step, user_namespace)
     trace.mark("mounted")
     seal_submounts([NEW + s.mount.target for s in steps
-                    if s.mount.kind == "bind" and not s.mount.writable], OLD + "/proc",
-                   skip=next((NEW + s.mount.target + "/" for s in steps
-                              if s.mount.kind == "store"), ""))
+                    if s.mount.kind == "bind" and not s.mount.writable], OLD + "/proc")
     for step in steps:  # tmpfs mounts hold only what the plan put there
         if step.mount.kind == "tmpfs" and not step.mount.writable:
             remount(NEW + step.mount.target, readonly=True, nodev=True)
     trace.mark("sealed")
+    # The inputs last: sealing reads the mount table, which they would make long
+    # (they need no sealing: they come from the sealed read-only store bind).
+    for step in steps:
+        if step.mount.kind == "store":
+            storeview.bind_inputs(step, NEW + step.mount.target)
+    trace.mark("inputs-bound")
     os.chdir(NEW)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)

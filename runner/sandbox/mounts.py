@@ -31,16 +31,13 @@ def remount(target: str, *, readonly: bool, nodev: bool) -> None:
     libc.mount(None, target, None, flags)
 
 
-def seal_submounts(readonly_targets: list[str], proc: str, skip: str = "") -> None:
+def seal_submounts(readonly_targets: list[str], proc: str) -> None:
     """Recursive binds bring host submounts along writable; make them read-only too.
-    `proc`: where the host's procfs is reachable now (the host root may be at /old);
-    mount points under `skip` are left alone (the inputs: sealed already)."""
+    `proc`: where the host's procfs is reachable now (the host root may be at /old)."""
     with open(proc + "/self/mountinfo", "rb") as f:
         points = [_unescape(line.split()[4]) for line in f]
     targets = set(readonly_targets)
     for point in points:
-        if skip and point.startswith(skip):
-            continue
         parent = point
         while (cut := parent.rfind("/")) > 0:
             parent = parent[:cut]

@@ -52,7 +52,8 @@ def wants_overlay(inputs: int) -> bool:
 
 def make(step: Step, target: str, old: str, *, user_namespace: bool,
          force_stubs: bool = False) -> str:
-    """Build the store dir at `target`; returns how (`OVERLAY` or `STUBS_ON_DISK`)."""
+    """Make the store dir at `target` with a mount point per input (`bind_inputs`
+    fills them); returns how (`OVERLAY` or `STUBS_ON_DISK`)."""
     upper, work = old + step.source, old + step.mount.data
     os.makedirs(target, exist_ok=True)
     if step.inputs:
@@ -77,12 +78,15 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
         remount(target, readonly=False, nodev=True)
         _stubs(target, step.inputs)
     trace.mark("store-" + way)
+    return way
+
+
+def bind_inputs(step: Step, target: str) -> None:
+    """Bind each input over its stub in the store dir `make` made at `target`."""
     for entry in step.inputs:
         if entry[0] != "l":
             libc.mount(f"{INPUTS}/{entry[1:]}", f"{target}/{entry[1:]}", None,
                        libc.MS_BIND | libc.MS_REC)
-    trace.mark("store-inputs-bound")
-    return way
 
 
 def _stubs(where: str, inputs: tuple[str, ...]) -> None:
