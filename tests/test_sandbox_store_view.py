@@ -25,9 +25,9 @@ from tests.test_sandbox_build import Sandbox, _unprivileged_sandbox
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="namespaces are Linux-only")
 
 INPUTS = {f"in{i}": f"data {i}" for i in range(OVERLAY_FROM)}
-# What the store's mount looks like inside: its file system type, from mountinfo.
-STORE_FS = """awk -v s="$NIX_STORE" '$5 == s { for (i = 7; $i != "-"; i++); print "FS", $(i+1) }' \
-    /proc/self/mountinfo"""
+# What the store's mount looks like inside: its file system type and options (mountinfo).
+STORE_FS = """awk -v s="$NIX_STORE" \
+    '$5 == s { for (i = 7; $i != "-"; i++); print "FS", $(i+1), $(i+3) }' /proc/self/mountinfo"""
 
 
 @pytest.fixture(params=[("invoking-user", "overlay"), ("invoking-user", "stubs"),
@@ -58,6 +58,10 @@ def _fs(stdout: str) -> str:
     return next(line.split()[1] for line in stdout.splitlines() if line.startswith("FS "))
 
 
+def _options(stdout: str) -> str:
+    return next(line.split()[2] for line in stdout.splitlines() if line.startswith("FS "))
+
+
 def test_inputs_readable_outputs_written_undeclared_path_invisible(
         viewed: tuple[Sandbox, str]) -> None:
     sandbox, view = viewed
@@ -81,6 +85,9 @@ def test_inputs_readable_outputs_written_undeclared_path_invisible(
     assert [line for line in lines if line in wanted] == wanted
     # The view really was made the way asked (an overlay, or the staging dir's own fs).
     assert (_fs(r["stdout"]) == "overlay") == (view == "overlay")
+    if view == "overlay":  # no sync of the store's whole file system when the build ends
+        options = _options(r["stdout"]).split(",")
+        assert "volatile" in options or "fsync=volatile" in options  # how 6.x shows it
     assert r["outputs"]["out"]["files"] == {"file": "made\n", "link": "made\n"}  # link followed
     assert r["outputs"]["out"]["uid"] == sandbox.owner[0]
     names = sorted(n.split("-", 1)[1] for n in r["store_listing"])

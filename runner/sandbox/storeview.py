@@ -12,6 +12,10 @@ that cheap (docs/sandbox.md, "Cost"):
   overlay whose upper layer is the staging store (disk: the outputs) and
   whose lower layer is a directory of stubs on the scratch tmpfs, one per
   input (a `mkdir` in memory); binding an input over a stub writes nothing.
+  It is `volatile`: unmounting it (when the builder's namespace goes) does
+  not sync the store's whole file system, which took long enough under load
+  for runner to take the builder for one that closed its log and kept
+  running.
   Where overlayfs cannot be mounted (not in the kernel, an upper file system
   it refuses, a path its option syntax cannot carry), the staging store is
   bound instead and the stubs are made in it, on disk (the way before 2026-12).
@@ -66,7 +70,7 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
     if not force_stubs and not any(c in p for p in (upper, work) for c in _UNSAFE):
         os.mkdir(STUBS)
         _stubs(STUBS, step.inputs)
-        options = f"lowerdir={STUBS},upperdir={upper},workdir={work}"
+        options = f"lowerdir={STUBS},upperdir={upper},workdir={work},volatile"
         try:
             libc.mount("overlay", target, "overlay", libc.MS_NOSUID | libc.MS_NODEV,
                        options + (",userxattr" if user_namespace else ""))
