@@ -148,3 +148,25 @@ def test_a_store_the_overlay_cannot_name_falls_back_to_stubs(tmp_path: Path) -> 
     assert _fs(r["stdout"]) != "overlay"
     assert "data 0" in r["stdout"].splitlines()
     assert r["outputs"]["out"]["content"] == "ok\n"
+
+
+def test_runner_builds_a_chain_through_the_overlay(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: node i has i inputs, so the last ones get the overlay; each reads
+    the one before it, and every build ends (none is taken for one that kept running)."""
+    from tests.test_sandbox_e2e import leftovers, outputs, runner, spec
+
+    monkeypatch.setenv("RUNNER_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("RUNNER_STATE_DIR", str(tmp_path / "state"))
+    body = "derivations:\n"
+    for i in range(OVERLAY_FROM + 3):
+        ref = f' ${{{{ d{i - 1} }}}}' if i else ""
+        cat = f"; cat ${{{{ d{i - 1} }}}} >> $out" if i else ""
+        body += f'  d{i}:\n    builder: /bin/sh\n    args: ["-c", "echo {i}{ref} > $out{cat}"]\n'
+    done = runner("--sandbox=on", spec(tmp_path, body), env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    store = tmp_path / "store"
+    [last] = outputs(store, f"d{OVERLAY_FROM + 2}")
+    assert last.read_text().splitlines()[-1] == "0"  # the whole chain was read through
+    assert len(last.read_text().splitlines()) == OVERLAY_FROM + 3  # a line per node
+    assert leftovers(store) == []
