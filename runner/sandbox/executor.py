@@ -224,11 +224,11 @@ def _served(server: _ForkServer, plan: SandboxPlan, steps: list[Step], *, stdout
             for fd in theirs:
                 os.close(fd)
             theirs.clear()
-        try:
-            problem = _read_all_bytes(pipe_r)
-            trace.mark("exec'd")
-        finally:
-            os.close(pipe_r)
+            ours.append(pipe_r)
+        problem = _read_all_bytes(pipe_r)  # EOF: the builder exec'd (or failed to)
+        trace.mark("exec'd")
+        ours.remove(pipe_r)
+        os.close(pipe_r)
         proc = ServedProcess(plan.argv, pid,
                              os.fdopen(out_r, "rb") if out_r is not None else None,
                              os.fdopen(err_r, "rb") if err_r is not None else None)
