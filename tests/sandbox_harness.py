@@ -23,6 +23,8 @@ from typing import Any
 
 from runner.errors import RunnerError
 from runner.sandbox import make_plan, spawn
+from runner.sandbox.plan import default_ids
+from runner.sandbox.storeview import STORE_VIEW_ENV
 from runner.settings import Settings
 
 FAKE_HASH = "0123456789abcdfghijklmnpqrsvwxyz"  # 32 characters, Nix's alphabet
@@ -42,28 +44,43 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         path = store_path(store, name)
         os.makedirs(path, exist_ok=True)
         Path(path, "data").write_text(content)
-        if name != "secret":
+        if name != "secret" or request.get("declare_secret"):  # the control declares it
             closure.append(path)
+    for name, content in request.get("file_inputs", {}).items():  # store paths that are files
+        Path(store_path(store, name)).write_text(content)
+        closure.append(store_path(store, name))
+    for name, target in request.get("link_inputs", {}).items():  # ... and symlinks
+        if not os.path.islink(store_path(store, name)):
+            os.symlink(target, store_path(store, name))
+        closure.append(store_path(store, name))
     outputs = {name: store_path(store, name) for name in request.get("outputs", ["out"])}
     env = {
         "PATH": "/usr/bin:/bin", "HOME": "/homeless-shelter", "NIX_STORE": store,
         "NIX_BUILD_TOP": "/build", "TMPDIR": "/build", "PWD": "/build",
         **{name: store_path(store, name) for name in request.get("closure", {})},
+        **{name: store_path(store, name) for name in request.get("file_inputs", {})},
+        **{name: store_path(store, name) for name in request.get("link_inputs", {})},
         **outputs, **request.get("env", {}),
     }
     settings = Settings.load(environ={}, config_file=work / "no-config").with_overrides(
         **request.get("settings", {}))
     argv = request.get("argv") or ["/bin/sh", "-c", request["script"]]
     result: dict[str, Any] = {"store": store}
+    view = request.get("store_view")  # force one way of making the store view
+    if view:
+        os.environ[STORE_VIEW_ENV] = view
     try:
         plan = make_plan(argv=argv, env=env, build_dir=build, store_dir=store, closure=closure,
                          outputs=outputs.values(), fixed_output=request.get("fixed_output", False),
-                         settings=settings)
+                         settings=settings, ids=default_ids())
         proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except RunnerError as e:
         return {**result, "error": {"reason": e.reason, "message": e.message}}
     except OSError as e:
         return {**result, "error": {"reason": "oserror", "message": str(e)}}
+    finally:
+        if view:
+            del os.environ[STORE_VIEW_ENV]
     if request.get("kill"):
         assert proc.stdout is not None
         first_line = proc.stdout.readline()
@@ -81,8 +98,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.01)
             survivors = processes_with(marker) if marker else []
     result.update(
-        returncode=proc.returncode, stdout=out.decode(errors="replace"),
-        stderr=err.decode(errors="replace"), survivors=survivors,
+        returncode=proc.returncode, stdout=(out or b"").decode(errors="replace"),
+        stderr=(err or b"").decode(errors="replace"), survivors=survivors,
         outputs={name: describe(path) for name, path in outputs.items()},
         store_listing=sorted(os.listdir(store)),
         build_listing=sorted(os.listdir(build)),

@@ -20,6 +20,7 @@ import pytest
 
 from runner.sandbox import spawn
 from runner.sandbox.plan import SandboxPlan, default_ids, make_plan
+from runner.sandbox.served import ServedProcess
 from runner.settings import DEFAULT_SANDBOX_PATHS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ class Settings:
 @dataclasses.dataclass
 class Build:
     plan: SandboxPlan
-    proc: subprocess.Popen[bytes]
+    proc: ServedProcess | subprocess.Popen[bytes]
     out: str
     build_dir: Path
 
@@ -88,7 +89,7 @@ class Build:
 
     def finish(self) -> tuple[int, str]:
         out, err = self.proc.communicate(timeout=60)
-        return self.proc.returncode, (out + (err or b"")).decode(errors="replace")
+        return self.proc.wait(), ((out or b"") + (err or b"")).decode(errors="replace")
 
 
 def start(work: Path, script: str, *, fixed_output: bool = False, build_uid: int | None = None,
@@ -106,7 +107,7 @@ def start(work: Path, script: str, *, fixed_output: bool = False, build_uid: int
     ids = default_ids(build_uid) if build_uid is not None else None
     plan = make_plan(argv=["/bin/sh", "-c", script], env=full_env, build_dir=str(build),
                      store_dir=str(store), closure=[], outputs=[out], fixed_output=fixed_output,
-                     settings=settings or Settings(), ids=ids)
+                     settings=settings or Settings(), ids=ids or default_ids())
     proc = spawn(plan, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                  fork_server=fork_server)
     return Build(plan, proc, out, build)

@@ -18,7 +18,7 @@ HANG = 60  # seconds: a run still going by then hangs
 @pytest.mark.parametrize("sandbox", ["off", "on"])
 def test_builder_closing_its_log_and_running_on_is_killed(tmp_path: Path, sandbox: str) -> None:
     if sandbox == "on":
-        from runner.sandbox.probe import probe
+        from runner.sandbox.availability import probe
 
         assert probe() is None
     spec = write_spec(tmp_path, """derivations:

@@ -30,7 +30,7 @@ DEADLINE = 30
 
 
 def _sandbox_works() -> str | None:
-    from runner.sandbox.probe import probe
+    from runner.sandbox.availability import probe
 
     return probe()
 

@@ -27,7 +27,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.sandbox import make_plan, spawn
-from runner.sandbox.plan import Mount
+from runner.sandbox.plan import Mount, default_ids
 from runner.settings import DEFAULT_SANDBOX_PATHS, Settings
 from tests import sandbox_harness
 
@@ -329,7 +329,8 @@ def _plan(tmp_path: Path, **kw: Any) -> Any:
     args: dict[str, Any] = dict(argv=["/bin/true"], env={"PATH": "/usr/bin:/bin"},
                                 build_dir=str(build), store_dir=str(store), closure=[],
                                 outputs=[f"{store}/{sandbox_harness.FAKE_HASH}-out"],
-                                fixed_output=False, settings=Settings.load(environ={}))
+                                fixed_output=False, settings=Settings.load(environ={}),
+                                ids=default_ids())
     return make_plan(**{**args, **kw})
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from runner.sandbox import executor, forkserver, make_plan, spawn
+from runner.sandbox.plan import default_ids
 from runner.settings import Settings
 from tests import sandbox_harness
 
@@ -39,7 +40,7 @@ def _plan(tmp_path: Path, script: str = "echo x > $out") -> Any:
     out = f"{store}/{sandbox_harness.FAKE_HASH}-out"
     return make_plan(argv=["/bin/sh", "-c", script], env={"PATH": "/usr/bin:/bin", "out": out},
                      build_dir=str(build), store_dir=str(store), closure=[], outputs=[out],
-                     fixed_output=False, settings=Settings.load(environ={}))
+                     fixed_output=False, settings=Settings.load(environ={}), ids=default_ids())
 
 
 def _ppid(pid: int) -> int:
@@ -156,12 +157,13 @@ def test_fork_server_dies_with_its_thread(tmp_path: Path) -> None:
 _KILLED_RUNNER = textwrap.dedent("""
     import subprocess, sys, threading
     from runner.sandbox import executor, make_plan, spawn
+    from runner.sandbox.plan import default_ids
     from runner.settings import Settings
     work, marker = sys.argv[1], sys.argv[2]
     plan = make_plan(argv=["/bin/sh", "-c", f"sleep 1000 {marker}; sleep 1000 {marker}"],
                      env={"PATH": "/usr/bin:/bin"}, build_dir=work + "/build",
                      store_dir=work + "/store", closure=[], outputs=[], fixed_output=False,
-                     settings=Settings.load(environ={}))
+                     settings=Settings.load(environ={}), ids=default_ids())
     def go():
         proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      fork_server=True)
@@ -217,6 +219,7 @@ def test_unprivileged_fork_server_builds_and_dies_with_runner() -> None:
         script = textwrap.dedent("""
             import os, subprocess, sys
             from runner.sandbox import executor, make_plan, spawn
+            from runner.sandbox.plan import default_ids
             from runner.settings import Settings
             work = sys.argv[1]
             os.makedirs(work + "/store"); os.makedirs(work + "/build")
@@ -225,7 +228,7 @@ def test_unprivileged_fork_server_builds_and_dies_with_runner() -> None:
                              env={"PATH": "/usr/bin:/bin", "out": out},
                              build_dir=work + "/build", store_dir=work + "/store", closure=[],
                              outputs=[out], fixed_output=False,
-                             settings=Settings.load(environ={}))
+                             settings=Settings.load(environ={}), ids=default_ids())
             proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          fork_server=True)
             assert executor.thread_server_pid() is not None, executor._unavailable

@@ -11,7 +11,7 @@ import pytest
 
 from runner.errors import RunnerError
 from runner.sandbox import SandboxPlan, make_plan, use_sandbox
-from runner.sandbox.plan import BuildIds, Mount
+from runner.sandbox.plan import BuildIds, Mount, default_ids
 from runner.settings import Settings
 
 STORE = "/nix/store"
@@ -26,7 +26,7 @@ def _settings(**overrides: Any) -> Settings:
 def _plan(**kw: Any) -> SandboxPlan:
     args: dict[str, Any] = dict(argv=["/bin/sh", "-c", "true"], env={"out": OUT},
                                 build_dir="/tmp/b", store_dir=STORE, closure=[IN], outputs=[OUT],
-                                fixed_output=False, settings=_settings())
+                                fixed_output=False, settings=_settings(), ids=default_ids())
     return make_plan(**{**args, **kw})
 
 
@@ -46,7 +46,8 @@ def test_layout() -> None:
     assert plan.staging_dir == f"{STORE}/.sandbox-{os.path.basename(OUT)}"
     assert mounts[STORE].source == plan.staging_store == f"{plan.staging_dir}/store"
     assert mounts[STORE].writable
-    assert mounts[IN] == Mount("bind", IN, source=IN)  # read-only, required
+    assert plan.inputs == (IN,) and IN not in mounts  # read-only, in the store view
+    assert mounts[STORE].kind == "store" and mounts[STORE].data == f"{plan.staging_dir}/work"
     assert mounts["/tmp"].writable and mounts["/dev/shm"].writable
     assert not mounts["/dev"].writable
     assert mounts["/proc"].kind == "proc" and mounts["/dev/pts"].kind == "devpts"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from runner.build.environment import build_env, write_attr_files
-from runner.build.process import Ending, Limits, kill_group, supervise
+from runner.build.process import Child, Ending, Limits, kill_group, supervise
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.errors import RunnerError
@@ -96,7 +96,7 @@ def _tighter(setting: int, attr: str | None) -> int:
     return min(limits) if limits else 0
 
 
-Started = tuple[subprocess.Popen[bytes], Callable[[], None]]  # the process; call once reaped
+Started = tuple[Child, Callable[[], None]]  # the process; call once reaped
 
 
 def _spawn_sandboxed(job: BuildJob, build_dir: str, write_fd: int) -> Started:

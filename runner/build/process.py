@@ -20,12 +20,22 @@ import contextlib
 import enum
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 READ_SIZE = 65536
 LOG_CLOSED_GRACE = 0.1  # seconds between the log's EOF and killing a builder still running
+
+
+class Child(Protocol):
+    """A builder process: a `subprocess.Popen`, or the sandbox's `ServedProcess`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class Ending(enum.Enum):
@@ -56,7 +66,7 @@ def kill_group(pid: int) -> None:
 
 class _Supervisor:
     def __init__(
-        self, proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
+        self, proc: Child, read_fd: int, limits: Limits,
         on_output: Callable[[bytes], None], sandboxed: bool = False,
     ) -> None:
         self.proc = proc
@@ -194,7 +204,7 @@ def _running_children(pid: int) -> list[int]:
 
 
 async def supervise(
-    proc: subprocess.Popen[bytes], read_fd: int, limits: Limits,
+    proc: Child, read_fd: int, limits: Limits,
     on_output: Callable[[bytes], None], *, sandboxed: bool = False,
 ) -> ProcessEnd:
     """Wait for `proc` to end (or be killed by a limit, or for closing its log while

@@ -18,12 +18,13 @@ from runner.sandbox import staging, uidpool
 from runner.sandbox.executor import spawn
 from runner.sandbox.plan import default_ids, make_plan
 from runner.sandbox.policy import use_sandbox
+from runner.sandbox.served import ServedProcess
 from runner.settings import Settings
 
 
 @dataclass(frozen=True)
 class SandboxedBuild:
-    proc: subprocess.Popen[bytes]
+    proc: ServedProcess | subprocess.Popen[bytes]
     release: Callable[[], None]  # call once `proc` is reaped, however it ended
 
 
@@ -52,7 +53,7 @@ class SandboxMode:
                 argv=argv, env=env, build_dir=build_dir, store_dir=self.settings.store_dir,
                 closure=closure, outputs=outputs, fixed_output=fixed_output,
                 settings=self.settings,
-                ids=default_ids(lease.uid, lease.gid) if lease else None,
+                ids=default_ids(lease.uid, lease.gid) if lease else default_ids(),
             )
             if self.visibility is not None:
                 self.visibility.check(outputs[0] if outputs else build_dir, env,

@@ -125,7 +125,7 @@ class Worker:
         turn the sandbox off for the whole run. Sandboxed builds themselves start from
         fork servers, fresh processes gRPC never touched (runner/sandbox/forkserver.py)."""
         if self.settings.text("sandbox") != "off":
-            from runner.sandbox.probe import probe
+            from runner.sandbox.availability import probe
 
             probe()
 

@@ -14,34 +14,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import select
 import signal
 import socket
 import struct
-from dataclasses import dataclass
 
-from runner.sandbox import libc, seccomp
-from runner.sandbox.plan import Mount, SandboxPlan
+from runner.sandbox import libc, seccomp, storeview, trace
+from runner.sandbox.mounts import remount, seal_submounts
+from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.steps import Step as Step  # re-exported: tests import it from here
 
 SCRATCH = "/tmp"  # any host dir works; its tmpfs is gone once the new root is in
 NEW = "/new"
 OLD = "/old"
 
-_OCTAL = re.compile(rb"\\([0-7]{3})")
-
 SIOCSIFFLAGS = 0x8914
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
-
-
-@dataclass(frozen=True)
-class Step:
-    """A plan mount with its host source resolved (symlinks followed, existence known)."""
-
-    mount: Mount
-    source: str  # resolved host path, "" when there is none
-    is_dir: bool
-    ident: tuple[int, int] | None = None  # (st_dev, st_ino) the bound source must have
 
 
 def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
@@ -49,6 +37,8 @@ def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
 
     `alive_fd` reads EOF once the supervising parent is gone.
     """
+    trace.keep()
+    trace.mark("builder")
     os.umask(0o022)
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     flags = libc.CLONE_NEWNS | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
@@ -59,7 +49,8 @@ def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
     libc.setdomainname("(none)")
     if plan.private_network:
         _loopback_up()
-    _make_root(steps)
+    trace.mark("namespaces")
+    _make_root(steps, plan.user_namespace)
     _drop_privileges(plan)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if plan.deny_unix_sockets:
@@ -79,7 +70,7 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, request)
 
 
-def _make_root(steps: list[Step]) -> None:
+def _make_root(steps: list[Step], user_namespace: bool) -> None:
     # Mounts on shared subtrees would propagate to the host; make ours private.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     libc.mount("tmpfs", SCRATCH, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0700")
@@ -88,20 +79,29 @@ def _make_root(steps: list[Step]) -> None:
     os.mkdir(OLD[1:])
     libc.pivot_root(".", OLD[1:])
     os.chdir("/")
+    trace.mark("pivoted-to-scratch")
     for step in steps:
-        _apply(step)
-    _seal_submounts([NEW + s.mount.target for s in steps
-                     if s.mount.kind == "bind" and not s.mount.writable])
+        _apply(step, user_namespace)
+    trace.mark("mounted")
+    seal_submounts([NEW + s.mount.target for s in steps
+                    if s.mount.kind == "bind" and not s.mount.writable], OLD + "/proc")
     for step in steps:  # tmpfs mounts hold only what the plan put there
         if step.mount.kind == "tmpfs" and not step.mount.writable:
-            _remount(NEW + step.mount.target, readonly=True, nodev=True)
+            remount(NEW + step.mount.target, readonly=True, nodev=True)
+    trace.mark("sealed")
+    # The inputs last: sealing reads the mount table, which they would make long
+    # (they need no sealing: they come from the sealed read-only store bind).
+    for step in steps:
+        if step.mount.kind == "store":
+            storeview.bind_inputs(step, NEW + step.mount.target)
+    trace.mark("inputs-bound")
     os.chdir(NEW)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
 
 
-def _apply(step: Step) -> None:
+def _apply(step: Step, user_namespace: bool) -> None:
     m = step.mount
     target = NEW + m.target if m.target != "/" else NEW
     if m.kind == "tmpfs":
@@ -121,6 +121,9 @@ def _apply(step: Step) -> None:
             os.write(fd, m.data.encode())
         finally:
             os.close(fd)
+    elif m.kind == "store":
+        storeview.make(step, target, OLD, user_namespace=user_namespace,
+                       force_stubs=step.stubs_on_disk)
     elif m.kind == "symlink":
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.symlink(m.data, target)
@@ -131,7 +134,7 @@ def _apply(step: Step) -> None:
             st = os.stat(target)
             if (st.st_dev, st.st_ino) != step.ident:  # swapped since it was checked
                 raise OSError(0, f"sandbox path '{m.source}' changed while being bound")
-        _remount(target, readonly=not m.writable, nodev=m.kind != "device")
+        remount(target, readonly=not m.writable, nodev=m.kind != "device")
 
 
 def _mount_point(target: str, is_dir: bool) -> None:
@@ -140,46 +143,6 @@ def _mount_point(target: str, is_dir: bool) -> None:
         return
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
-
-
-def _remount(target: str, *, readonly: bool, nodev: bool) -> None:
-    """Set per-mount flags, keeping those a user namespace may not drop."""
-    have = os.statvfs(target).f_flag
-    flags = libc.MS_BIND | libc.MS_REMOUNT | libc.MS_NOSUID
-    if readonly or have & libc.ST_RDONLY:
-        flags |= libc.MS_RDONLY
-    if nodev or have & libc.ST_NODEV:
-        flags |= libc.MS_NODEV
-    if have & libc.ST_NOEXEC:
-        flags |= libc.MS_NOEXEC
-    if have & libc.ST_NOATIME:
-        flags |= libc.MS_NOATIME
-    if have & libc.ST_NODIRATIME:
-        flags |= libc.MS_NODIRATIME
-    if have & libc.ST_RELATIME:
-        flags |= libc.MS_RELATIME
-    elif not have & libc.ST_NOATIME:
-        flags |= libc.MS_STRICTATIME
-    libc.mount(None, target, None, flags)
-
-
-def _seal_submounts(readonly_targets: list[str]) -> None:
-    """Recursive binds bring host submounts along writable; make them read-only too."""
-    with open(OLD + "/proc/self/mountinfo", "rb") as f:
-        points = [_unescape(line.split()[4]) for line in f]
-    targets = set(readonly_targets)  # one per closure path: thousands in a deep graph
-    for point in points:
-        parent = point
-        while (cut := parent.rfind("/")) > 0:
-            parent = parent[:cut]
-            if parent in targets:
-                _remount(point, readonly=True, nodev=True)
-                break
-
-
-def _unescape(field: bytes) -> str:
-    """mountinfo writes space, tab, newline and backslash as \\ooo."""
-    return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), field))
 
 
 def _drop_privileges(plan: SandboxPlan) -> None:

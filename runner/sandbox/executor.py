@@ -34,21 +34,18 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
-from typing import Any
 
 from runner.errors import RunnerError
-from runner.sandbox import forkserver, staging, supervisor
-from runner.sandbox.child import Step
+from runner.sandbox import forkserver, staging, storeview, supervisor, trace
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
+from runner.sandbox.served import ServedProcess
+from runner.sandbox.steps import Step
 from runner.store.canonicalise import remove_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The fork server skips runner/sandbox/__init__.py (executor, policy, settings…):
-# an empty package module stands in for it.
-_BOOT = ("import sys, types; root = sys.argv.pop(1); sys.path.insert(0, root); import runner; "
-         "package = types.ModuleType('runner.sandbox'); "
-         "package.__path__ = [root + '/runner/sandbox']; "
-         "sys.modules['runner.sandbox'] = runner.sandbox = package; "
+# The fork server imports only the child-side modules (runner/sandbox/__init__.py
+# imports nothing at import time, so it does not pull in this module).
+_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
          "from runner.sandbox.forkserver import main; main(sys.argv)")
 
 
@@ -62,10 +59,11 @@ def use_fork_server() -> bool:
 
 
 def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
-          fork_server: bool | None = None) -> subprocess.Popen[bytes]:
+          fork_server: bool | None = None) -> ServedProcess | subprocess.Popen[bytes]:
     """Run `plan.argv` in the sandbox; stdin is /dev/null.
 
-    The returned process (the supervisor, a child of the calling thread)
+    The returned process (the supervisor, a child of the calling thread: a
+    `ServedProcess` when a fork server cloned it, else a `Popen`)
     leads a new session and process group. When it has exited, the outputs
     the build created are at their real paths, owned by the invoking user.
     Sandbox set-up failures raise `RunnerError(reason="sandbox-setup")`; a
@@ -73,14 +71,17 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
     from a thread that lives as long as the build: the build is killed when
     that thread (its parent) exits. `fork_server` None: `use_fork_server()`.
     """
+    trace.mark("spawn")
     staging.prepare(plan)
+    trace.mark("staged")
     try:
         steps = resolve(plan)
+        trace.mark("resolved")
         server = None
         if fork_server if fork_server is not None else use_fork_server():
             server = _thread_server()
         if server is not None:
-            proc: subprocess.Popen[bytes] = _ServedPopen(
+            proc: ServedProcess | subprocess.Popen[bytes] = _served(
                 server, plan, steps, stdout=stdout, stderr=stderr)
         else:
             proc = _forked(plan, steps, stdout=stdout, stderr=stderr)
@@ -202,50 +203,65 @@ def thread_server_pid() -> int | None:
     return server.proc.pid if server is not None else None
 
 
-class _ServedPopen(subprocess.Popen[bytes]):
-    """A Popen whose child the fork server cloned: runner's own child all the same,
-    so `wait`, `poll`, `send_signal` and pidfds work as for any Popen."""
-
-    def __init__(self, server: _ForkServer, plan: SandboxPlan, steps: list[Step], *,
-                 stdout: int, stderr: int) -> None:
-        self._server = server
-        self._plan = plan
-        self._steps = steps
-        super().__init__(plan.argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-
-    def _execute_child(self, *args: Any) -> None:
-        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = args[10:16]
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+def _served(server: _ForkServer, plan: SandboxPlan, steps: list[Step], *, stdout: int,
+            stderr: int) -> ServedProcess:
+    """Have the server clone the supervisor with these descriptors (`subprocess.PIPE`,
+    `STDOUT` and `DEVNULL` as for Popen); return once the builder exec'd."""
+    ours: list[int] = []  # our ends of new pipes, and /dev/null
+    theirs: list[int] = []  # closed here once the server has its copies
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        theirs.append(null)
+        out_r, out_fd = _child_end(stdout, null, theirs, ours)
+        err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
+            stderr, null, theirs, ours)
+        pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
+        theirs.append(pipe_w)
         try:
-            try:
-                fds = [p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
-                       errwrite if errwrite != -1 else 2, err_w]
-                self.pid = self._server.request(self._plan, self._steps, fds)
-                self._child_created = True
-            finally:
-                os.close(err_w)
-                for fd, other in ((p2cread, p2cwrite), (c2pwrite, c2pread),
-                                  (errwrite, errread)):
-                    if fd != -1 and other != -1:
-                        os.close(fd)
-                devnull = getattr(self, "_devnull", None)
-                if devnull is not None:
-                    os.close(devnull)
-                self._closed_child_pipe_fds = True
-            problem = _read_all_bytes(err_r)
+            pid = server.request(plan, steps, [null, out_fd, err_fd, pipe_w])
+            trace.mark("cloned")
         finally:
-            os.close(err_r)
-        if not problem:
-            return
-        with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-        if problem.startswith(supervisor.EXEC_ERROR):
-            number, _, name = problem[len(supervisor.EXEC_ERROR):].decode(
-                errors="replace").partition(":")
-            errno = int(number) if number.isdigit() else 2
-            raise OSError(errno, os.strerror(errno), name)
-        raise _SetupError(problem.decode(errors="replace").strip() or "unknown error")
+            for fd in theirs:
+                os.close(fd)
+            theirs.clear()
+            ours.append(pipe_r)
+        problem = _read_all_bytes(pipe_r)  # EOF: the builder exec'd (or failed to)
+        trace.mark("exec'd")
+        ours.remove(pipe_r)
+        os.close(pipe_r)
+        proc = ServedProcess(plan.argv, pid,
+                             os.fdopen(out_r, "rb") if out_r is not None else None,
+                             os.fdopen(err_r, "rb") if err_r is not None else None)
+        ours.clear()  # the process owns them now
+    finally:
+        for fd in theirs + ours:
+            os.close(fd)
+    if not problem:
+        return proc
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    if problem.startswith(supervisor.EXEC_ERROR):
+        number, _, name = problem[len(supervisor.EXEC_ERROR):].decode(
+            errors="replace").partition(":")
+        errno = int(number) if number.isdigit() else 2
+        raise OSError(errno, os.strerror(errno), name)
+    raise _SetupError(problem.decode(errors="replace").strip() or "unknown error")
+
+
+def _child_end(spec: int, null: int, theirs: list[int], ours: list[int]) -> tuple[int | None, int]:
+    """(our read end or None, the descriptor the builder writes to) for a Popen-style spec."""
+    if spec == subprocess.DEVNULL:
+        return None, null
+    if spec == subprocess.PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        ours.append(r)
+        theirs.append(w)
+        return r, w
+    if spec < 0:
+        raise ValueError(f"unsupported descriptor {spec}")
+    return None, spec
 
 
 def resolve(plan: SandboxPlan) -> list[Step]:
@@ -253,6 +269,10 @@ def resolve(plan: SandboxPlan) -> list[Step]:
     host_paths = [m.source for m in plan.mounts if m.kind == "bind" and m.optional]
     steps = []
     for m in plan.mounts:
+        if m.kind == "store":
+            steps.append(Step(m, m.source, True, inputs=_inputs(plan.inputs),
+                              stubs_on_disk=not storeview.wants_overlay(len(plan.inputs))))
+            continue
         if m.kind not in ("bind", "device"):
             steps.append(Step(m, "", False))
             continue
@@ -284,6 +304,22 @@ def resolve(plan: SandboxPlan) -> list[Step]:
             source = real
         steps.append(Step(m, source, stat.S_ISDIR(st.st_mode)))
     return steps
+
+
+def _inputs(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Each input as `child.Step.inputs` wants it: one lstat, no mount per path here."""
+    entries = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise RunnerError(f"sandbox: '{path}' does not exist", reason="sandbox-setup") from None
+        name = os.path.basename(path)
+        if stat.S_ISLNK(st.st_mode):
+            entries.append(f"l{name}\0{os.readlink(path)}")
+        else:
+            entries.append(("d" if stat.S_ISDIR(st.st_mode) else "f") + name)
+    return tuple(entries)
 
 
 def _resolve_spec_path(m: Mount) -> Step | None:

@@ -43,9 +43,9 @@ import socket
 import struct
 import sys
 
-from runner.sandbox import libc
-from runner.sandbox.child import Step
+from runner.sandbox import libc, trace
 from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.steps import Step
 
 HEADER = struct.Struct("<q")
 READY = b"R"  # the server's first byte: it is up, its modules loaded
@@ -112,6 +112,7 @@ def main(argv: list[str]) -> None:
             os._exit(0)
         for received in fds:
             os.set_inheritable(received, False)
+        trace.mark("server-received")
         try:
             parsed = pickle.loads(request)
         except Exception:  # a bad request: runner sees EOF and restarts us

@@ -36,7 +36,9 @@ NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/services", "/etc/nsswit
 # The derivation attribute a spec's `sandbox-paths` key becomes (docs/spec-format.md).
 SPEC_PATHS_ATTR = "__sandboxPaths"
 
-MountKind = Literal["tmpfs", "bind", "device", "proc", "devpts", "file", "symlink"]
+# "store": the writable store dir showing the plan's `inputs` read-only; `source`
+# the staging store (where outputs land), `data` the staging dir's overlay work dir.
+MountKind = Literal["tmpfs", "bind", "device", "proc", "devpts", "file", "symlink", "store"]
 
 
 class SettingsLike(Protocol):
@@ -108,6 +110,7 @@ class SandboxPlan:
     staging_store: str  # host dir shown at store_dir; outputs are copied out of it
     build_dir: str
     outputs: tuple[str, ...]
+    inputs: tuple[str, ...] = ()  # the input closure: each read-only at its own path
     deny_unix_sockets: bool = False  # seccomp: no AF_UNIX sockets (fixed-output builds)
 
 
@@ -121,10 +124,11 @@ def make_plan(
     outputs: Iterable[str],
     fixed_output: bool,
     settings: SettingsLike,
-    ids: BuildIds | None = None,
+    ids: BuildIds,
 ) -> SandboxPlan:
-    """The sandbox for one build. Depends only on its arguments (`ids` None: the
-    effective uid's `default_ids()`)."""
+    """The sandbox for one build. Depends only on its arguments: `ids` says who
+    builds (the caller's `default_ids()`), so root and rootless plans can be made
+    on any machine."""
     if not argv:
         raise RunnerError("sandbox: empty builder command", reason="sandbox-setup")
     store_dir = _absolute(store_dir, "store dir")
@@ -133,7 +137,6 @@ def make_plan(
     # An output is never also an input (it is rebuilt), so it is not bound read-only.
     closure_t = tuple(sorted({_store_child(p, store_dir, "input") for p in closure}
                              - set(outputs_t)))
-    ids = ids or default_ids()
     as_root = not ids.user_namespace
     uid, gid = ids.build_uid, ids.build_gid
     owner_uid, owner_gid = ids.owner_uid, ids.owner_gid
@@ -158,8 +161,8 @@ def make_plan(
     mounts += _host_paths(settings, env)
     mounts.append(Mount("bind", BUILD_TOP, source=build_dir, writable=True))
     staging = f"{store_dir}/.sandbox-{key}"
-    mounts.append(Mount("bind", store_dir, source=f"{staging}/store", writable=True))
-    mounts += [Mount("bind", p, source=p) for p in closure_t]
+    mounts.append(Mount("store", store_dir, source=f"{staging}/store", data=f"{staging}/work",
+                        writable=True))
     _check_unique(mounts)
     # Parents before children; the sort is stable, so equal depths keep the order above.
     mounts.sort(key=lambda m: 0 if m.target == "/" else m.target.count("/"))
@@ -183,6 +186,7 @@ def make_plan(
         staging_store=f"{staging}/store",
         build_dir=build_dir,
         outputs=outputs_t,
+        inputs=closure_t,
         deny_unix_sockets=fixed_output,
     )
 

@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable, Mapping
 
 from runner.errors import RunnerError
+from runner.sandbox.availability import probe
 from runner.sandbox.plan import SettingsLike
-from runner.sandbox.probe import probe
 
 _warned: set[str] = set()  # the probe's answer is per process, so is its warning
 

@@ -22,6 +22,7 @@ import os
 import stat
 import time
 
+from runner.sandbox import storeview
 from runner.sandbox.plan import SandboxPlan
 from runner.store import fdtree
 from runner.store.canonicalise import check_file_type, remove_tree
@@ -30,6 +31,7 @@ from runner.store.canonicalise import check_file_type, remove_tree
 _RACING = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY)
 
 COPY_PREFIX = "copy-"
+WORK = "work"
 
 
 def prepare(plan: SandboxPlan) -> None:
@@ -39,6 +41,8 @@ def prepare(plan: SandboxPlan) -> None:
     os.chmod(plan.staging_dir, 0o700)  # whatever the umask
     os.mkdir(plan.staging_store, 0o755)
     os.chmod(plan.staging_store, 0o755)
+    if storeview.wants_overlay(len(plan.inputs)):
+        os.mkdir(f"{plan.staging_dir}/{WORK}", 0o700)  # the overlay's work dir (storeview.py)
     if not plan.user_namespace:
         os.chown(plan.staging_store, plan.build_uid, plan.build_gid)
         chown_tree(plan.build_dir, plan.build_uid, plan.build_gid)

@@ -22,9 +22,9 @@ import os
 import signal
 from typing import NoReturn
 
-from runner.sandbox import child, libc, staging
-from runner.sandbox.child import Step
+from runner.sandbox import child, libc, staging, trace
 from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.steps import Step
 
 EXEC_ERROR = b"\0exec:"  # then "errno:filename": the builder could not be executed
 
@@ -36,6 +36,7 @@ _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
 def launch(plan: SandboxPlan, steps: list[Step], err_fd: int) -> None:
     """Supervise a build: returns only in the builder, inside its sandbox, ready to exec."""
     try:
+        trace.mark("supervisor")
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in _RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -49,6 +50,7 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int) -> None:
             _write("/proc/self/uid_map", plan.uid_map)
             _write("/proc/self/gid_map", plan.gid_map)
         alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+        trace.mark("supervisor-unshared")
         pid = os.fork()
         if pid == 0:
             os.close(alive_w)
@@ -96,7 +98,9 @@ def _supervise(plan: SandboxPlan, pid: int, alive_fd: int) -> NoReturn:
         os.dup2(null, 2)
         os.close(null)
         _, status = os.waitpid(pid, 0)
+        trace.mark("builder-reaped")
         staging.collect(plan)
+        trace.mark("collected")
     except BaseException as e:
         with contextlib.suppress(OSError):  # reopen the log for writing, if it is read
             os.dup2(os.open(f"/proc/self/fd/{log}", os.O_WRONLY | os.O_NONBLOCK), 2)

@@ -46,7 +46,7 @@ def _try_build(build_uid: int | None) -> str | None:
         os.mkdir(build)
         plan = make_plan(argv=["/bin/true"], env={}, build_dir=build, store_dir=store,
                          closure=[], outputs=[], fixed_output=False, settings=_Defaults(),
-                         ids=default_ids(build_uid) if build_uid is not None else None)
+                         ids=default_ids(build_uid) if build_uid is not None else default_ids())
         try:
             # Popen forks runner here: no fork server for one build on this thread.
             proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -57,6 +57,6 @@ def _try_build(build_uid: int | None) -> str | None:
             return f"cannot run /bin/true in the sandbox: {e}"
         _, err = proc.communicate()
         if proc.returncode != 0:
-            detail = err.decode(errors="replace").strip()
+            detail = (err or b"").decode(errors="replace").strip()
             return f"a test build in the sandbox exited with {proc.returncode}: {detail}"
     return None
