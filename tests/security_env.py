@@ -72,8 +72,14 @@ class Settings:
         self.values = {"sandbox-paths": DEFAULT_SANDBOX_PATHS,
                        "allowed-spec-sandbox-paths": [], **extra}
 
-    def get(self, name: str) -> Any:
-        return self.values[name]
+    def text(self, name: str) -> str:
+        return str(self.values[name])
+
+    def flag(self, name: str) -> bool:
+        return bool(self.values[name])
+
+    def strings(self, name: str) -> list[str]:
+        return list(self.values[name])
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ GENERATED = ("_protos",)
 #   executor, whose fork server must not import the package (`_BOOT` fakes it); the
 #   "sandbox" rewrite removes it. (The static scan does not see it today: it lives in
 #   a string of code run by a child.)
-KNOWN: list[frozenset[str]] = [frozenset({"runner.sandbox", "runner.sandbox.executor"})]
+KNOWN: list[frozenset[str]] = []
 
 
 def _module_name(path: Path) -> str:

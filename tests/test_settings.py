@@ -176,7 +176,7 @@ def test_typed_accessors_check_the_kind() -> None:
 
 # Owned by branches in flight when the accessors came (issue 22); the lead moves them
 # to the typed accessors after merging and empties this list.
-UNTYPED_GET_ALLOWED = {"runner/sandbox/plan.py", "runner/sandbox/policy.py"}
+UNTYPED_GET_ALLOWED: set[str] = set()
 
 
 def test_runner_reads_settings_through_the_typed_accessors() -> None:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
 
 from runner.errors import RunnerError
 from runner.sandbox import uidpool
@@ -19,8 +18,15 @@ from runner.settings import DEFAULT_SANDBOX_PATHS
 class _Defaults:
     """The plan only reads these two settings; the probe ignores the user's config."""
 
-    def get(self, name: str) -> Any:
-        return {"sandbox-paths": DEFAULT_SANDBOX_PATHS, "allowed-spec-sandbox-paths": []}[name]
+    def strings(self, name: str) -> list[str]:
+        return {"sandbox-paths": list(DEFAULT_SANDBOX_PATHS),
+                "allowed-spec-sandbox-paths": []}[name]
+
+    def text(self, name: str) -> str:
+        raise KeyError(name)
+
+    def flag(self, name: str) -> bool:
+        raise KeyError(name)
 
 
 @functools.cache

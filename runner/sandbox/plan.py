@@ -12,7 +12,7 @@ import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from runner.errors import RunnerError
 
@@ -44,7 +44,11 @@ MountKind = Literal["tmpfs", "bind", "device", "proc", "devpts", "file", "symlin
 class SettingsLike(Protocol):
     """The part of `runner.settings.Settings` the plan reads."""
 
-    def get(self, name: str) -> Any: ...
+    def text(self, name: str) -> str: ...
+
+    def flag(self, name: str) -> bool: ...
+
+    def strings(self, name: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -193,8 +197,8 @@ def make_plan(
 
 def _host_paths(settings: SettingsLike, env: Mapping[str, str]) -> list[Mount]:
     """Read-only binds from `sandbox-paths`, plus the spec's own where allowed."""
-    mounts = [_host_path(entry) for entry in settings.get("sandbox-paths")]
-    allowed = [a.rstrip("/") or "/" for a in settings.get("allowed-spec-sandbox-paths")]
+    mounts = [_host_path(entry) for entry in settings.strings("sandbox-paths")]
+    allowed = [a.rstrip("/") or "/" for a in settings.strings("allowed-spec-sandbox-paths")]
     for entry in env.get(SPEC_PATHS_ATTR, "").split():
         mount = _host_path(entry)
         if not any(_is_within(mount.source, a) for a in allowed):

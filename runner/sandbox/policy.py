@@ -23,7 +23,7 @@ def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike,
     Raises `RunnerError` when the derivation or the machine cannot have what
     the settings demand. The fallback's warning goes to `warn`, once per process.
     """
-    mode = settings.get("sandbox")
+    mode = settings.text("sandbox")
     if mode == "off":
         return False
     if drv_env.get("__noChroot") == "1":
@@ -37,7 +37,7 @@ def use_sandbox(drv_env: Mapping[str, str], settings: SettingsLike,
     why = probe()
     if why is None:
         return True
-    if not settings.get("sandbox-fallback"):
+    if not settings.flag("sandbox-fallback"):
         raise RunnerError(
             f"the build sandbox is unavailable: {why} (set 'sandbox-fallback = true' "
             "to build without it, or use '--sandbox=off')",
