@@ -469,3 +469,18 @@ def test_hash_path_cli(fixture: Path, tmp_path: Path,
     for fmt, text in (("--base16", digest.hex()), ("--base32", base32.encode(digest))):
         assert run(["hash", "path", "--type", "sha256", fmt, str(tmp_path / "t")]) == 0
         assert capsys.readouterr().out.strip() == text
+
+
+_SHOWN = [f for f in _DRVS if f.with_name(f.name + ".json").exists()]
+
+
+@pytest.mark.parametrize("fixture", _SHOWN, ids=_drv_id)
+def test_drv_show_json_as_nix(fixture: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    # `runner show X.drv` prints what `nix show-derivation` printed upstream, bytes
+    # that are not UTF-8 included (read both with surrogateescape to compare).
+    assert run(["show", str(fixture)]) == 0
+    ours = json.loads(derivation.decode(capsysbinary.readouterr().out))
+    upstream = json.loads(derivation.decode(fixture.with_name(fixture.name + ".json").read_bytes()))
+    if "outputs" not in upstream:  # tvix keys it by the drv path, go-nix does not
+        (upstream,) = upstream.values()
+    assert list(ours.values()) == [upstream]
