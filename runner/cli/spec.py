@@ -106,10 +106,16 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         result = translate(spec, settings.store_dir, _sources(spec, settings), names)
         for key in names or spec.derivations:
             shown[result[key].drv_path] = derivation_json(result[key].drv)
-    # Raw bytes, as Nix prints them: env values may hold bytes that are not UTF-8.
-    sys.stdout.flush()
-    sys.stdout.buffer.write(encode(json.dumps(shown, indent=2, ensure_ascii=False) + "\n"))
-    sys.stdout.buffer.flush()
+    text = json.dumps(shown, indent=2, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Raw bytes, as Nix prints them: env values may hold bytes that are not UTF-8.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(encode(text))
+        sys.stdout.buffer.flush()
+        return 0
+    sys.stdout.write(text)
     return 0
 
 
