@@ -75,8 +75,10 @@ class SandboxMode:
         lease: uidpool.Lease | None = None,
     ) -> SandboxedBuild:
         # As root, a build uid of its own for this build (docs/security.md, class 2);
-        # `lease`: the one the build goal reserved (released here once reaped).
-        if lease is None and os.geteuid() == 0:
+        # `lease`: the one the build goal reserved, which the goal releases (after every
+        # attempt of the build); one taken here is released here, once reaped.
+        owned = lease is None and os.geteuid() == 0
+        if owned:
             lease = uidpool.acquire(str(self.settings.get("build-users-group")))
         try:
             plan = make_plan(
@@ -87,14 +89,14 @@ class SandboxMode:
             )
             proc = spawn(plan, stdout=stdout, stderr=stderr)
         except BaseException:
-            if lease is not None:
+            if owned and lease is not None:
                 lease.release()
             raise
 
         def release() -> None:
             # A supervisor killed by a timeout or an interrupt leaves its staging dir.
             staging.discard(plan)
-            if lease is not None:
+            if owned and lease is not None:
                 lease.release()  # the build's processes are gone: the uid is free
         return SandboxedBuild(proc, release)
 
