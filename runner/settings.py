@@ -144,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log-lines", "int", 25, "Lines of a failed build's log to print."),
     Setting("print-build-logs", "bool", False, "Stream build logs, prefixed by name."),
     Setting("cache-failures", "bool", True, "Remember permanent build failures."),
+    Setting("use-substituted-failures", "bool", False,
+            "Before building, ask the substituters for a failure record of the derivation; "
+            "one signed by a trusted key fails it at once as a cached failure."),
     Setting("substituters", "list", [], "Binary caches tried, in order, before building."),
     Setting("trusted-public-keys", "list", [],
             "Keys (`name:base64`) whose signatures on substitutes are trusted."),

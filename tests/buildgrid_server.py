@@ -282,7 +282,7 @@ class BuildGrid:
                  "--instance", self.instance, "--buildbox-run", os.path.join(bb, "buildbox-run"),
                  "--slots", str(slots), "--work-dir", str(work), "--", *binds],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                env=dict(os.environ, PYTHONPATH=""))
+                env=dict(os.environ, PYTHONPATH="", TMPDIR=str(work)))
         # Ready once every slot has its bot session in the scheduler's database.
         _wait("the bot", lambda: self.postgres.count("bots") >= slots, self.bot,
               self.bot_log, 60)

@@ -116,7 +116,12 @@ def start_casd(root: Path, *, tcp: bool = False, jobs: int = 2) -> Casd:
     log = root / "casd.log"
     # buildbox-run finds buildbox-fuse on PATH and stages inputs with FUSE when
     # /dev/fuse is usable; without it, it falls back to copying/hard-linking.
-    env = dict(os.environ, PATH=f"{bb}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    # buildbox-run stages each action in $TMPDIR and leaves it behind when killed: keep
+    # that below `root`, which the test's tmp_path cleans, not in the shared /tmp.
+    tmp = root / "tmp"
+    tmp.mkdir(exist_ok=True)
+    env = dict(os.environ, PATH=f"{bb}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               TMPDIR=str(tmp))
     argv = [os.path.join(bb, "buildbox-casd"), f"--bind={address}",
             f"--buildbox-run={os.path.join(bb, 'buildbox-run')}", f"--jobs={jobs}",
             *runner_args(), str(root / "cache")]

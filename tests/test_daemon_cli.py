@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from runner.cli.main import run
@@ -155,6 +157,11 @@ def test_store_commands_through_runner_daemon(tmp_path: Path, state_dir: str, st
         assert narinfos == {app, lib}  # the closure, from the daemon's references
         code, out, _ = _run(capsys, "gc", "--store", "daemon", "--dry-run")
         assert code == 0 and app in out.split() and drv in out.split()
+        code, out, _ = _run(capsys, "gc", "--store", "daemon", "--dry-run", "--json")
+        report = json.loads(out)  # the local gc's report, schema included
+        assert code == 0 and app in report["deleted"] and report["dryRun"] is True
+        schema = resources.files("runner").joinpath("schemas/gc.schema.json").read_text()
+        jsonschema.validate(report, json.loads(schema))
         code, out, _ = _run(capsys, "gc", "--store", "daemon")
         assert code == 0 and "deleted" in out
         d.wait_for("closed")

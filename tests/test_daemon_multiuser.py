@@ -10,15 +10,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runner.store.local_store import LocalStore
-from tests.daemon_harness import ROOT, Daemon, as_user, readable_site_packages
+from tests.daemon_harness import ROOT, Daemon, as_user, reachable_dir, readable_site_packages
+from tests.security_env import throwaway_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="needs root and useradd to create a throwaway user")
@@ -35,26 +34,18 @@ derivations:
 
 @pytest.fixture
 def user() -> Iterator[str]:
-    name = "rm" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False)
+    for account in throwaway_user():
+        yield account.name
 
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
     """Store, state and the user's home where the throwaway user can reach them."""
-    path = Path(tempfile.mkdtemp(prefix="runner-multiuser-"))
-    path.chmod(0o755)
-    for sub in ("store", "state"):
-        (path / sub).mkdir(mode=0o755)
-    readable_site_packages(path / "site")
-    try:
+    with reachable_dir("runner-multiuser-") as path:
+        for sub in ("store", "state"):
+            (path / sub).mkdir(mode=0o755)
+        readable_site_packages(path / "site")
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _env(shared: Path, home: Path) -> dict[str, str]:

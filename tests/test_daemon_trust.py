@@ -8,8 +8,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from runner.daemon.client import Client
 from runner.daemon.protocol import Op
 from runner.store import nar
 from runner.store.local_store import LocalStore
-from tests.daemon_harness import Daemon, as_user, nix_env, run_nix
+from tests.daemon_harness import Daemon, as_user, nix_env, reachable_dir, run_nix
 from tests.nix_oracle import needs_nix
+from tests.security_env import throwaway_user
 
 pytestmark = [
     needs_nix,
@@ -31,23 +30,14 @@ pytestmark = [
 
 @pytest.fixture
 def user() -> Iterator[str]:
-    name = "rd" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], check=False)
+    for account in throwaway_user():
+        yield account.name
 
 
 @pytest.fixture
 def shared() -> Iterator[Path]:
-    """A directory the throwaway user can reach (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="runner-daemon-"))
-    path.chmod(0o755)
-    try:
+    with reachable_dir("runner-daemon-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _env(shared: Path, store_dir: str) -> dict[str, str]:

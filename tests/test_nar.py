@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import RunnerError
-from runner.store import dirfd
+from runner.store.canonicalise import remove_at
 from runner.store.hashes import Hash
 from runner.store.nar import CHUNK, dump, hash_path, restore
 from runner.store.references import scan
@@ -256,7 +256,7 @@ def _remove(path: Path) -> None:
     """Delete a tree past PATH_MAX (pytest's clean-up goes by name and would fail)."""
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        dirfd.remove_at(fd, os.fsencode(path.name))
+        remove_at(fd, path.name)
     finally:
         os.close(fd)
 

@@ -17,8 +17,9 @@ from runner.remote import driver
 from runner.remote.executor import RemoteExecutor, RemoteOptions, RemoteResult
 from runner.settings import Settings
 from runner.spec import instantiate, load_spec
-from runner.store.canonicalise import remove_tree
 from runner.store.local_store import LocalStore, open_store
+from tests.remote_builds import wipe_store
+from tests.remote_endpoints import descendants
 from tests.remote_server import Casd, start_casd, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None,
@@ -64,13 +65,6 @@ def output_infos(settings: Settings, results: dict[str, RemoteResult]
         return found
 
 
-def wipe(settings: Settings) -> None:
-    """An empty local store at the same store dir (so the same paths)."""
-    for top in (settings.store_dir, settings.state_dir):
-        remove_tree(top)
-        os.makedirs(top)
-
-
 def pipeline_spec(tmp_path: Path) -> str:
     """31 small derivations: files, trees with references, executables and symlinks,
     several outputs, a fixed output and pass-as-file."""
@@ -109,11 +103,11 @@ def test_pipeline_matches_local_build_and_comes_back_from_the_action_cache(
     remote_infos = output_infos(settings, remote)
     assert len(remote_infos) == 39  # 8 derivations have two outputs
 
-    wipe(settings)
+    wipe_store(settings.store_dir, settings.state_dir)
     assert run(["build", "--sandbox=off", "--no-out-link", spec]) == 0
     assert output_infos(settings, remote) == remote_infos  # paths, NAR hashes, references
 
-    wipe(settings)
+    wipe_store(settings.store_dir, settings.state_dir)
     again = realise(casd.url, settings, spec)
     assert {r.status for r in again.values()} == {Status.SUBSTITUTED}
     assert output_infos(settings, again) == remote_infos
@@ -194,29 +188,6 @@ def test_remote_check_command(casd: Casd, capsys: pytest.CaptureFixture[str]) ->
     assert "trivial action" in out and "ok in" in out
 
 
-def _descendants(pid: int) -> list[str]:
-    """Command lines of every process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                found.append(f.read().replace(b"\0", b" ").decode())
-        except OSError:
-            pass
-        stack.extend(children.get(p, []))
-    return found
-
-
 @pytest.mark.timeout(90)
 def test_server_killed_mid_build_fails_clearly(settings: Settings, tmp_path: Path) -> None:
     server = start_casd(tmp_path / "casd")
@@ -236,7 +207,7 @@ def test_server_killed_mid_build_fails_clearly(settings: Settings, tmp_path: Pat
     thread.start()
     try:
         # Wait (bounded by the test timeout) until the builder runs on the server.
-        while not any("sleep 300" in c for c in _descendants(server.proc.pid)):
+        while not any("sleep 300" in c for c in descendants(server.proc.pid)):
             assert thread.is_alive(), outcome
             thread.join(0.05)
         server.kill_all()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.remote_endpoints import descendants
 from tests.remote_server import start_casd, unavailable
 
 pytestmark = [pytest.mark.timeout(120),
@@ -84,7 +85,7 @@ def test_server_killed_mid_run_every_action_falls_back_sandboxed(tmp_path: Path)
         proc = _runner(server.url, spec, "--option", "remote-fallback", "true",
                        "--option", "remote-connect-timeout", str(DEADLINE))
         # Kill the server once it runs one of our actions (bounded by the test timeout).
-        while not any("sleep" in c for c in _descendants(server.proc.pid)):
+        while not any("sleep" in c for c in descendants(server.proc.pid)):
             assert proc.poll() is None, proc.communicate()
         server.kill_all()
         code, results, err = _finish(proc)
@@ -98,28 +99,6 @@ def test_server_killed_mid_run_every_action_falls_back_sandboxed(tmp_path: Path)
     # The actions fell back, and none waited for a deadline.
     assert "building it locally" in err, err
     assert elapsed < DEADLINE, err
-
-
-def _descendants(pid: int) -> list[str]:
-    """Command lines of every process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(
-                    int(entry))
-        except OSError:
-            continue
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                found.append(f.read().replace(b"\0", b" ").decode())
-        except OSError:
-            pass
-        stack.extend(children.get(p, []))
-    return found
 
 
 def test_an_unanswering_endpoint_costs_one_deadline(tmp_path: Path) -> None:

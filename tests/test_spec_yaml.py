@@ -178,10 +178,11 @@ def test_schema_is_valid_and_documents_every_key() -> None:
     walk(schema["$defs"]["derivation"]["properties"])
     walk(schema["$defs"]["substituter"]["properties"])
     # defaults take the same keys as a derivation, except `name` and the runner-only
-    # `junit` and `shards`, which describe one derivation (docs/test-pipelines.md).
+    # `junit`, `shards`, `retries` and `flaky`, which describe one derivation
+    # (docs/test-pipelines.md).
     derivation_keys = set(schema["$defs"]["derivation"]["properties"])
     assert set(schema["properties"]["defaults"]["properties"]) == (
-        derivation_keys - {"name", "junit", "shards"})
+        derivation_keys - {"name", "junit", "shards", "retries", "flaky"})
 
 
 def test_kebab_keys_map_to_nix_attribute_names() -> None:

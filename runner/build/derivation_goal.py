@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from runner.build import failure_cache
+from runner.build import failure_cache, flaky_history, logs
 from runner.build.builder import BuilderOutcome, BuildJob, run_builder
 from runner.build.fixed_mismatch import keep_under_real_hash
 from runner.build.goal import Goal
@@ -33,6 +33,7 @@ from runner.build.rebuild import (
 from runner.build.redirect import Redirect
 from runner.build.remote_builder import RemoteOutcome
 from runner.build.result import PERMANENT, BuildResult, Status
+from runner.build.retry import RetryPolicy, retryable
 from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
 from runner.sandbox import uidpool
@@ -113,6 +114,8 @@ class DerivationGoal(Goal[BuildResult]):
         if substitution is Substitution.SUBSTITUTED:
             return self._result(Status.SUBSTITUTED)
         if not self.worker.rebuild_failed and (cached := self._cached_failure()):
+            return cached
+        if not self.worker.rebuild_failed and (cached := await self._substituted_failure()):
             return cached
         if substitution is Substitution.FAILED:
             if not self.settings.get("fallback"):
@@ -212,11 +215,24 @@ class DerivationGoal(Goal[BuildResult]):
         record = failure_cache.find_failure(self.store, self.outputs.values())
         if record is None:
             return None
-        has_log = os.path.exists(log_path(self.settings.state_dir, self.drv_path))
+        state = self.settings.state_dir
+        has_log = os.path.exists(log_path(state, self.drv_path))
+        attempts = failure_cache.attempts_of(state, self.drv_path)
+        kept = logs.junit_kept_path(state, self.drv_path, max(
+            logs.attempts_logged(state, self.drv_path), 1))
         return self._result(
-            Status.CACHED_FAILURE, failure_cache.cached_message(self.drv_path, record),
+            Status.CACHED_FAILURE,
+            failure_cache.cached_message(self.drv_path, record, attempts),
             log_tail=record.log_tail.splitlines(), exit_status=record.exit_status,
-            log_path=log_path(self.settings.state_dir, self.drv_path) if has_log else None)
+            log_path=log_path(state, self.drv_path) if has_log else None,
+            junit_kept=kept if os.path.isdir(kept) else None,
+            attempt=attempts[0] if attempts else 1, attempts=attempts[1] if attempts else 1)
+
+    async def _substituted_failure(self) -> BuildResult | None:
+        """A trusted cache's record that this derivation fails (use-substituted-failures)."""
+        from runner.build import substituted_failure
+
+        return await substituted_failure.check(self)
 
     async def _substitute(self, corrupt: set[str]) -> Substitution:
         """SUBSTITUTED when every missing (or `corrupt`) output was fetched; FAILED when a
@@ -225,6 +241,7 @@ class DerivationGoal(Goal[BuildResult]):
             return Substitution.NO_SUBSTITUTERS
         missing = [p for p in self.outputs.values()
                    if p in corrupt or not self.store.is_valid(p)]
+        self.worker.progress.substituting_for(missing, self.drv_path)
         outcomes = await self.wait_for(
             self.worker.substitution_goal(p, repair=p in corrupt) for p in missing)
         if all(o.ok for o in outcomes):
@@ -289,12 +306,48 @@ class DerivationGoal(Goal[BuildResult]):
         if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
                 and (cached := self._cached_failure())):
             return cached
+        policy = self._retry_policy()
+        logs.drop_attempts(self.settings.state_dir, self.drv_path)  # an earlier build's
+        attempt = 1
+        while True:  # a failed attempt is retried in a fresh build dir (runner/build/retry.py)
+            result, build_dir, killed = await self._attempt(lock_fds, remote, attempt,
+                                                            policy.attempts, build_user)
+            result.attempt, result.attempts = attempt, policy.attempts
+            if result.status.ok:
+                self.worker.build_dirs.give_back(build_dir)
+                if attempt > 1:
+                    self._flaky_pass(policy, result)
+                return result
+            self._keep_junit(policy, result, attempt)
+            if not retryable(result):
+                result.attempts = attempt  # it would fail the same way again
+            elif attempt < policy.attempts:
+                self._before_retry(result, build_dir, attempt, policy.attempts)
+                attempt += 1
+                continue
+            if result.attempts > 1:
+                result.message += f"; {result.detail}"
+            self._after_failure(result, build_dir, runner_killed=killed, flaky=policy.flaky)
+            return result
+
+    def _retry_policy(self) -> RetryPolicy:
+        if self.aside is not None:  # --check and --repair compare one build
+            return RetryPolicy()
+        return self.worker.retry_policies.get(self.drv.name)
+
+    async def _attempt(self, lock_fds: tuple[int, ...], remote: bool, attempt: int,
+                       attempts: int, build_user: uidpool.Lease | None = None,
+                       ) -> tuple[BuildResult, str, bool]:
+        """One run of the builder: its result, its build dir (still there when it failed)
+        and whether runner killed it."""
         self._delete_leftovers()
         build_drv = self.aside.redirect.derivation(self.drv) if self.aside else self.drv
         closure = self.worker.input_closure(self.input_paths)
         name = self.drv.name
+        # An attempt that may be retried writes its log at once: it moves aside if so.
         sink = LogSink(log_path(self.settings.state_dir, self.drv_path),
-                       int(self.settings.get("log-lines")), self.worker.background)
+                       int(self.settings.get("log-lines")),
+                       self.worker.background if attempt == attempts else None)
         progress = self.worker.progress
 
         def on_output(data: bytes) -> None:
@@ -306,7 +359,7 @@ class DerivationGoal(Goal[BuildResult]):
         job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
                        on_output, self.worker.spawner, inherit_fds=lock_fds,
                        build_user=build_user)
-        progress.started(self.drv_path, name)
+        progress.started(self.drv_path, name, attempt, attempts)
         try:
             if remote:
                 assert self.worker.remote is not None
@@ -331,11 +384,45 @@ class DerivationGoal(Goal[BuildResult]):
         result.log_path = sink.path
         if not result.status.ok:
             result.log_tail = sink.tail()
-            self._after_failure(result, build_dir, runner_killed=isinstance(
-                outcome, BuilderOutcome) and outcome.log_closed)
+        killed = isinstance(outcome, BuilderOutcome) and outcome.log_closed
+        return result, build_dir, killed
+
+    def _keep_junit(self, policy: RetryPolicy, result: BuildResult, attempt: int) -> None:
+        """The failed attempt's JUnit XML, before its leftovers go: the failing cases are
+        what `runner log`, the status line and the report show later."""
+        output = self.outputs.get(policy.junit or "")
+        if output is None or self.aside is not None or not os.path.exists(output):
+            return
+        from runner.report import junit  # defusedxml: only for test derivations
+
+        kept = logs.junit_kept_path(self.settings.state_dir, self.drv_path, attempt)
+        with contextlib.suppress(OSError):
+            if junit.keep(output, kept):
+                result.junit_kept = kept
+
+    def _before_retry(self, result: BuildResult, build_dir: str, attempt: int,
+                      attempts: int) -> None:
+        state = self.settings.state_dir
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(log_path(state, self.drv_path),
+                       logs.attempt_log_path(state, self.drv_path, attempt))
+        why = (f"exit code {result.exit_status}" if result.status is Status.FAILED
+               else result.status.value)
+        self.worker.progress.warn(
+            f"attempt {attempt}/{attempts} of '{self.drv_path}' failed ({why}); retrying in "
+            f"a fresh build directory (its log: runner log … --attempt {attempt})")
+        if self.settings.get("keep-failed"):
+            self.worker.build_dirs.keep(build_dir)
+            self.worker.progress.message(f"note: keeping build directory '{build_dir}'")
         else:
             self.worker.build_dirs.give_back(build_dir)
-        return result
+        self._delete_leftovers()
+
+    def _flaky_pass(self, policy: RetryPolicy, result: BuildResult) -> None:
+        with contextlib.suppress(RunnerError):  # a note for `runner store flaky list`
+            flaky_history.record_flaky(self.settings.state_dir, policy.spec or "",
+                                       policy.key or self.drv.name, self.drv_path,
+                                       result.attempt, result.attempts)
 
     def _finish(self, build_drv: Derivation, outcome: BuilderOutcome | RemoteOutcome,
                 closure: frozenset[str]) -> BuildResult:
@@ -382,7 +469,7 @@ class DerivationGoal(Goal[BuildResult]):
                             else Status.BUILT)
 
     def _after_failure(self, result: BuildResult, build_dir: str, *,
-                       runner_killed: bool = False) -> None:
+                       runner_killed: bool = False, flaky: bool = False) -> None:
         transient = None
         if result.status in PERMANENT:  # before the leftovers go: they may fill the disk
             transient = failure_cache.machine_cause(
@@ -397,12 +484,19 @@ class DerivationGoal(Goal[BuildResult]):
             self.worker.build_dirs.give_back(build_dir)
             self._delete_leftovers()
         killed = result.exit_status is not None and result.exit_status < 0  # by a signal
-        if (result.status in PERMANENT and self.settings.get("cache-failures") and not killed
-                and not transient and not self.drv.is_fixed_output and self.aside is None):
+        cache = (result.status in PERMANENT and self.settings.get("cache-failures")
+                 and not killed and not transient and not self.drv.is_fixed_output
+                 and self.aside is None)
+        if cache and flaky:
+            result.message += "; flaky: not cached"
+        elif cache:
             for path in self.outputs.values():
                 self.store.register_failure(path, exit_status=result.exit_status,
                                             drv_path=self.drv_path,
                                             log_tail="\n".join(result.log_tail))
+            with contextlib.suppress(RunnerError):  # `failed 3/3 attempts` when cached
+                flaky_history.record_failed_attempts(self.settings.state_dir, self.drv_path,
+                                                     result.attempt, result.attempts)
 
     def _delete_leftovers(self) -> None:
         """Remove whatever sits at an output path without being valid (a crashed or

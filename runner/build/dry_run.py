@@ -7,22 +7,38 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from runner.build import failure_cache
+from runner.build.unused_caches import CacheWatch
 from runner.settings import Settings
 from runner.store.local_store import LocalStore
 from runner.store.path_info import FailureRecord
-from runner.substituters.base import Substituter, Warn
 from runner.substituters.narinfo import NarInfo
-from runner.substituters.substitute import find_offer
+from runner.substituters.substitute import Rejection, find_offer
 
 # What a substituter would deliver for a path (trusted), or None.
 FindOffer = Callable[[str], "NarInfo | None"]
 
 
-def offers(store: LocalStore, substituters: list[Substituter], settings: Settings,
-           warn: Warn) -> FindOffer:
+def offers(store: LocalStore, watch: CacheWatch, settings: Settings) -> FindOffer:
+    """Lookups through the watched caches: what goes wrong is summed up by `watch.lines`
+    instead of warned about one path at a time."""
+    substituters = watch.substituters
+
     def find(path: str) -> NarInfo | None:
-        return find_offer(store, path, substituters, settings, warn=warn)
+        rejections: list[Rejection] = []
+        info = find_offer(store, path, substituters, settings, warn=_quiet,
+                          rejections=rejections)
+        watch.note(path, rejections)
+        return info
     return find
+
+
+def _quiet(message: str) -> None:
+    pass  # a cache that is down: `CacheWatch` saw the error and reports it
+
+
+def built_outputs(p: Plan) -> set[str]:
+    """The output paths no substituter will deliver: the plan builds them."""
+    return {out for drv in p.build for out in p.outputs[drv].values()}
 
 
 def _no_offers(path: str) -> NarInfo | None:

@@ -7,6 +7,8 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 
+from runner.build import flaky_history
+from runner.errors import RunnerError
 from runner.store.local_store import LocalStore
 from runner.store.path_info import FailureRecord
 
@@ -27,9 +29,20 @@ def describe_age(seconds: float) -> str:
     return f"{seconds}s ago"
 
 
-def cached_message(drv_path: str, record: FailureRecord) -> str:
+def cached_message(drv_path: str, record: FailureRecord,
+                   attempts: tuple[int, int] | None = None) -> str:
     age = describe_age(time.time() - record.time)
-    return f"builder for '{drv_path}' failed previously (cached {age})"
+    tried = f"; failed {attempts[0]}/{attempts[1]} attempts" if attempts else ""
+    return f"builder for '{drv_path}' failed previously (cached {age}{tried})"
+
+
+def attempts_of(state_dir: str, drv_path: str) -> tuple[int, int] | None:
+    """(failed, allowed) when the cached failure of `drv_path` came after retries."""
+    try:
+        found = flaky_history.failed_attempts(state_dir, drv_path)
+    except RunnerError:
+        return None  # an unreadable note: the failure itself still stands
+    return found if found is not None and found[1] > 1 else None
 
 
 # A file system with less than this left is full as far as a build is concerned.

@@ -80,13 +80,43 @@ def _spec_drv(store_dir: str, spec_path: str, name: str) -> str:
     return translate(spec, store_dir, sources, [key])[key].drv_path
 
 
-def find_log(store: DeriverStore, state_dir: str, target: str, name: str | None) -> bytes:
-    """The stored log `runner log TARGET [NAME]` prints (the first candidate that has one)."""
-    from runner.build.logs import read_log
+def find_log(store: DeriverStore, state_dir: str, target: str, name: str | None,
+             attempt: int | None = None) -> bytes:
+    """The stored log `runner log TARGET [NAME]` prints (the first candidate that has one);
+    `attempt`: that attempt of a retried build (None: the last)."""
+    return locate_log(store, state_dir, target, name, attempt)[1]
+
+
+def locate_log(store: DeriverStore, state_dir: str, target: str, name: str | None,
+               attempt: int | None = None) -> tuple[str, bytes]:
+    """`find_log`, with the derivation whose log it is."""
+    from runner.build.logs import read_attempt_log
 
     candidates = derivation_candidates(store, target, name)
     for drv_path in candidates:
-        data = read_log(state_dir, drv_path)
+        data = read_attempt_log(state_dir, drv_path, attempt)
         if data is not None:
-            return data
+            return drv_path, data
     raise RunnerError(f"no build log available for '{candidates[0]}'", reason="no-log")
+
+
+def kept_junit(state_dir: str, drv_path: str, attempt: int | None) -> str:
+    """The failing test cases of a failed attempt's kept JUnit XML, as `runner log` shows
+    them after the log ("" when none was kept)."""
+    from runner.build.logs import attempts_logged, junit_kept_path
+
+    if attempt is None:
+        attempt = attempts_logged(state_dir, drv_path)
+    kept = junit_kept_path(state_dir, drv_path, attempt)
+    if not os.path.isdir(kept):
+        return ""
+    from runner.report import junit
+
+    parsed = junit.read(kept)
+    if isinstance(parsed, junit.JunitProblem):
+        return f"warning: {parsed}"
+    lines = [f"JUnit XML of attempt {attempt} (kept with the failure): {parsed.line()}"]
+    for case in parsed.failing:
+        lines.append(f"  ✗ {case.title}: {case.message}")
+        lines += [f"      {line}" for line in case.output]
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ import bz2
 import collections
 import contextlib
 import os
+import shutil
 from typing import BinaryIO
 
 from runner.build.background import Background
@@ -23,9 +24,72 @@ def log_path(state_dir: str, drv_path: str) -> str:
     return os.path.join(state_dir, "log", "drvs", base[:2], base[2:] + LOG_SUFFIX)
 
 
+def attempt_log_path(state_dir: str, drv_path: str, attempt: int) -> str:
+    """Where an earlier attempt's log goes when the build is retried: the last attempt's
+    log is at `log_path`, as Nix keeps it; attempts 1…n-1 next to it."""
+    base = log_path(state_dir, drv_path).removesuffix(LOG_SUFFIX)
+    return f"{base}.attempt-{attempt}{LOG_SUFFIX}"
+
+
+def junit_kept_path(state_dir: str, drv_path: str, attempt: int) -> str:
+    """The directory keeping the JUnit XML of a failed attempt (runner/report/junit.keep)."""
+    return log_path(state_dir, drv_path).removesuffix(LOG_SUFFIX) + f".attempt-{attempt}.junit"
+
+
+def attempts_logged(state_dir: str, drv_path: str) -> int:
+    """How many attempts the last build of `drv_path` had logs for (0: no log)."""
+    if not os.path.exists(log_path(state_dir, drv_path)):
+        return 0
+    count = 1
+    while os.path.exists(attempt_log_path(state_dir, drv_path, count)):
+        count += 1
+    return count
+
+
+def drop_attempts(state_dir: str, drv_path: str) -> None:
+    """Forget an earlier build's attempts (logs and kept JUnit XML) as a new one starts.
+    Attempts count from 1, so without an attempt-1 file there is nothing (two stats,
+    not a directory listing, on every build)."""
+    if not (os.path.lexists(attempt_log_path(state_dir, drv_path, 1))
+            or os.path.lexists(junit_kept_path(state_dir, drv_path, 1))):
+        return
+    base = os.path.basename(log_path(state_dir, drv_path).removesuffix(LOG_SUFFIX))
+    directory = os.path.dirname(log_path(state_dir, drv_path))
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(base + ".attempt-"):
+            path = os.path.join(directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def read_attempt_log(state_dir: str, drv_path: str, attempt: int | None) -> bytes | None:
+    """The log of one attempt (`None`: the last), or None when there is none. An attempt
+    out of range is an error naming how many there were."""
+    count = attempts_logged(state_dir, drv_path)
+    if attempt is None or (count and attempt == count):
+        return read_log(state_dir, drv_path)
+    if not count:
+        return None
+    if not 1 <= attempt <= count:
+        raise RunnerError(f"'{drv_path}' was built in {count} attempt"
+                          f"{'s' if count != 1 else ''}; --attempt {attempt} is not one of "
+                          f"them (1…{count})", reason="usage")
+    return _read(attempt_log_path(state_dir, drv_path, attempt))
+
+
 def read_log(state_dir: str, drv_path: str) -> bytes | None:
     """The stored log of `drv_path`, or None when there is none."""
-    path = log_path(state_dir, drv_path)
+    return _read(log_path(state_dir, drv_path))
+
+
+def _read(path: str) -> bytes | None:
     try:
         with bz2.open(path, "rb") as f:
             return f.read()

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
 class Observer(Protocol):
     """Something else that follows the run (`runner.report.run.RunRecorder`)."""
 
-    def started(self, drv_path: str, name: str) -> None: ...
+    def started(self, drv_path: str, name: str, attempt: int = 1) -> None: ...
 
     def log(self, drv_path: str, lines: list[bytes]) -> None: ...
+
+    def substitution_started(self, path: str, url: str, drv_path: str | None) -> None: ...
 
     def finished(self, result: BuildResult) -> None: ...
 
@@ -42,26 +44,32 @@ class Progress:
         self.counts = {"built": 0, "substituted": 0, "failed": 0}
         self.cached = 0  # already valid: nothing to do
         self.skipped = 0  # a dependency failed
+        self.flaky = 0  # built, but only on a retry
         self.started_at = time.monotonic()
         self.observers: list[Observer] = []
         self._drv_of: dict[str, str] = {}  # name → drv path of the running build
+        self._deriver: dict[str, str] = {}  # output path → drv path, while substituting
 
     # -- events from the worker
 
     def expect(self, drv_path: str) -> None:
         self.known.add(drv_path)
 
-    def started(self, drv_path: str, name: str) -> None:
+    def started(self, drv_path: str, name: str, attempt: int = 1, attempts: int = 1) -> None:
         self.running[drv_path] = name
         self._drv_of[name] = drv_path
-        self.event(f"building '{drv_path}'...")
+        again = f" (attempt {attempt}/{attempts})" if attempt > 1 else ""
+        self.event(f"building '{drv_path}'{again}...")
         for observer in self.observers:
-            observer.started(drv_path, name)
+            observer.started(drv_path, name, attempt)
 
     def finished(self, result: BuildResult) -> None:
         self.running.pop(result.drv_path, None)
         if result.status is Status.BUILT:
             self.counts["built"] += 1
+            if result.flaky:
+                self.flaky += 1
+                self.message(f"flaky: '{result.drv_path}' ({result.detail})")
         elif result.status is Status.SUBSTITUTED:
             self.counts["substituted"] += 1
         elif result.status is Status.ALREADY_VALID:
@@ -75,6 +83,16 @@ class Progress:
         for observer in self.observers:
             observer.finished(result)
         self.redraw()
+
+    def substituting_for(self, paths: list[str], drv_path: str) -> None:
+        """The derivation whose outputs `paths` are (for `substitution-started`)."""
+        for path in paths:
+            self._deriver.setdefault(path, drv_path)
+
+    def substitution_started(self, path: str, url: str) -> None:
+        """A download of `path` from the substituter `url` starts."""
+        for observer in self.observers:
+            observer.substitution_started(path, url, self._deriver.get(path))
 
     def build_log(self, name: str, lines: list[bytes]) -> None:
         if self.observers and name in self._drv_of:
@@ -122,6 +140,8 @@ class Progress:
         c = self.counts
         text = (f"{c['built']} built, {c['substituted']} substituted, {self.cached} cached, "
                 f"{c['failed']} failed")
+        if self.flaky:
+            text += f", {self.flaky} flaky (passed on a retry)"
         if self.skipped:
             text += f", {self.skipped} not built (a dependency failed)"
         return f"{text} in {time.monotonic() - self.started_at:.2f}s"
@@ -134,6 +154,8 @@ class Progress:
             parts.append(f"{self.counts['substituted']} substituted")
         if self.counts["failed"]:
             parts.append(f"{self.counts['failed']} failed")
+        if self.flaky:
+            parts.append(f"{self.flaky} flaky")
         parts.append(f"{remaining} remaining")
         line = "[" + ", ".join(parts) + "]"
         if self.running:

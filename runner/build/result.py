@@ -48,16 +48,43 @@ class BuildResult:
     exit_status: int | None = None
     failed_dependency: str | None = None
     remote_unavailable: bool = False  # a remote endpoint failed it, not the derivation
+    attempt: int = 1  # the attempt that ended it, of `attempts` allowed (runner/build/retry.py)
+    attempts: int = 1
+    junit_kept: str | None = None  # the failed attempt's JUnit XML, kept next to its log
+
+    @property
+    def flaky(self) -> bool:
+        """Passed, but only on a retry."""
+        return self.status is Status.BUILT and self.attempt > 1
+
+    @property
+    def label(self) -> str:
+        """The status as reports show it: `flaky` for a pass on a retry."""
+        return "flaky" if self.flaky else self.status.value
+
+    @property
+    def detail(self) -> str:
+        """`passed on attempt 2/3`, `failed 3/3 attempts`, or "" for one attempt."""
+        if self.attempts <= 1 or self.status not in (Status.BUILT, Status.FAILED,
+                                                      Status.TIMED_OUT, Status.CACHED_FAILURE):
+            return ""
+        if self.status.ok:
+            return f"passed on attempt {self.attempt}/{self.attempts}" if self.flaky else ""
+        return f"failed {self.attempt}/{self.attempts} attempts"
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {
             "drvPath": self.drv_path,
-            "status": self.status.value,
+            "status": self.label,
             "outputs": dict(sorted(self.outputs.items())),
             "startTime": round(self.start_time, 3),
             "stopTime": round(self.stop_time, 3),
             "logPath": self.log_path,
         }
+        if self.attempts > 1:
+            data["attempt"], data["attempts"] = self.attempt, self.attempts
+            if self.detail:
+                data["detail"] = self.detail
         if not self.status.ok:
             data["error"] = self.message
             if self.exit_status is not None:

@@ -13,8 +13,9 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from runner.build.path_visibility import PathVisibility, visible_paths
 from runner.errors import RunnerError
 from runner.sandbox import staging, uidpool
 from runner.sandbox.executor import spawn
@@ -39,6 +40,8 @@ class SandboxMode:
 
     settings: Settings
     warn: Callable[[str], None]
+    # Tools on PATH the sandbox hides: said once per run (docs/sandbox.md).
+    visibility: PathVisibility | None = field(default=None, compare=False)
 
     def enabled_for(self, drv_env: Mapping[str, str]) -> bool:
         """Raises RunnerError when this derivation may not build under the settings."""
@@ -87,6 +90,9 @@ class SandboxMode:
                 settings=self.settings,
                 ids=default_ids(lease.uid, lease.gid) if lease else None,
             )
+            if self.visibility is not None:
+                self.visibility.check(outputs[0] if outputs else build_dir, env,
+                                      visible_paths(plan))
             proc = spawn(plan, stdout=stdout, stderr=stderr)
         except BaseException:
             if owned and lease is not None:
@@ -103,4 +109,4 @@ class SandboxMode:
 
 def choose_sandbox(settings: Settings, warn: Callable[[str], None]) -> SandboxMode:
     """Cheap: nothing is probed until the first build asks."""
-    return SandboxMode(settings, warn)
+    return SandboxMode(settings, warn, PathVisibility(warn, settings.store_dir))

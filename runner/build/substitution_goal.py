@@ -68,11 +68,14 @@ class SubstitutionGoal(Goal[Substitution]):
         def warn(message: str) -> None:
             loop.call_soon_threadsafe(progress.warn, message)
 
+        def fetching(path: str, url: str) -> None:
+            loop.call_soon_threadsafe(progress.substitution_started, path, url)
+
         settings = self.worker.settings
         with LocalStore(settings.store_dir, settings.state_dir,
                         temp_roots=self.worker.store.temp_roots) as store:
             return subst.substitute(store, self.path, self.worker.substituters, settings,
-                                    warn=warn, repair=self.repair)
+                                    warn=warn, repair=self.repair, on_fetch=fetching)
 
 
 def _outcome(result: SubstituteResult) -> Substitution:

@@ -17,6 +17,7 @@ from runner.build.derivation_goal import BuildMode, DerivationGoal, dependencies
 from runner.build.progress import Progress
 from runner.build.remote_builder import RemoteBuilders
 from runner.build.result import BuildResult, Status
+from runner.build.retry import RetryPolicies
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
@@ -46,6 +47,7 @@ class Worker:
         self._choose_sandbox = choose_sandbox
         self._sandbox: SandboxMode | None = None
         self.rebuild_failed = rebuild_failed
+        self.retry_policies = RetryPolicies()  # the spec's `retries:`/`flaky:`, --retries
         self.mode = mode  # of the requested derivations; --repair also applies to inputs
         self._declared = tuple(declared_substituters)
         self._substituters: list[Substituter] | None = None

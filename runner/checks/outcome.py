@@ -27,13 +27,15 @@ class Outcome:
             return "skipped"
         if self.result.status is Status.DEPENDENCY_FAILED:
             return "dep-failed"
+        if self.result.flaky:  # passed, but only on a retry (runner/build/retry.py)
+            return "flaky"
         return "pass" if self.passed else "FAIL"
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "drvPath": self.drv_path, "passed": self.passed,
                 "skipped": self.skipped, "failed": not self.passed and not self.skipped,
                 "result": self.label, "how": self.how, "seconds": round(self.seconds, 3),
-                "status": self.result.status.value if self.result else None}
+                "status": self.result.label if self.result else None}
 
 
 _CACHED = (Status.ALREADY_VALID, Status.SUBSTITUTED, Status.CACHED_FAILURE)

@@ -15,8 +15,10 @@ from runner.errors import RunnerError
 from runner.settings import Settings
 
 if TYPE_CHECKING:
+    from runner.build.log_target import DeriverStore
     from runner.build.progress import Progress
     from runner.build.result import BuildResult
+    from runner.build.retry import RetryPolicies
     from runner.report.run import RunRecorder
     from runner.spec.model import Spec
     from runner.store.local_store import LocalStore
@@ -74,6 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="a .drv path, an output path (or a link to one), or a spec")
     log.add_argument("name", nargs="?", metavar="NAME",
                      help="the derivation of the spec whose log to print")
+    log.add_argument("--attempt", type=int, metavar="K",
+                     help="the log of attempt K of a retried build (default: the last)")
     store_flag(log)
     log.set_defaults(func=_log)
 
@@ -92,6 +96,19 @@ def report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="FILE.html",
                    help="write a self-contained HTML report of the run (timeline, root "
                         "causes, failing test cases)")
+    p.add_argument("--retries", type=int, metavar="N",
+                   help="retry every failed build (builder exit or timeout) up to N times "
+                        "in a fresh build directory, overriding the spec's 'retries:'")
+
+
+def retry_policies(args: argparse.Namespace, spec: Spec, spec_path: str) -> RetryPolicies:
+    """The spec's `retries:`/`flaky:` and `--retries N` (docs/test-pipelines.md)."""
+    from runner.build.retry import MAX_RETRIES, RetryPolicies
+
+    if args.retries is not None and not 0 <= args.retries <= MAX_RETRIES:
+        raise RunnerError(f"--retries must be between 0 and {MAX_RETRIES}, not {args.retries}",
+                          reason="usage", exit_code=1)
+    return RetryPolicies.for_spec(spec, os.path.abspath(spec_path), args.retries)
 
 
 def start_recording(args: argparse.Namespace, spec: Spec, progress: Progress,
@@ -140,6 +157,9 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     if (socket_path := daemon_socket(settings)) is not None:
         from runner.daemon import client_build
 
+        if args.retries is not None:  # the daemon's worker builds, without retries
+            raise RunnerError("--retries is not supported when building through a daemon",
+                              reason="usage")
         return client_build.build(args, settings, socket_path)
     from runner.store.local_store import open_store
 
@@ -181,6 +201,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
                         mode=mode)
+        worker.retry_policies = retry_policies(args, spec, args.spec)
         recorder = start_recording(args, spec, progress, args.argv)
         results = worker.run(drv_paths)
         record_build(settings, args.spec, targets, worker.results)
@@ -262,21 +283,24 @@ def spec_substituters(spec: Spec) -> list[SubstituterDecl]:
 def _dry_run(store: LocalStore, drv_paths: list[str], args: argparse.Namespace,
              settings: Settings, declared: list[SubstituterDecl]) -> int:
     from runner.build import dry_run
+    from runner.build.unused_caches import CacheWatch
     from runner.substituters.configure import open_substituters, print_warning
 
     use_cache = bool(settings.get("cache-failures")) and not args.rebuild_failed
-    substituters = open_substituters(settings, declared, warn=print_warning)
+    watch = CacheWatch(open_substituters(settings, declared, warn=print_warning))
     p = dry_run.plan(store, drv_paths, use_failure_cache=use_cache,
-                     find=dry_run.offers(store, substituters, settings, print_warning))
+                     find=dry_run.offers(store, watch, settings))
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:
         print(dry_run.describe(p), file=sys.stderr)
+    for line in watch.lines(dry_run.built_outputs(p)):  # why no cache helps: one per reason
+        print(line, file=sys.stderr)
     return 0
 
 
 def _log(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.build.log_target import find_log
+    from runner.build.log_target import kept_junit, locate_log
     from runner.store.local_store import open_store
 
     if (socket_path := daemon_socket(settings)) is not None:
@@ -284,27 +308,97 @@ def _log(args: argparse.Namespace, settings: Settings) -> int:
 
         return client_cli.log(args, settings, socket_path)
     with open_store(settings) as store:
-        data = find_log(store, settings.state_dir, args.target, args.name)
+        drv_path: str | None
+        try:
+            drv_path, data = locate_log(store, settings.state_dir, args.target, args.name,
+                                        args.attempt)
+        except RunnerError as e:
+            if e.reason != "no-log" or args.attempt is not None:
+                raise  # a retried build's attempts are never in a cache
+            drv_path, data = None, log_from_substituters(store, settings, args, e)
     if not data:  # said on stderr: stdout stays the log's exact (empty) contents
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+    if drv_path and (cases := kept_junit(settings.state_dir, drv_path, args.attempt)):
+        print(cases, file=sys.stderr)  # the failed attempt's test cases, kept with it
     return 0
 
 
-def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
+def register_flaky(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`runner store flaky list`."""
+    flaky = actions.add_parser("flaky", help="list derivations that passed only on a retry")
+    flaky_sub = flaky.add_subparsers(dest="flaky_command", metavar="ACTION", required=True)
+    listing = flaky_sub.add_parser("list", help="flakiest first: spec, name, drv, passes "
+                                                "on a retry and the last time")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+    listing.set_defaults(func=_flaky_list)
+
+
+def _flaky_list(args: argparse.Namespace, settings: Settings) -> int:
     from runner.build.failure_cache import describe_age
+    from runner.build.flaky_history import list_flaky
+
+    entries = list_flaky(settings.state_dir)
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no derivation has passed only on a retry", file=sys.stderr)
+    now = time.time()
+    for e in entries:
+        print(f"{e.spec} {e.name}: flaky {e.passes} time{'s' if e.passes != 1 else ''}, "
+              f"last {describe_age(now - e.last_time)} (passed on attempt "
+              f"{e.last_attempt}/{e.attempts}); {e.drv_path}")
+    return 0
+
+
+def log_from_substituters(store: DeriverStore, settings: Settings, args: argparse.Namespace,
+                          missing: RunnerError) -> bytes:
+    """No log here (nor in a daemon's store): the first substituter's `log/<drv>`, as
+    `nix log` falls back to them; `missing` is raised when none has it."""
+    from runner.build.log_target import derivation_candidates, store_path_of
+    from runner.substituters.configure import open_substituters, print_warning
+    from runner.substituters.log_fetch import Caches, deriver_from_caches, fetch_log
+
+    caches = Caches(open_substituters(settings), print_warning)
+    if not caches.caches:
+        raise missing
+    try:
+        candidates = derivation_candidates(store, args.target, args.name)
+    except RunnerError as e:  # an output we do not have: the caches may know its deriver
+        path = store_path_of(store.store_dir, args.target)
+        deriver = deriver_from_caches(caches, path) if path and e.reason == "no-log" else None
+        if deriver is None:
+            raise missing from None
+        candidates = [deriver]
+    for drv_path in candidates:
+        found = fetch_log(caches, drv_path)
+        if found is not None:
+            print(f"got build log for '{drv_path}' from '{found[1]}'", file=sys.stderr)
+            return found[0]
+    raise missing
+
+
+def _failed_list(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.build.failure_cache import attempts_of, describe_age
     from runner.store.local_store import open_store
 
     with open_store(settings) as store:
         records = store.list_failures()
+    tried = {r.drv_path: attempts_of(settings.state_dir, r.drv_path) if r.drv_path else None
+             for r in records}
     if args.json:
         print(json.dumps([{"path": r.path, "time": r.time, "exitStatus": r.exit_status,
-                           "drvPath": r.drv_path} for r in records], indent=2))
+                           "drvPath": r.drv_path}
+                          | ({"attempts": list(a)} if (a := tried[r.drv_path]) else {})
+                          for r in records], indent=2))
         return 0
     now = time.time()
     for r in records:
         status = "" if r.exit_status is None else f", exit status {r.exit_status}"
+        if a := tried[r.drv_path]:
+            status += f", failed {a[0]}/{a[1]} attempts"
         print(f"{r.path}  (failed {describe_age(now - r.time)}{status}; {r.drv_path})")
     return 0
 

@@ -15,6 +15,7 @@ from runner.settings import Settings
 
 if TYPE_CHECKING:
     from runner.store.local_store import LocalStore
+    from runner.substituters.serve import StoreSource
 
 
 
@@ -29,7 +30,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "?compression=)")
     p.add_argument("--no-check-sigs", action="store_true",
                    help="with --from: accept paths without a trusted signature")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="store paths to copy")
+    p.add_argument("--no-failures", action="store_true",
+                   help="with --to: do not publish the failure records of cached failures")
+    p.add_argument("--no-logs", action="store_true",
+                   help="with --to: do not upload the build logs of the derivations")
+    p.add_argument("paths", nargs="+", metavar="PATH|SPEC",
+                   help="store paths to copy; with --to also a spec: its valid outputs, "
+                        "and the failure records and logs of its derivations")
     store_flag(p)
     p.set_defaults(func=_copy)
 
@@ -73,30 +80,86 @@ def _copy(args: argparse.Namespace, settings: Settings) -> int:
 
         return client_cli.copy(args, settings, socket_path)
     with open_store(settings) as store:
-        paths = [store_path_arg(store, p) for p in args.paths]  # follows ./result
         if args.to:
-            return _copy_to(args, settings, store, paths)
+            return _copy_to(args, settings, store)
+        paths = [store_path_arg(store, p) for p in args.paths]  # follows ./result
         return _copy_from(args, settings, store, paths)
 
 
-def _copy_to(args: argparse.Namespace, settings: Settings, store: LocalStore,
-             paths: list[str]) -> int:
+def _copy_to(args: argparse.Namespace, settings: Settings, store: LocalStore) -> int:
     from runner.substituters.configure import open_transport, parse_url
+    from runner.substituters.failure_export import publish_failures, publish_logs
     from runner.substituters.signing import SecretKey
-    from runner.substituters.writer import copy_to_cache
+    from runner.substituters.writer import check_cache_info, copy_to_cache, ensure_cache_info
 
     url, params = parse_url(args.to)
     compression = args.compression or params.get("compression", "xz")
     if compression not in ("xz", "zstd", "none"):
         raise RunnerError(f"'{args.to}': compression must be xz, zstd or none", reason="usage")
     key = SecretKey.load(args.sign_key) if args.sign_key else None
+    paths, spec_drvs = _copy_targets(store, args.paths)
     tmp_dir = os.path.join(settings.state_dir, "tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    written = copy_to_cache(store, paths, open_transport(url), compression=compression,
+    transport = open_transport(url)
+    check_cache_info(transport, store.store_dir)  # another store dir's cache: nothing written
+    written = copy_to_cache(store, paths, transport, compression=compression,
                             sign_key=key, tmp_dir=tmp_dir)
     for path in written:
         print(f"copied '{path}'", file=sys.stderr)
+    closure = store.compute_closure(paths) if paths else set()
+    drvs = {p for p in closure if p.endswith(".drv")} | spec_drvs
+    created = bool(written)
+
+    def first_write() -> None:  # a cache that only gets records or logs is created too
+        nonlocal created
+        if not created:
+            ensure_cache_info(transport, store.store_dir)
+            created = True
+
+    failed: list[str] = []
+    if not args.no_failures:
+        failed = publish_failures(store, settings.state_dir, drvs, transport, key,
+                                  first_write)
+        for drv in failed:
+            print(f"copied failure record of '{drv}'", file=sys.stderr)
+        if failed and key is None:
+            print("warning: the failure records are not signed (no --sign-key): runner "
+                  "ignores them when reading the cache", file=sys.stderr)
+    if not args.no_logs:
+        derivers = {d for p in closure if (d := store.query_deriver(p))}
+        for drv in publish_logs(settings.state_dir, drvs | derivers, transport, skip=failed,
+                                before_write=first_write):
+            print(f"copied log of '{drv}'", file=sys.stderr)
+    # Only a store with this store dir can use the cache (copy_to_cache refused any other).
+    print(f"cache '{url}' is for store dir '{store.store_dir}': every machine using it needs "
+          f"store-dir = {store.store_dir}", file=sys.stderr)
     return 0
+
+
+def _copy_targets(store: LocalStore, args: list[str]) -> tuple[list[str], set[str]]:
+    """The store paths to copy, and the derivations (with their inputs) of any spec
+    among `args`: a spec adds its valid outputs to the paths; its derivations' failure
+    records and logs are published without their .drv files."""
+    from runner.cli.args import store_path_arg
+
+    paths: list[str] = []
+    drvs: set[str] = set()
+    for arg in args:
+        try:
+            paths.append(store_path_arg(store, arg))  # follows ./result
+            continue
+        except RunnerError as e:
+            if e.reason != "bad-path" or not os.path.isfile(arg):
+                raise
+        from runner.spec.load import load_spec
+        from runner.spec.translate import instantiate
+
+        targets = instantiate(load_spec(arg), store)
+        roots = [inst.drv_path for inst in targets.values()]
+        drvs.update(p for p in store.compute_closure(roots) if p.endswith(".drv"))
+        outputs = [p for inst in targets.values() for p in inst.outputs.values()]
+        paths.extend(sorted(store.valid_paths(outputs)))
+    return paths, drvs
 
 
 def _copy_from(args: argparse.Namespace, settings: Settings, store: LocalStore,
@@ -139,7 +202,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                          verbose=args.verbose)
     host, port = server.server_address[:2]
     what = source if isinstance(source, str) else f"store {settings.store_dir}"
-    print(f"serving {what} on http://{host!s}:{port}", file=sys.stderr, flush=True)
+    print(f"serving {what} on http://{host!s}:{port} ({_served_store_dir(source)})",
+          file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -147,6 +211,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _served_store_dir(source: StoreSource | str) -> str:
+    """Which store dir the served cache is for: only stores with it can use the cache."""
+    if not isinstance(source, str):
+        return f"for store dir '{source.store_dir}'"
+    from runner.substituters.cache_info import parse
+
+    info_file = os.path.join(source, "nix-cache-info")
+    try:
+        with open(info_file) as f:
+            return f"for store dir '{parse(f.read(), info_file).store_dir}'"
+    except FileNotFoundError:
+        return "no nix-cache-info yet: the first `runner copy --to` sets its store dir"
+    except RunnerError as e:
+        return f"unreadable nix-cache-info: {e.message}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"unreadable nix-cache-info: {e}"
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,9 +14,16 @@ from runner.checks import discover, hook
 from runner.checks.outcome import Outcome, outcome
 from runner.checks.report import failure_details, table
 from runner.cli.args import FLAG_PREFIX, setting_flag
-from runner.cli.build import finish_recording, report_flags, spec_substituters, start_recording
+from runner.cli.build import (
+    finish_recording,
+    report_flags,
+    retry_policies,
+    spec_substituters,
+    start_recording,
+)
 from runner.errors import RunnerError
 from runner.settings import Settings
+from runner.store import check_roots
 from runner.store.local_store import open_store
 
 S = FLAG_PREFIX
@@ -39,6 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                  help="stop at the first failing check (default: run them all)")
     p.add_argument("--rebuild-failed", action="store_true",
                    help="run checks again that failed before on the same inputs")
+    p.add_argument("--forget", action="store_true",
+                   help="run nothing; release the kept check results (GC roots) of SPEC's "
+                        "repository (default: this one) so that `runner gc` may delete them")
     setting_flag(p, "--sandbox", name="sandbox")
     setting_flag(p, "-j", "--max-jobs", name="max-jobs")
     setting_flag(p, "-L", "--print-build-logs", name="print-build-logs")
@@ -89,6 +99,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     from runner.spec.translate import instantiate
     from runner.why.record import record_build
 
+    if args.forget:
+        return _forget(list(args.args), settings)
     spec_path, names = _split(list(args.args))
     spec = load_spec(spec_path)
     declared = spec_substituters(spec)
@@ -98,11 +110,16 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
                                   print_build_logs=bool(settings.get("print-build-logs")))
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared)
+        worker.retry_policies = retry_policies(args, spec, str(spec_path))
         recorder = start_recording(args, spec, progress, args.argv)
         worker.run([t.drv_path for t in targets.values()])
         record_build(settings, spec_path, targets, worker.results)
-    outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
-                for key, t in targets.items()]
+        outcomes = [outcome(key, t.drv_path, worker.results.get(t.drv_path))
+                    for key, t in targets.items()]
+        # Still under the worker's temporary roots: no collector can take them first.
+        check_roots.keep_results(store.store_dir, store.state_dir, _repository(spec_path),
+                                 {o.name: targets[o.name].outputs for o in outcomes
+                                  if o.passed})
     failed = not all(o.passed for o in outcomes)
     statuses = [r.status for r in worker.results.values()]
     code = (exit_code(statuses) or exit_code([Status.FAILED])) if failed else 0
@@ -112,6 +129,32 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     elif failed or not args.quiet:
         _print_summary(outcomes, int(settings.get("log-lines")))
     return code
+
+
+def _repository(spec_path: Path) -> str:
+    """Whose check results these are: the work tree holding the spec (its dir outside git)."""
+    directory = spec_path.resolve().parent
+    return str(discover.repo_root(directory) or directory)
+
+
+def _forget(args: list[str], settings: Settings) -> int:
+    """Release the check roots of SPEC's repository, or of the one we are in."""
+    if args[1:] or (args and not discover.looks_like_spec(args[0])):
+        raise RunnerError("--forget releases every check of a repository: give at most a "
+                          "spec, no check names", reason="usage")
+    if args:
+        repository = _repository(Path(args[0]))
+    else:
+        cwd = Path.cwd().resolve()
+        repository = str(discover.repo_root(cwd) or cwd)
+    released = check_roots.forget(os.path.abspath(settings.state_dir), repository)
+    checks = sorted({r.check for r in released})
+    if checks:
+        print(f"released the kept results of {len(checks)} check(s) of '{repository}': "
+              f"{', '.join(checks)}", file=sys.stderr)
+    else:
+        print(f"no kept check results for '{repository}'", file=sys.stderr)
+    return 0
 
 
 def _print_summary(outcomes: list[Outcome], log_lines: int) -> None:

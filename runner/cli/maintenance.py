@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import sys
 
 from runner.cli.args import store_flag, store_path_arg
 from runner.daemon.store_choice import daemon_socket
@@ -54,6 +55,11 @@ def register_store(actions: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("path", metavar="PATH", help="the store path it roots")
     p.set_defaults(func=_add_root)
 
+    p = sub.add_parser("roots", help="list every GC root: out-links, roots under gcroots/, "
+                                     "kept check results, temporary roots")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=_roots)
+
     p = sub.add_parser("optimise", help="hard-link identical files in the store")
     p.set_defaults(func=_optimise)
 
@@ -81,12 +87,17 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     if (socket_path := daemon_socket(settings)) is not None:
         from runner.daemon import client_cli
 
-        return client_cli.gc(args, settings, socket_path)
-    options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
-                        drop_failures=args.drop_failures,
-                        **_keep_options(settings, args.keep_outputs, args.keep_derivations))
-    with open_store(settings) as store:
-        result = collect_garbage(store, options)
+        result = client_cli.gc(args, settings, socket_path)
+    else:
+        options = GCOptions(dry_run=args.dry_run, max_freed=args.max_freed,
+                            drop_failures=args.drop_failures,
+                            **_keep_options(settings, args.keep_outputs, args.keep_derivations))
+        with open_store(settings) as store:
+            result = collect_garbage(store, options)
+    for repository in result.released_repositories:
+        verb = "would release" if args.dry_run else "released"
+        print(f"{verb} the check results of '{repository}' (the repository is gone)",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_json(dry_run=args.dry_run), indent=2))
         return 0
@@ -127,6 +138,19 @@ def _add_root(args: argparse.Namespace, settings: Settings) -> int:
         if not store.is_valid(path):
             raise RunnerError(f"path '{path}' is not valid", reason="invalid-path")
         print(add_perm_root(store.store_dir, store.state_dir, path, args.link))
+    return 0
+
+
+def _roots(args: argparse.Namespace, settings: Settings) -> int:
+    from runner.store.root_listing import list_roots
+
+    with open_store(settings) as store:
+        roots = list_roots(store.store_dir, store.state_dir)
+    if args.json:
+        print(json.dumps([r.to_json() for r in roots], indent=2))
+        return 0
+    for root in roots:
+        print(f"{root.describe()} -> {root.store_path}")
     return 0
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from runner.cli.args import store_flag, store_path_arg
-from runner.cli.build import register_failed
+from runner.cli.build import register_failed, register_flaky
 from runner.cli.maintenance import register_store
 from runner.errors import RunnerError
 from runner.settings import Settings
@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_path_info)
 
     register_failed(actions)
+    register_flaky(actions)
     register_store(actions)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, cast
 from runner.daemon.store_choice import open_remote
 from runner.errors import RunnerError
 from runner.settings import Settings
+from runner.store.gc import GCResult
 
 if TYPE_CHECKING:
     from runner.daemon.remote_store import RemoteStore
@@ -29,17 +30,15 @@ def path_info(args: argparse.Namespace, settings: Settings, socket_path: str) ->
         return report_path_info(args, cast("LocalStore", store))
 
 
-def gc(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
+def gc(args: argparse.Namespace, settings: Settings, socket_path: str) -> GCResult:
+    """Collect garbage through the daemon; the caller reports it as a local gc's."""
     if args.drop_failures or args.keep_outputs is not None or args.keep_derivations is not None:
         raise RunnerError("--drop-failures, --keep-outputs and --keep-derivations are the "
                           "daemon's settings, not the client's", reason="usage")
     with open_remote(settings, socket_path) as store:
         action = _GC_RETURN_DEAD if args.dry_run else _GC_DELETE_DEAD
         paths, freed = store.collect_garbage(action, max_freed=args.max_freed or 0)
-    if args.json:
-        print(json.dumps({"dryRun": args.dry_run, "deleted": paths, "bytesFreed": freed},
-                         indent=2))
-        return 0
+    return GCResult(deleted=paths, bytes_freed=freed)
     for path in paths:
         print(path)
     count = f"{len(paths)} store paths"
@@ -74,7 +73,14 @@ def log(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
     from runner.build.log_target import find_log
 
     with open_remote(settings, socket_path) as store:
-        data = find_log(store, settings.state_dir, args.target, args.name)
+        try:
+            data = find_log(store, settings.state_dir, args.target, args.name, args.attempt)
+        except RunnerError as e:
+            if e.reason != "no-log" or args.attempt is not None:
+                raise
+            from runner.cli.build import log_from_substituters
+
+            data = log_from_substituters(store, settings, args, e)
     if not data:
         print("(empty log)", file=sys.stderr)
     sys.stdout.buffer.write(data)

@@ -47,8 +47,11 @@ class EventStream:
     def build_started(self, drv_path: str, name: str, attempt: int = 1) -> None:
         self.emit("build-started", drv_path, name=name, attempt=attempt)
 
-    def substitution_started(self, drv_path: str, name: str) -> None:
-        self.emit("substitution-started", drv_path, name=name)
+    def substitution_started(self, path: str, url: str, drv_path: str | None = None) -> None:
+        """`path` (a store path; `drvPath` the derivation it is an output of, when one
+        asked for it) starts downloading from the substituter `url`."""
+        self.emit("substitution-started", drv_path, path=path, url=url,
+                  name=path.rsplit("/", 1)[-1].split("-", 1)[-1])
 
     def log_line(self, drv_path: str, line: bytes) -> None:
         if self.logs:
@@ -63,8 +66,12 @@ class EventStream:
             self.emit("skipped", result.drv_path, name=name,
                       rootCause=result.failed_dependency or "")
         else:
-            fields: dict[str, Any] = {"name": name, "status": result.status.value,
+            fields: dict[str, Any] = {"name": name, "status": result.label,
                                       "duration": duration}
+            if result.attempts > 1:
+                fields.update(attempt=result.attempt, attempts=result.attempts)
+                if result.detail:
+                    fields["detail"] = result.detail
             if not result.status.ok:
                 fields["message"] = result.message
                 if result.exit_status is not None:

@@ -8,6 +8,7 @@ entities, no external references), refused above `MAX_BYTES`, and any problem gi
 from __future__ import annotations
 
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -87,6 +88,49 @@ def read(path: str | Path) -> Summary | JunitProblem:
             return parsed
         _add(summary, parsed)
     return summary
+
+
+def keep(output: str, dest: str) -> bool:
+    """Copy the JUnit XML a failed build left at `output` (a file, or the *.xml files
+    below a directory) into the new directory `dest`, at most `MAX_BYTES` in all, so it
+    can be read after the output is gone. False (nothing kept) when there is none. The
+    files are the builder's: opened without following symlinks, read as plain bytes."""
+    source = Path(output)
+    try:
+        if source.is_symlink():
+            return False
+        if source.is_file():
+            files = [(source, "junit.xml")]
+        elif source.is_dir():
+            files = [(f, str(f.relative_to(source)).replace("/", "_")) for f in
+                     _xml_files(source)]
+        else:
+            return False
+    except OSError:
+        return False
+    budget = MAX_BYTES
+    tmp = Path(f"{dest}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    kept = 0
+    for path, name in files:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as stream:
+                data = stream.read(budget + 1)
+        except OSError:
+            continue
+        if len(data) > budget:
+            break
+        budget -= len(data)
+        (tmp / name).write_bytes(data)
+        kept += 1
+    if not kept:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return True
 
 
 def _xml_files(directory: Path) -> list[Path]:

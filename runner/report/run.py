@@ -3,7 +3,8 @@ and `--report`: a `Progress` observer that sees each build start, log and finish
 
 After a derivation with a `junit:` output ends valid (built, substituted or already
 there), that output is read and its counts and failing cases are shown under its status.
-A failed build registers no output, so its XML is not read: the log tail says what failed.
+A failed build registers no output: the XML its failed attempt wrote was kept next to its
+log (`BuildResult.junit_kept`) and is read from there, for a cached failure too.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ class RunRecorder:
 
     # -- the observer interface (`runner.build.progress.Observer`)
 
-    def started(self, drv_path: str, name: str) -> None:
-        self.started_at[drv_path] = time.time()
+    def started(self, drv_path: str, name: str, attempt: int = 1) -> None:
+        if attempt == 1 or drv_path not in self.started_at:  # a bar spans every attempt
+            self.started_at[drv_path] = time.time()
         if self.events is not None:
-            self.events.build_started(drv_path, name)
+            self.events.build_started(drv_path, name, attempt)
 
     def log(self, drv_path: str, lines: list[bytes]) -> None:
         if self.junit_outputs.get(drv_name(drv_path)):
@@ -81,13 +83,19 @@ class RunRecorder:
             for line in lines:
                 self.events.log_line(drv_path, line)
 
+    def substitution_started(self, path: str, url: str, drv_path: str | None) -> None:
+        if self.events is not None:
+            self.events.substitution_started(path, url, drv_path)
+
     def finished(self, result: BuildResult) -> None:
         record = Record(result, self.started_at.get(result.drv_path))
         self.records[result.drv_path] = record
         name = drv_name(result.drv_path)
         output = self.junit_outputs.get(name)
-        if output and result.status.ok and output in result.outputs:
-            parsed = junit.read(result.outputs[output])
+        xml = (result.outputs.get(output) if output and result.status.ok
+               else result.junit_kept)  # a failure's: kept from the failed attempt
+        if output and xml:
+            parsed = junit.read(xml)
             if isinstance(parsed, junit.JunitProblem):
                 record.problem = parsed
             else:
@@ -121,7 +129,7 @@ class RunRecorder:
         if self.events is not None:
             counts: dict[str, int] = {}
             for record in self.records.values():
-                status = record.result.status.value
+                status = record.result.label
                 counts[status] = counts.get(status, 0) + 1
             self.events.run_finished(counts, exit_code, time.time() - self.wall_start)
 
@@ -134,7 +142,7 @@ class RunRecorder:
                 continue
             cached = result.status in (Status.ALREADY_VALID, Status.CACHED_FAILURE)
             entries.append(junit.SuiteEntry(
-                drv_name(result.drv_path), result.drv_path, result.status.value,
+                drv_name(result.drv_path), result.drv_path, result.label,
                 max(0.0, result.stop_time - result.start_time), record.summary,
                 tuple(result.log_tail), cached))
         _write(path, junit.merged(entries))
@@ -146,9 +154,10 @@ class RunRecorder:
             start = record.started if record.started is not None else result.start_time
             cases = tuple(record.summary.failing) if record.summary is not None else ()
             entries.append(html.Entry(
-                drv_name(result.drv_path), result.drv_path, result.status.value,
+                drv_name(result.drv_path), result.drv_path, result.label,
                 max(0.0, start - self.wall_start), max(0.0, result.stop_time - self.wall_start),
-                tuple(result.log_tail), cases, result.failed_dependency or ""))
+                tuple(result.log_tail), cases, result.failed_dependency or "",
+                result.detail))
         run = html.Run(argv, time.strftime("%Y-%m-%d %H:%M:%S %Z",
                                            time.localtime(self.wall_start)),
                        time.time() - self.wall_start, exit_code, entries)

@@ -753,6 +753,21 @@ def validate_https___runner_invalid_schemas_spec_schema_json(data, custom_format
                                         raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.shards".format(**locals()) + " must be bigger than or equal to 1")
                                     if data__derivations_value__shards > 256:
                                         raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.shards".format(**locals()) + " must be smaller than or equal to 256")
+                            if "retries" in data__derivations_value_keys:
+                                data__derivations_value_keys.remove("retries")
+                                data__derivations_value__retries = data__derivations_value["retries"]
+                                if not isinstance(data__derivations_value__retries, (int)) and not (isinstance(data__derivations_value__retries, float) and data__derivations_value__retries.is_integer()) or isinstance(data__derivations_value__retries, bool):
+                                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.retries".format(**locals()) + " must be integer")
+                                if isinstance(data__derivations_value__retries, (int, float, Decimal)) and not isinstance(data__derivations_value__retries, bool):
+                                    if data__derivations_value__retries < 0:
+                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.retries".format(**locals()) + " must be bigger than or equal to 0")
+                                    if data__derivations_value__retries > 10:
+                                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.retries".format(**locals()) + " must be smaller than or equal to 10")
+                            if "flaky" in data__derivations_value_keys:
+                                data__derivations_value_keys.remove("flaky")
+                                data__derivations_value__flaky = data__derivations_value["flaky"]
+                                if not isinstance(data__derivations_value__flaky, (bool)):
+                                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}.flaky".format(**locals()) + " must be boolean")
                             if data__derivations_value_keys:
                                 raise JsonSchemaValueException("" + (name_prefix or "data") + ".derivations.{data__derivations_key}".format(**locals()) + " must not contain "+str(data__derivations_value_keys)+" properties")
                 data__derivations_len = len(data__derivations)

@@ -87,7 +87,18 @@ def build_entry(key: str, pos: Pos, node: Node, defaults: Node | None, report: R
                     "RUNNER_SHARD_COUNT"):
             if var in env:
                 report(env_pos.get(var, at), f"env key '{var}' is set by 'shards'")
-    return DerivationEntry(key, pos, name, outputs, attrs, args, fixed, junit, shards)
+    retries, flaky = _retries(_mapping(node))
+    return DerivationEntry(key, pos, name, outputs, attrs, args, fixed, junit, shards,
+                           retries=retries, flaky=flaky)
+
+
+def _retries(keys: dict[str, Node]) -> tuple[int | None, bool]:
+    """`retries:` and `flaky:` (runner-only; wrong types were reported by the schema)."""
+    retries_node, flaky_node = keys.get("retries"), keys.get("flaky")
+    retries = retries_node.value if retries_node is not None else None
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        retries = None
+    return retries, bool(flaky_node is not None and flaky_node.value is True)
 
 
 def _runner_only(keys: dict[str, Node], outputs: tuple[str, ...], report: Report) -> (

@@ -74,6 +74,8 @@ class DerivationEntry:
     shards: int = 1
     # a shard-merging entry (made by `shards.expand`): the keys of the shards it gathers
     gathers: tuple[str, ...] = ()
+    retries: int | None = None  # `retries:` as written (None: not given)
+    flaky: bool = False  # `flaky:`: retried (2 unless `retries`), a failure never cached
 
     @property
     def default_output(self) -> str:

@@ -61,7 +61,7 @@ def _shard(entry: DerivationEntry, key: str, k: int) -> DerivationEntry:
     for var, value in zip(SHARD_ENV, (k - 1, entry.shards, k - 1, entry.shards), strict=True):
         attrs[var] = Node(str(value), at)
     return DerivationEntry(key, at, name, entry.outputs, attrs, entry.args, entry.fixed,
-                           entry.junit, 1)
+                           entry.junit, 1, retries=entry.retries, flaky=entry.flaky)
 
 
 def _gatherer(entry: DerivationEntry, keys: tuple[str, ...]) -> DerivationEntry:

@@ -48,7 +48,8 @@ def ident(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def open_dir(name: str, dir_fd: int, st: os.stat_result, *, make_readable: bool) -> int:
+def open_dir(name: str | bytes, dir_fd: int, st: os.stat_result, *,
+             make_readable: bool) -> int:
     """Open the directory `name` (already lstat'ed as `st`) without following symlinks.
 
     `make_readable`: a directory of ours that we may not list (mode 0000: a
@@ -62,15 +63,33 @@ def open_dir(name: str, dir_fd: int, st: os.stat_result, *, make_readable: bool)
         pfd = os.open(name, PATH_FLAGS | os.O_DIRECTORY, dir_fd=dir_fd)
         try:
             if ident(os.fstat(pfd)) != ident(st):
-                raise TreeMoved(errno.ESTALE, "directory replaced during the walk", name) from None
+                raise TreeMoved(errno.ESTALE, "directory replaced during the walk",
+                                os.fsdecode(name)) from None
             chmod_fd(pfd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
             fd = os.open(".", DIR_FLAGS, dir_fd=pfd)
         finally:
             os.close(pfd)
     if ident(os.fstat(fd)) != ident(st):
         os.close(fd)
-        raise TreeMoved(errno.ESTALE, "directory replaced during the walk", name)
+        raise TreeMoved(errno.ESTALE, "directory replaced during the walk", os.fsdecode(name))
     return fd
+
+
+def up(fd: int, parent: tuple[int, int], where: str = "") -> int:
+    """The parent of the directory open as `fd`, which is closed once the parent is
+    known to be the directory `parent` identifies (on error `fd` stays open)."""
+    above = os.open("..", DIR_FLAGS, dir_fd=fd)
+    if ident(os.fstat(above)) != parent:
+        os.close(above)
+        raise TreeMoved(errno.ESTALE, "directory moved during the walk", where or None)
+    os.close(fd)
+    return above
+
+
+def byte_names(fd: int) -> list[bytes]:
+    """The entries of the directory `fd` as bytes (`listdir` of an fd gives str), for
+    callers that must order them by bytes as NARs do."""
+    return [os.fsencode(n) for n in os.listdir(fd)]
 
 
 def chmod_fd(fd: int, mode: int) -> None:
@@ -158,12 +177,7 @@ class Walk:
                 if not stack:
                     yield Event("leave", self.dir_fd, name, dst, top=True)
                     return
-                up = os.open("..", DIR_FLAGS, dir_fd=cur)
-                os.close(cur)
-                cur = up
-                if ident(os.fstat(cur)) != ident(stack[-1][1]):
-                    raise TreeMoved(errno.ESTALE, "directory moved during the walk",
-                                    "/".join([self.display, *self._names]))
+                cur = up(cur, ident(stack[-1][1]), "/".join([self.display, *self._names]))
                 self._bytes -= len(os.fsencode(self._names.pop())) + 1
                 yield Event("leave", cur, name, dst)
         finally:

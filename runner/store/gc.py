@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
+from runner.store import check_roots
 from runner.store.canonicalise import remove_tree
 from runner.store.fdtree import disk_usage
 from runner.store.layout import (
@@ -53,6 +54,7 @@ class GCResult:
     locks_removed: int = 0  # stale `.lock` files
     links_removed: int = 0  # `.links` entries no path shares any more
     failures_dropped: int = 0
+    released_repositories: list[str] = field(default_factory=list)  # gone; check roots dropped
 
     def summary(self, dry_run: bool = False) -> str:
         count = f"{len(self.deleted)} store paths"
@@ -68,7 +70,8 @@ class GCResult:
         return {"dryRun": dry_run, "deleted": self.deleted, "leftovers": self.leftovers,
                 "skipped": self.skipped, "bytesFreed": self.bytes_freed,
                 "lockFilesRemoved": self.locks_removed, "linksRemoved": self.links_removed,
-                "failuresDropped": self.failures_dropped}
+                "failuresDropped": self.failures_dropped,
+                "checkRootsReleased": self.released_repositories}
 
 
 # ------------------------------------------------------------------ liveness
@@ -142,7 +145,8 @@ def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCRe
     result = GCResult()
     act = not options.dry_run
     with gc_lock(store.state_dir, exclusive=True, notice=sys.stderr):
-        roots = all_roots(store.store_dir, store.state_dir)
+        roots = _release_gone_repositories(store, all_roots(store.store_dir, store.state_dir),
+                                           result, act)
         graph = _Graph.load(store)
         alive = graph.live(roots, options.keep_outputs, options.keep_derivations)
         dead = graph.referrers_first(set(graph.references) - alive)
@@ -161,6 +165,25 @@ def collect_garbage(store: LocalStore, options: GCOptions = GCOptions()) -> GCRe
             if options.drop_failures:
                 result.failures_dropped = store.clear_failures()
     return result
+
+
+def _release_gone_repositories(store: LocalStore, roots: Roots, result: GCResult,
+                               act: bool) -> Roots:
+    """Drop the check roots of repositories whose dir is gone (a dry run only says so)."""
+    gone = check_roots.gone_repositories(store.state_dir)
+    if not gone:
+        return roots
+    prefixes = tuple(top + os.sep for top, _ in gone)
+    kept: Roots = {}
+    for path, sources in roots.items():
+        left = {s for s in sources if not s.startswith(prefixes)}
+        if left:
+            kept[path] = left
+    for top, repository in gone:
+        result.released_repositories.append(repository)
+        if act:
+            check_roots.release(top)
+    return kept
 
 
 def _limit_reached(result: GCResult, options: GCOptions) -> bool:

@@ -9,7 +9,6 @@ recursion limit) and move file contents in fixed-size chunks.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import os
@@ -18,7 +17,8 @@ import struct
 from collections.abc import Callable, Iterator
 
 from runner.errors import RunnerError
-from runner.store import dirfd
+from runner.store import fdtree
+from runner.store.canonicalise import remove_at
 from runner.store.hashes import SIZES, Hash
 
 MAGIC = b"nix-archive-1"
@@ -115,7 +115,7 @@ def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
     yield _field(MAGIC)
     parent, base = os.path.split(root.rstrip(b"/") or b"/")
     try:
-        top = dirfd.open_dir(parent or b".", None)
+        top = os.open(parent or b".", fdtree.DIR_FLAGS)
     except OSError as e:
         raise _io_error(root, e) from None
     levels: list[_Level] = []
@@ -133,17 +133,15 @@ def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
         while True:
             if stat.S_ISDIR(st.st_mode):
                 try:
-                    child = dirfd.open_dir(name, fd)
+                    child = fdtree.open_dir(name, fd, st, make_readable=False)
                 except OSError as e:
                     raise _io_error(shown(name), e) from None
                 if fd != top:
                     os.close(fd)
                 fd = child
+                ident = fdtree.ident(st)
                 try:
-                    ident = dirfd.identity(os.fstat(fd))
-                    if ident != dirfd.identity(st):
-                        raise OSError(errno.ESTALE, "replaced while archiving")
-                    names = sorted(dirfd.entries(fd))
+                    names = sorted(fdtree.byte_names(fd))
                 except OSError as e:
                     raise _io_error(shown(name), e) from None
                 levels.append(_Level(name, names, rel, ident))
@@ -162,7 +160,7 @@ def _pieces(root: bytes, exclude: Exclude | None = None) -> Iterator[bytes]:
                         break
                     yield _field(b")")  # closes the entry holding it
                     try:
-                        fd = dirfd.up(fd, levels[-1].ident)
+                        fd = fdtree.up(fd, levels[-1].ident)
                     except OSError as e:
                         raise _io_error(shown(), e) from None
                     continue
@@ -334,11 +332,12 @@ class _Restoring:
 
     def enter(self, name: bytes, rel_len: int) -> None:
         os.mkdir(name, 0o777, dir_fd=self.fd)
-        child = dirfd.open_dir(name, self.fd)
+        st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        child = fdtree.open_dir(name, self.fd, st, make_readable=False)
         if self.fd != self.top:
             os.close(self.fd)
         self.fd = child
-        self.dirs.append((name, None, dirfd.identity(os.fstat(child)), rel_len))
+        self.dirs.append((name, None, fdtree.ident(st), rel_len))
 
     def next_entry(self) -> bytes | None:
         """Read up to the next node to create; None once the root is complete."""
@@ -348,7 +347,7 @@ class _Restoring:
             if tag == b")":
                 self.dirs.pop()
                 if self.dirs:
-                    self.fd = dirfd.up(self.fd, self.dirs[-1][2])
+                    self.fd = fdtree.up(self.fd, self.dirs[-1][2])
                     r.expect(b")")  # closes the entry holding this directory
                 continue
             if tag != b"entry":
@@ -395,7 +394,7 @@ def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None 
     dest_b = os.fsencode(dest).rstrip(b"/")
     parent, base = os.path.split(dest_b)
     try:
-        top = dirfd.open_dir(parent or b".", None)
+        top = os.open(parent or b".", fdtree.DIR_FLAGS)
     except OSError as e:
         raise RunnerError(f"cannot restore NAR to '{_display(dest_b)}': {e.strerror or e}",
                           reason="io") from None
@@ -430,7 +429,7 @@ def restore(read: Callable[[int], bytes], dest: PathArg, *, max_rel: int | None 
         state.close()
         if created:
             with contextlib.suppress(OSError):  # the caller's clean-up tries again
-                dirfd.remove_at(top, base)
+                remove_at(top, os.fsdecode(base))
         os.close(top)
         if isinstance(e, OSError):
             raise RunnerError(f"cannot restore NAR to '{_display(where)}': {e.strerror or e}",

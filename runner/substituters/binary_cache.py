@@ -116,6 +116,12 @@ class BinaryCache(DownState):
                               f"not '{path}'", reason="bad-narinfo")
         return info
 
+    def open_file(self, rel: str) -> Stream | None:
+        """Another file of the cache (a build log, a failure record), None when absent;
+        as `query`, it respects and updates the cache's health."""
+        self.cache_info()
+        return self._watch(lambda: self.transport.open(rel))
+
     def _count(self, hit: bool) -> None:
         if self._health is not None:
             self._health.count(self.name, hit)

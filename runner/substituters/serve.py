@@ -5,7 +5,8 @@ database (signed with `--sign-key` when given) and NARs are streamed
 uncompressed from the store tree, so nothing is stored twice. Serving a
 directory (a cache written by `runner copy --to file://…`) is plain static
 file serving, plus `PUT` when writable so that `runner copy --to http://…`
-can fill it.
+can fill it. A store also serves `failure/<hash>.failure` records of its
+cached failures (signed with `--sign-key`) and `log/<drv>` build logs.
 """
 
 from __future__ import annotations
@@ -19,18 +20,24 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from runner.build.logs import read_log
 from runner.errors import RunnerError
-from runner.store import nar
+from runner.store import derivation, nar
+from runner.store.derivation import Derivation
 from runner.store.local_store import LocalStore
-from runner.store.path_info import PathInfo
+from runner.store.path_info import FailureRecord, PathInfo
 from runner.substituters.cache_info import CacheInfo
+from runner.substituters.failure_export import Exported, export_failure
 from runner.substituters.narinfo import NarInfo
 from runner.substituters.signing import SecretKey
 
 _NARINFO = re.compile(r"/([0-9a-df-np-sv-z]{32})\.narinfo")
 _STORE_NAR = re.compile(r"/nar/([0-9a-df-np-sv-z]{32})-([0-9a-df-np-sv-z]{52})\.nar")
+_FAILURE = re.compile(r"/failure/([0-9a-df-np-sv-z]{32})\.failure")
+_LOG = re.compile(r"/log/([0-9a-df-np-sv-z]{32}-[^/]+\.drv)")
 _SAFE_FILE = re.compile(r"/(nix-cache-info|[0-9a-z]{32}\.narinfo|nar/[0-9a-z]{52}\.nar"
-                        r"(\.xz|\.zst|\.bz2)?|log/[0-9a-z]{32}-[^/]+)")
+                        r"(\.xz|\.zst|\.bz2)?|log/[0-9a-z]{32}-[^/]+|"
+                        r"failure/[0-9a-z]{32}\.failure)")
 _CHUNK = 256 * 1024
 
 
@@ -59,6 +66,30 @@ class StoreSource:
             path = store.query_path_from_hash_part(part)  # an index scan, not a listing
             return store.query_path_info(path) if path is not None else None
 
+    def failure(self, part: str) -> bytes | None:
+        """The (signed) record of a cached failure of the derivation `part`, made now."""
+        exported = self._failure(part)
+        return exported.record.to_text().encode() if exported is not None else None
+
+    def log(self, base: str) -> bytes | None:
+        """A derivation's log as the caches hold it: plain text; for a cached failure, the
+        very bytes its record states."""
+        drv_path = f"{self.store_dir}/{base}"
+        exported = self._failure(base[:32])
+        if exported is not None and exported.record.drv_path == drv_path:
+            return exported.log
+        try:
+            return read_log(self.state_dir, drv_path)
+        except RunnerError:
+            return None
+
+    def _failure(self, part: str) -> Exported | None:
+        with LocalStore(self.store_dir, self.state_dir, bind=self.real_dir is None) as store:
+            path = store.query_path_from_hash_part(part)
+            if path is None or not path.endswith(".drv"):
+                return None
+            return export_failure(_Files(store, self), self.state_dir, path, self.sign_key)
+
     def narinfo(self, info: PathInfo) -> bytes:
         result = NarInfo(
             path=info.path, url=f"nar/{_hash_part(info)}-{info.nar_hash.base32()}.nar",
@@ -67,6 +98,26 @@ class StoreSource:
         if self.sign_key is not None:
             result = result.signed(self.sign_key)
         return result.to_text().encode()
+
+
+class _Files:
+    """The store, reading derivations where the files are (`real_dir`)."""
+
+    def __init__(self, store: LocalStore, source: StoreSource) -> None:
+        self._store = store
+        self._source = source
+
+    def read_derivation(self, path: str) -> Derivation:
+        try:
+            with open(self._source.file(path), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise RunnerError(f"cannot read derivation '{path}': {e.strerror}",
+                              reason="bad-drv") from None
+        return derivation.parse(data, path)
+
+    def query_failure(self, path: str) -> FailureRecord | None:
+        return self._store.query_failure(path)
 
 
 def _hash_part(info: PathInfo) -> str:
@@ -108,6 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(HTTPStatus.OK, source.narinfo(info), head=head,
                            content_type="text/x-nix-narinfo")
+            return
+        if m := _FAILURE.fullmatch(path):
+            self._send_optional(source.failure(m.group(1)), head)
+            return
+        if m := _LOG.fullmatch(path):
+            self._send_optional(source.log(m.group(1)), head, "text/plain; charset=utf-8")
             return
         if m := _STORE_NAR.fullmatch(path):
             info = source.lookup(m.group(1))
@@ -158,6 +215,13 @@ class _Handler(BaseHTTPRequestHandler):
             if os.path.exists(tmp):
                 os.unlink(tmp)
         self._send(HTTPStatus.CREATED, b"")
+
+    def _send_optional(self, body: bytes | None, head: bool,
+                       content_type: str = "text/plain") -> None:
+        if body is None:
+            self._not_found(head)
+        else:
+            self._send(HTTPStatus.OK, body, head=head, content_type=content_type)
 
     def _not_found(self, head: bool) -> None:
         self._send(HTTPStatus.NOT_FOUND, b"not found\n", head=head)

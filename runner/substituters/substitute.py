@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from runner.errors import RunnerError
 from runner.settings import Settings
-from runner.store import dirfd, nar
+from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree, rename_tree
 from runner.store.hashes import Hash
 from runner.store.locks import PathLocks
@@ -76,30 +76,37 @@ class SubstituteResult:
 
 
 def substitute(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
-               warn: Warn = print_warning, repair: bool = False) -> SubstituteResult:
+               warn: Warn = print_warning, repair: bool = False,
+               on_fetch: Callable[[str, str], None] | None = None) -> SubstituteResult:
     """Make `path` valid from the first substituter that can deliver it (blocking).
 
     With `repair`, a valid `path` (presumably corrupt) is fetched again and
     replaces the one on disk once verified. Safe to call from several threads
     at once. Raises RunnerError only when a substituter is down and
-    `substituter-errors` is `fail`.
+    `substituter-errors` is `fail`. `on_fetch(path, substituter)` is called as each
+    download starts (the `substitution-started` event).
     """
-    return _Substitution(store, substituters, settings, warn, repair=path if repair else None
-                         ).run(path)
+    return _Substitution(store, substituters, settings, warn, repair=path if repair else None,
+                         on_fetch=on_fetch).run(path)
 
 
 def find_offer(store: Store, path: str, substituters: list[Substituter], settings: Settings, *,
-               warn: Warn = print_warning) -> NarInfo | None:
+               warn: Warn = print_warning,
+               rejections: list[Rejection] | None = None) -> NarInfo | None:
     """The info of the first substituter that has `path` and is trusted for it, without
-    downloading anything (what `--dry-run` reports as "will be fetched")."""
-    offers = _Substitution(store, substituters, settings, warn).offers(path, [])
+    downloading anything (what `--dry-run` reports as "will be fetched"). Offers refused
+    on the way are added to `rejections`."""
+    found = [] if rejections is None else rejections
+    offers = _Substitution(store, substituters, settings, warn).offers(path, found)
     return next((info for _, info in offers), None)
 
 
 class _Substitution:
     def __init__(self, store: Store, substituters: list[Substituter], settings: Settings,
-                 warn: Warn, *, repair: str | None = None) -> None:
+                 warn: Warn, *, repair: str | None = None,
+                 on_fetch: Callable[[str, str], None] | None = None) -> None:
         self.store = store
+        self.on_fetch = on_fetch
         self.repair = repair  # the one path to fetch again although valid
         self.require_sigs = bool(settings.get("require-sigs"))
         self.fail_on_errors = settings.get("substituter-errors") == "fail"
@@ -217,6 +224,8 @@ class _Substitution:
                 remove_tree(path)  # a leftover of an interrupted attempt is never valid
             with TempDir(self.store.store_dir) as tmp:
                 staged = os.path.join(tmp.path, "x")
+                if self.on_fetch is not None:
+                    self.on_fetch(path, sub.name)
                 try:
                     with sub.fetch(info) as read:
                         nar_hash, nar_size = _unpack_verified(read, staged, info)
@@ -224,7 +233,7 @@ class _Substitution:
                 except BaseException:
                     # Still ours and writable: removed by descriptor, whatever its depth.
                     with contextlib.suppress(OSError):
-                        dirfd.remove_path(staged)
+                        remove_tree(staged)
                     raise
                 try:
                     canonicalise(staged)
