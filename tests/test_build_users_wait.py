@@ -11,6 +11,7 @@ import pwd
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -106,3 +107,38 @@ def test_a_waiter_gives_back_its_slot_and_says_so(one_user_group: tuple[str, int
     while not lines.empty():
         rest.append(lines.get())
     assert sum("waiting for a free build user" in line for line in seen + rest) == 1
+
+
+def test_a_retried_build_keeps_its_build_user(one_user_group: tuple[str, int],
+                                              tmp_path: Path) -> None:
+    # `f` fails and is retried; `g` waits for the only build user meanwhile. The
+    # user must stay `f`'s across its attempts (not freed between them for `g`).
+    group, _ = one_user_group
+    span = ("s=$(date +%s%N); i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; "
+            "echo SPAN $s $(date +%s%N)")
+    spec = write_spec(tmp_path, (
+        "derivations:\n"
+        f"  f: {{builder: /bin/sh, args: [-c, '{span}; exit 1']}}\n"
+        f"  g: {{builder: /bin/sh, args: [-c, 'mkdir $out; ({span}) > $out/span']}}\n"))
+    proc = runner_process("build", "--no-out-link", "-j2", "--keep-going", "--retries", "2",
+                          "--option", "build-users-group", group, "--json", spec, "f", "g")
+    out, err = proc.communicate(timeout=HANG)
+    assert proc.returncode == 100, err
+    results = json.loads(out)
+    assert sorted(r["status"] for r in results) == ["built", "failed"]
+    spans = []
+    for result in results:
+        if result["status"] == "built":
+            text = Path(next(iter(result["outputs"].values())), "span").read_text()
+            spans.append(tuple(map(int, text.split()[1:3])))
+        else:
+            for attempt in (1, 2, 3):
+                log = subprocess.run(
+                    [sys.executable, "-m", "runner", "log", "--attempt", str(attempt),
+                     result["drvPath"]], capture_output=True, text=True, check=True).stdout
+                line = next(x for x in log.splitlines() if x.startswith("SPAN"))
+                spans.append(tuple(map(int, line.split()[1:3])))
+    assert len(spans) == 4
+    spans.sort()
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, "two builds ran under one build user at once"
