@@ -205,6 +205,7 @@ def _unparse(
 
 # Nix's escapes: `\n \r \t` are control characters, `\x` is x for any other x.
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_PLAIN = re.compile(r'"([^"\\]*)"')
 _HEX = re.compile(r"[0-9a-f]*")
 
 
@@ -236,6 +237,10 @@ class _Parser:
     def string(self) -> str:
         """A quoted string: any character but `"`; `\\` escapes the next one. Scanned
         with `find`, not a regex, so an unterminated string costs linear time."""
+        plain = _PLAIN.match(self.text, self.pos)  # most strings: no escape at all
+        if plain is not None:
+            self.pos = plain.end()
+            return plain.group(1)
         t = self.text
         if not t.startswith('"', self.pos):
             raise self.fail("expected a string")
