@@ -8,6 +8,7 @@ worktree elsewhere). Without the directory the whole module is skipped, naming i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from runner.cli.main import run
 from runner.errors import RunnerError
 from runner.store import base32, derivation, nar, paths
 from runner.store.hashes import Hash, hash_bytes
@@ -270,28 +272,18 @@ def test_nar_go_nix_net_tools(tmp_path: Path) -> None:
 _GO_NIX_DRVS = VECTORS / "go-nix" / "test" / "testdata"
 _TVIX_DRVS = VECTORS / "tvix" / "src" / "derivation" / "tests" / "derivation_tests"
 _NIX_DRVS = VECTORS / "nix" / "src" / "libstore-tests" / "data" / "derivation"
-# Fixtures SOURCES.md lists as usable that runner does not handle; left out here (not
-# skipped) and reported: Latin-1 / CP-1252 bytes in env (runner reads .drv as UTF-8),
-# a derivation without outputs, and `-modulo.drv` hash-input texts (hashes, not paths).
-_NOT_PARSED = {
-    "m1vfixn8iprlf0v9abmlrz7mjw1xj8kp-cp1252.drv", "x6p0hg79i3wg0kkv7699935f7rrj9jf3-latin1.drv",
-    "simple-derivation.drv", "intermediate-first-modulo.drv", "intermediate-second-modulo.drv",
-    "parent-joined-modulo.drv", "parent-split-modulo.drv",
-}
-# Parsed, but the name is only inside __structuredAttrs' __json (runner takes it from
-# env), so neither the .drv path nor the output paths can be computed.
-_NO_ENV_NAME = {
-    "9lj1lkjm2ag622mh4h9rpy6j607an8g2-structured-attrs.drv",
-    "advanced-attributes-structured-attrs.drv",
-    "advanced-attributes-structured-attrs-defaults.drv",
-}
-# Output paths need every input derivation; these have one that is not a fixture.
-# (hash-modulo: modulo.cc's intermediates have no env at all, see group drv-hash-modulo.)
-_NO_OUTPUT_CHECK = _NO_ENV_NAME | {
+# `-modulo.drv` files are not derivations but the text Nix hashes for one (input
+# derivations replaced by their hashes); group drv-hash-modulo prints and checks them.
+_MODULO_TEXTS = {f.name for f in (_NIX_DRVS / "hash-modulo").glob("*-modulo.drv")}
+# Output paths need every input derivation; these have one that is not a fixture, or
+# (simple-derivation) no outputs and no name at all. hash-modulo: group drv-hash-modulo.
+_NO_OUTPUT_CHECK = {
     "0zhkga32apid60mm7nh92z2970im5837-bootstrap-tools.drv",
     "cl5fr6hlr6hdqza2vgb9qqy5s26wls8i-jq-1.6.drv",
     "z8dajq053b2bxc3ncqp8p8y3nfwafh3p-foo-file.drv",
     "advanced-attributes.drv",
+    "advanced-attributes-structured-attrs.drv",
+    "simple-derivation.drv",
 }
 _DRVS = [
     f
@@ -300,8 +292,9 @@ _DRVS = [
         *sorted((_TVIX_DRVS / "ok").glob("*.drv")),
         *sorted((_NIX_DRVS / "ia").glob("*.drv")),
         *sorted((_NIX_DRVS / "hash-modulo").glob("*.drv")),
+        _NIX_DRVS / "simple-derivation.drv",
     ]
-    if f.name not in _NOT_PARSED
+    if f.name not in _MODULO_TEXTS
 ]
 _NAMED_DRVS = [f for f in _DRVS if paths.is_store_path(f"{STORE}/{f.name}", STORE)]
 _BY_PATH = {f"{STORE}/{f.name}": f for f in _NAMED_DRVS}
@@ -318,12 +311,12 @@ def _load(path: str) -> derivation.Derivation:
 @pytest.mark.parametrize("fixture", _DRVS, ids=_drv_id)
 def test_drv_parse_unparse_round_trip(fixture: Path) -> None:
     raw = fixture.read_bytes()
-    assert derivation.unparse(derivation.parse(raw, fixture.name)).encode() == raw
+    drv = derivation.parse(raw, fixture.name)
+    assert drv.data == raw
+    assert derivation.encode(derivation.unparse(drv)) == raw
 
 
-@pytest.mark.parametrize(
-    "fixture", [f for f in _NAMED_DRVS if f.name not in _NO_ENV_NAME], ids=_drv_id
-)
+@pytest.mark.parametrize("fixture", _NAMED_DRVS, ids=_drv_id)
 def test_drv_path_is_file_name(fixture: Path) -> None:
     drv = derivation.parse(fixture.read_bytes(), fixture.name)
     assert derivation.derivation_path(drv, STORE) == f"{STORE}/{fixture.name}"
@@ -341,8 +334,153 @@ def test_drv_output_paths_as_nix_gave_them(fixture: Path) -> None:
     assert filled.env == drv.env
 
 
-def test_drv_rejects_duplicate_env_key() -> None:
-    # tvix: an ATerm map with a repeated key is an error.
-    with pytest.raises(RunnerError) as info:
-        derivation.parse((_TVIX_DRVS / "duplicate.drv").read_bytes(), "duplicate.drv")
-    assert info.value.reason == "bad-drv"
+def test_drv_duplicate_env_key_fails_the_output_check() -> None:
+    # tvix's parser refuses a repeated key; Nix 2.8's takes it (the last value wins)
+    # and then refuses the derivation because its output path is not the one the
+    # name gives (checkDerivationOutputs). runner parses as Nix and checks the same.
+    raw = (_TVIX_DRVS / "duplicate.drv").read_bytes()
+    drv = derivation.parse(raw, "duplicate.drv")
+    assert drv.env["name"] == "bar"
+    filled = derivation.fill_output_paths(drv, STORE, _load, {})
+    assert filled.outputs["out"].path != drv.outputs["out"].path
+    assert drv.outputs["out"].path.endswith("-foo")
+
+
+def test_drv_structured_attrs_name_is_in_json() -> None:
+    fixture = _TVIX_DRVS / "ok" / "9lj1lkjm2ag622mh4h9rpy6j607an8g2-structured-attrs.drv"
+    drv = derivation.parse(fixture.read_bytes(), fixture.name)
+    assert "name" not in drv.env
+    assert drv.name == "structured-attrs"
+
+
+@pytest.mark.parametrize("stem", ["latin1", "cp1252"])
+def test_drv_non_utf8_env_bytes(stem: str) -> None:
+    # The env value is not UTF-8; its bytes (not a re-encoding) go into the drv hash.
+    fixture = next(_TVIX_DRVS.glob(f"ok/*-{stem}.drv"))
+    raw = fixture.read_bytes()
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    drv = derivation.parse(raw, fixture.name)
+    chars = derivation.encode(drv.env["chars"])
+    assert len(chars) == 3  # three bytes, not three decoded-and-re-encoded characters
+    # Upstream's JSON (what `nix show-derivation` printed) holds the same raw bytes.
+    assert b'"chars": "' + chars + b'"' in fixture.with_name(fixture.name + ".json").read_bytes()
+
+
+# --- 7. hash modulo -----------------------------------------------------------------------
+
+_MODULO = _json("drv_modulo.json")
+_NIX_MODULO = _MODULO["nix_hash_modulo"]
+_MOD_DIR = _NIX_DRVS / "hash-modulo"
+_MOD_PATHS = {
+    stem: path
+    for stems, drv_paths in _NIX_MODULO["drv_path_sets"]
+    for stem, path in zip(stems, drv_paths, strict=True)
+}
+_MOD_BY_PATH = {path: stem for stem, path in _MOD_PATHS.items()}
+
+
+def _mod_drv(stem: str) -> derivation.Derivation:
+    return derivation.parse((_MOD_DIR / f"{stem}.drv").read_bytes(), f"{stem}.drv")
+
+
+def _mod_load(path: str) -> derivation.Derivation:
+    return _mod_drv(_MOD_BY_PATH[path])
+
+
+@pytest.mark.parametrize("case", _cases(_MODULO["fixed"], "drv"))
+def test_drv_modulo_fixed_output(case: dict[str, Any]) -> None:
+    drv = _load(f"{STORE}/{case['drv']}")
+    assert derivation.hash_derivation_modulo(drv, _load, {}).hex() == case["hex"]
+
+
+@pytest.mark.parametrize("stem", sorted(_MOD_PATHS))
+def test_drv_modulo_drv_path(stem: str) -> None:
+    # modulo.cc names these apart from the env (which holds no name).
+    name = _NIX_MODULO["names"][stem]
+    assert derivation.derivation_path(_mod_drv(stem), STORE, name=name) == _MOD_PATHS[stem]
+
+
+@pytest.mark.parametrize("stem", ["source-first", "source-second"])
+def test_drv_modulo_source(stem: str) -> None:
+    # Two fixed-output derivations with different builders: one hash, their content's.
+    got = derivation.hash_derivation_modulo(_mod_drv(stem), _mod_load, {})
+    assert got.hex() == _NIX_MODULO["source_modulo_hex"]
+
+
+_MODULO_STEMS = ["intermediate-first", "intermediate-second", "parent-split", "parent-joined"]
+
+
+@pytest.mark.parametrize("stem", _MODULO_STEMS)
+def test_drv_modulo_text(stem: str) -> None:
+    # `<stem>-modulo.drv` is the text Nix hashes: outputs blanked, each input derivation
+    # replaced by its hash modulo (two inputs with one hash merge their output names).
+    drv = _mod_drv(stem)
+    cache: dict[str, bytes] = {}
+    hashes: dict[str, set[str]] = {}
+    for path, outs in drv.input_drvs.items():
+        key = derivation.hash_derivation_modulo(_mod_load(path), _mod_load, cache).hex()
+        hashes.setdefault(key, set()).update(outs)
+    text = derivation.encode(
+        derivation.unparse(drv, mask_outputs=True, input_drvs_hashes=hashes))
+    assert text == (_MOD_DIR / f"{stem}-modulo.drv").read_bytes()
+    source = stem.startswith("intermediate")
+    expected = _NIX_MODULO["source_modulo_hex" if source else "intermediate_modulo_hex"]
+    assert [*hashes] == [expected]
+
+
+@pytest.mark.parametrize("stem", ["intermediate-first", "intermediate-second"])
+def test_drv_modulo_output_paths(stem: str) -> None:
+    # modulo.cc hashes the intermediates before any env is set (the builtin
+    # `derivation` would first add `out = ""` etc.): outputs blanked, env empty.
+    drv = _mod_drv(stem)
+    blank = dataclasses.replace(
+        drv, outputs={k: derivation.DerivationOutput("") for k in drv.outputs}, env={})
+    digest = derivation.hash_derivation_modulo(blank, _mod_load, {})
+    name = _NIX_MODULO["names"][stem]
+    got = {k: paths.make_output_path(k, digest, name, STORE) for k in drv.outputs}
+    assert got == {k: o.path for k, o in drv.outputs.items()}
+    assert drv.env == got  # the fixture's env: the output paths, as Nix then set them
+
+
+# --- 8. `runner hash` -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", _cases(_json("hashes.json")["cases"], "name"))
+def test_hash_file_cli(case: dict[str, Any], tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_bytes(case["input"].encode())
+    fmt = "--sri" if case["format"] == "sri" else "--base16"
+    assert run(["hash", "file", "--type", case["algo"], fmt, str(tmp_path / "f")]) == 0
+    printed = capsys.readouterr().out.strip()
+    expected = case["expected"]
+    assert printed == (expected if fmt == "--sri" else expected.split(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "fixture", [f for f in _NARS if f.stem not in _INVALID_NARS], ids=_nar_id
+)
+def test_hash_path_cli(fixture: Path, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    # The NAR hash of the restored tree is sha256 of the archive's bytes (its definition).
+    data = fixture.read_bytes()
+    nar.restore(io.BytesIO(data).read, tmp_path / "t")
+    digest = hashlib.sha256(data).digest()
+    for fmt, text in (("--base16", digest.hex()), ("--base32", base32.encode(digest))):
+        assert run(["hash", "path", "--type", "sha256", fmt, str(tmp_path / "t")]) == 0
+        assert capsys.readouterr().out.strip() == text
+
+
+_SHOWN = [f for f in _DRVS if f.with_name(f.name + ".json").exists()]
+
+
+@pytest.mark.parametrize("fixture", _SHOWN, ids=_drv_id)
+def test_drv_show_json_as_nix(fixture: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    # `runner show X.drv` prints what `nix show-derivation` printed upstream, bytes
+    # that are not UTF-8 included (read both with surrogateescape to compare).
+    assert run(["show", str(fixture)]) == 0
+    ours = json.loads(derivation.decode(capsysbinary.readouterr().out))
+    upstream = json.loads(derivation.decode(fixture.with_name(fixture.name + ".json").read_bytes()))
+    if "outputs" not in upstream:  # tvix keys it by the drv path, go-nix does not
+        (upstream,) = upstream.values()
+    assert list(ours.values()) == [upstream]

@@ -187,16 +187,10 @@ GOOD = unparse(sample())
         GOOD + " ",
         GOOD + ")",
         GOOD.replace("Derive", "derive"),
-        GOOD.replace('"first"', '"fir\\xst"'),  # unknown escape
-        GOOD.replace('"first"', '"fir\nst"'),  # raw newline
         GOOD.replace('"first"', '"first'),
         GOOD.replace('("a","first"),', ""),  # still fine? no: see below
         GOOD.replace('("a","first"),', "") + "x",
-        GOOD.replace('("a","first")', '("zz","first")'),  # env not sorted
-        GOOD.replace('["dev","out"]', '["out","dev"]'),  # output names not sorted
-        GOOD.replace('["dev","out"]', '["out","out"]'),  # duplicates
         GOOD.replace('"/nix/store/0', '"nix/store/0'),  # relative input source
-        'Derive([],[],[],"s","b",[],[])',  # no outputs
         'Derive([("out","","md7","00")],[],[],"s","b",[],[])',
         'Derive([("out","","sha256","00")],[],[],"s","b",[],[])',
         'Derive([("out","","sha256","")],[],[],"s","b",[],[])',

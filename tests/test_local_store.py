@@ -107,9 +107,9 @@ def test_add_bad_input(store: LocalStore, tmp_path: Path) -> None:
     with pytest.raises(RunnerError) as info:
         store.add_path(str(tmp_path / "missing"))
     assert info.value.reason == "not-found"
-    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / ".-hidden").write_text("x")  # `.hidden` is fine, as in Nix
     with pytest.raises(RunnerError) as info:
-        store.add_path(str(tmp_path / ".hidden"))
+        store.add_path(str(tmp_path / ".-hidden"))
     assert info.value.reason == "bad-name"
     (tmp_path / "d").mkdir()
     os.mkfifo(tmp_path / "d" / "fifo")

@@ -71,12 +71,16 @@ def test_store_dir_changes_path() -> None:
     assert make_source_path("x", digest, "/a")[3:] != make_source_path("x", digest, "/b")[3:]
 
 
-@pytest.mark.parametrize("name", ["a", "A-z_0.9+?=", "x" * 211, "hello-1.0"])
+@pytest.mark.parametrize(
+    "name", ["a", "A-z_0.9+?=", "x" * 211, "hello-1.0", ".gitignore", "...", ".a-1"]
+)
 def test_valid_names(name: str) -> None:
     validate_name(name)
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "x" * 212, "a b", "a/b", "ä", "a:b", "a\n"])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".-1", "..-a", "x" * 212, "a b", "a/b", "ä", "a:b", "a\n"]
+)
 def test_invalid_names(name: str) -> None:
     with pytest.raises(RunnerError) as info:
         validate_name(name)
@@ -107,7 +111,7 @@ def test_parse_store_path() -> None:
         "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2awe-foo",
         "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0_foo",
         "/other/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo",
-        "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-.foo",
+        "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-.",
         "/nix/store/short-foo",
     ],
 )

@@ -22,6 +22,7 @@ from runner.remote.executor import RemoteExecutor, RemoteOptions
 from runner.remote.fetch import materialise
 from runner.remote.merkle import RootBuilder, path_tree
 from runner.settings import Settings
+from runner.store import derivation
 from runner.store.derivation import Derivation, DerivationOutput
 from tests.deep_trees import flatten, make_chain
 from tests.remote_server import BlobServer
@@ -129,6 +130,10 @@ def test_platforms_and_refusals() -> None:
     assert remote_refusal(_drv("/s", preferLocalBuild="1"))
     assert remote_refusal(_drv("/s", __noChroot="1"))
     assert remote_refusal(_drv("/s", __sandboxPaths="/opt"))
+    # REAPI strings are UTF-8: Latin-1 bytes from a Nix-written .drv build locally.
+    latin1 = derivation.parse(derivation.encode(_drv("/s").text).replace(
+        b'("name","x")', b'("chars","\xc5\xc4"),("name","x")'))
+    assert "not UTF-8" in (remote_refusal(latin1) or "")
 
 
 def _caps(**kw: object) -> re_pb2.ServerCapabilities:

@@ -16,6 +16,7 @@ from runner.build.process import Child, Ending, Limits, kill_group, supervise
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.errors import RunnerError
+from runner.sandbox import uidpool
 from runner.settings import Settings
 from runner.store.derivation import Derivation
 
@@ -32,6 +33,7 @@ class BuildJob:
     on_output: Callable[[bytes], None]
     spawner: Spawner  # the worker's long-lived spawn threads
     inherit_fds: tuple[int, ...] = ()  # output locks: held until every builder process ends
+    build_user: uidpool.Lease | None = None  # reserved by the goal (sandboxing.py)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def _spawn_sandboxed(job: BuildJob, build_dir: str, write_fd: int) -> Started:
         argv=argv, env=env, build_dir=build_dir, closure=job.closure,
         outputs=[o.path for o in job.drv.outputs.values()],
         fixed_output=job.drv.is_fixed_output, stdout=write_fd, stderr=write_fd,
+        lease=job.build_user,
     )
     return built.proc, built.release
 

@@ -36,6 +36,7 @@ from runner.build.result import PERMANENT, BuildResult, Status
 from runner.build.retry import RetryPolicy, retryable
 from runner.build.substitution_goal import Substitution
 from runner.errors import RunnerError
+from runner.sandbox import uidpool
 from runner.store.canonicalise import remove_tree
 from runner.store.derivation import Derivation
 
@@ -174,13 +175,28 @@ class DerivationGoal(Goal[BuildResult]):
         process holds are waited for without a slot (as Nix does), so this runner builds
         other ready derivations meanwhile instead of idling behind a lock."""
         while True:
+            no_build_user = False
             async with self.worker.build_slot():
                 locks = self.worker.try_lock_paths(self._lock_set())
                 if locks is not None:
                     try:
-                        return await self._build_locked(locks.fds, remote=False)
+                        # As root, a build user too; all busy: wait, as for a lock, without
+                        # the slot and the locks (as Nix does).
+                        ok, user = self.worker.sandbox.reserve_build_user(self.drv.env)
+                        if ok:
+                            try:
+                                return await self._build_locked(locks.fds, remote=False,
+                                                                build_user=user)
+                            finally:
+                                if user is not None:
+                                    user.release()
+                        no_build_user = True
                     finally:
                         self.worker.unlock(locks)
+            if no_build_user:
+                await self.worker.sandbox.wait_for_build_user(lambda: self.worker.progress.warn(
+                    f"waiting for a free build user to build '{self.drv_path}'"))
+                continue
             await self.worker.wait_lockable(self._lock_set())
 
     async def _locked(self, *, remote: bool) -> BuildResult:
@@ -283,7 +299,8 @@ class DerivationGoal(Goal[BuildResult]):
             self.input_paths.add(src)
         return None
 
-    async def _build_locked(self, lock_fds: tuple[int, ...], *, remote: bool) -> BuildResult:
+    async def _build_locked(self, lock_fds: tuple[int, ...], *, remote: bool,
+                            build_user: uidpool.Lease | None = None) -> BuildResult:
         if self.aside is None and self._outputs_valid():  # another process built it
             return self._result(Status.ALREADY_VALID)
         if (self.mode is BuildMode.NORMAL and not self.worker.rebuild_failed
@@ -294,7 +311,7 @@ class DerivationGoal(Goal[BuildResult]):
         attempt = 1
         while True:  # a failed attempt is retried in a fresh build dir (runner/build/retry.py)
             result, build_dir, killed = await self._attempt(lock_fds, remote, attempt,
-                                                            policy.attempts)
+                                                            policy.attempts, build_user)
             result.attempt, result.attempts = attempt, policy.attempts
             if result.status.ok:
                 self.worker.build_dirs.give_back(build_dir)
@@ -319,7 +336,8 @@ class DerivationGoal(Goal[BuildResult]):
         return self.worker.retry_policies.get(self.drv.name)
 
     async def _attempt(self, lock_fds: tuple[int, ...], remote: bool, attempt: int,
-                       attempts: int) -> tuple[BuildResult, str, bool]:
+                       attempts: int, build_user: uidpool.Lease | None = None,
+                       ) -> tuple[BuildResult, str, bool]:
         """One run of the builder: its result, its build dir (still there when it failed)
         and whether runner killed it."""
         self._delete_leftovers()
@@ -339,7 +357,8 @@ class DerivationGoal(Goal[BuildResult]):
         # The builder inherits the output locks: if runner dies, an orphaned builder
         # still holds them, so no second builder starts on the same outputs meanwhile.
         job = BuildJob(self.drv_path, build_drv, closure, self.settings, self.worker.sandbox,
-                       on_output, self.worker.spawner, inherit_fds=lock_fds)
+                       on_output, self.worker.spawner, inherit_fds=lock_fds,
+                       build_user=build_user)
         progress.started(self.drv_path, name, attempt, attempts)
         try:
             if remote:

@@ -7,7 +7,7 @@ import os
 
 from runner.settings import Settings
 from runner.store import base32
-from runner.store.derivation import Derivation
+from runner.store.derivation import Derivation, encode
 
 # Nix sets PATH=/path-not-set; specs use host tools, so we give a real default.
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -32,8 +32,8 @@ def attr_file_name(attr: str) -> str:
 def write_attr_files(drv: Derivation, build_dir: str) -> None:
     """Write the `passAsFile` attributes whose `<name>Path` variables `build_env` set."""
     for name in set(drv.env.get("passAsFile", "").split()) & drv.env.keys():
-        with open(os.path.join(build_dir, attr_file_name(name)), "w", encoding="utf-8") as f:
-            f.write(drv.env[name])
+        with open(os.path.join(build_dir, attr_file_name(name)), "wb") as f:
+            f.write(encode(drv.env[name]))  # its bytes, UTF-8 or not
 
 
 def build_env(drv: Derivation, build_top: str, settings: Settings) -> dict[str, str]:

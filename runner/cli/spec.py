@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from runner.cli.args import store_flag
 from runner.daemon.store_choice import daemon_socket
 from runner.errors import RunnerError, SpecError
 from runner.settings import Settings
-from runner.store.derivation import Derivation, parse
+from runner.store.derivation import Derivation, encode, parse
 
 if TYPE_CHECKING:
     from runner.spec.model import Spec
@@ -105,7 +106,16 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         result = translate(spec, settings.store_dir, _sources(spec, settings), names)
         for key in names or spec.derivations:
             shown[result[key].drv_path] = derivation_json(result[key].drv)
-    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    text = json.dumps(shown, indent=2, ensure_ascii=False) + "\n"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Raw bytes, as Nix prints them: env values may hold bytes that are not UTF-8.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(encode(text))
+        sys.stdout.buffer.flush()
+        return 0
+    sys.stdout.write(text)
     return 0
 
 

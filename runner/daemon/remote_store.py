@@ -159,7 +159,7 @@ class RemoteStore:
         computed here, one query-valid-paths finds the missing ones, only those are sent."""
         texts: dict[str, tuple[Derivation, frozenset[str]]] = {}
         for drv in drvs:
-            data = drv.text.encode("utf-8")
+            data = drv.data
             refs = frozenset((*drv.input_srcs, *drv.input_drvs))
             path = make_text_path(drv.name + ".drv", hashlib.sha256(data).digest(), refs,
                                   self.store_dir)
@@ -167,7 +167,7 @@ class RemoteStore:
         valid = self.valid_paths(texts)
         for path, (drv, refs) in texts.items():
             if path not in valid:
-                added = self.add_text(drv.name + ".drv", drv.text, refs)
+                added = self.add_text(drv.name + ".drv", drv.data, refs)
                 if added != path:
                     raise RunnerError(f"the daemon stored '{drv.name}.drv' as '{added}', "
                                       f"expected '{path}'", reason="bad-drv")

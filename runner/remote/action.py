@@ -52,6 +52,10 @@ def remote_refusal(drv: Derivation) -> str | None:
         return "it prefers a local build (prefer-local-build)"
     if platform_properties(drv.system, network=False) is None:
         return f"its system '{drv.system}' has no REAPI platform"
+    try:
+        "".join([drv.builder, *drv.args, *env.keys(), *env.values()]).encode("utf-8")
+    except UnicodeEncodeError:  # bytes from a Nix-written .drv (Latin-1, CP1252)
+        return "its builder, arguments or environment hold bytes that are not UTF-8"
     return None
 
 

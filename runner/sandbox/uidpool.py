@@ -8,8 +8,10 @@ could take each other's descriptors and write each other's outputs
 FIRST_UID + COUNT - 1` (group `GID`) are a pool shared by every runner process
 on the host, whatever its store: a uid is taken by an exclusive `flock` on
 `LOCK_DIR/<uid>`, held by runner until the build's process is reaped, and
-released by closing it (the kernel releases it when runner dies). Without root
-there is no pool: the builder is the invoking user in a user namespace.
+released by closing it (the kernel releases it when runner dies). When every uid
+is taken, a build waits for one as Nix's does (`try_acquire`/`any_free`; the build
+goal gives back its build slot and output locks meanwhile). Without root there is
+no pool: the builder is the invoking user in a user namespace.
 
 With `build-users-group` set (Nix's setting), the pool is that group's members
 (their uids, the group's gid) instead, locked the same way (docs/daemon.md).
@@ -85,8 +87,25 @@ def group_pool(group: str) -> tuple[list[int], int]:
 def acquire(group: str = "") -> Lease:
     """A free build uid, locked until `release()`; an error when all are in use.
     `group`: the build users are its members (build-users-group), not the fixed pool."""
-    uids, gid = group_pool(group) if group else (
-        [FIRST_UID + i for i in range(COUNT)], GID)
+    lease = try_acquire(group)
+    if lease is None:
+        raise RunnerError(f"sandbox: all {pool_size(group)} build users are in use",
+                          reason="sandbox-setup")
+    return lease
+
+
+def pool_size(group: str = "") -> int:
+    return len(_pool(group)[0])
+
+
+def _pool(group: str) -> tuple[list[int], int]:
+    return group_pool(group) if group else ([FIRST_UID + i for i in range(COUNT)], GID)
+
+
+def try_acquire(group: str = "") -> Lease | None:
+    """As `acquire`, but None when every build user is busy: the caller waits (as Nix
+    does) and tries again; `any_free` tells it when that may succeed."""
+    uids, gid = _pool(group)
     try:
         dir_fd = _lock_dir()
     except OSError as e:
@@ -106,5 +125,13 @@ def acquire(group: str = "") -> Lease:
             return Lease(uid, fd, gid)
     finally:
         os.close(dir_fd)
-    raise RunnerError(f"sandbox: all {len(uids)} build users are in use",
-                      reason="sandbox-setup")
+    return None
+
+
+def any_free(group: str = "") -> bool:
+    """Is some build user free right now? (Takes one and gives it back at once.)"""
+    lease = try_acquire(group)
+    if lease is None:
+        return False
+    lease.release()
+    return True

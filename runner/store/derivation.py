@@ -1,7 +1,16 @@
 """Store derivations: Nix's ATerm text, its hash modulo fixed outputs, and output paths.
 
-`parse` is strict: it accepts exactly what `unparse` prints (sorted, no
-duplicates, canonical escapes), so parse and unparse round-trip byte for byte.
+ATerm strings are bytes, as in Nix: a `.drv` is decoded as UTF-8 with
+`surrogateescape`, so bytes that are not UTF-8 (Latin-1, CP1252 in `env`) become
+lone surrogates in the `str` fields and `Derivation.data` gives them back byte for
+byte (os.environ and subprocess encode env the same way, so a builder sees the
+original bytes too).
+
+`parse` takes what Nix 2.8's parser takes: lists in any order, repeated keys
+(outputs: the first wins; input derivations, env: the last), any `\\x` escape,
+raw newlines in strings, no outputs at all. `unparse` prints the canonical form
+Nix writes (sorted, no duplicates, `\\ \" \\n \\r \\t` escapes), so a `.drv` that
+Nix wrote round-trips byte for byte.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,10 +76,16 @@ class Derivation:
 
     @property
     def name(self) -> str:
-        name = self.env.get("name")
+        """`env["name"]`; with `__structuredAttrs` the name is inside `__json`."""
+        name = self.env.get("name") or _json_name(self.env.get("__json"))
         if not name:
             raise RunnerError("derivation has no 'name' in its environment", reason="bad-drv")
         return name
+
+    @property
+    def data(self) -> bytes:
+        """The ATerm bytes: `text` with non-UTF-8 bytes restored (see the module doc)."""
+        return encode(self.text)
 
     @functools.cached_property
     def text(self) -> str:
@@ -81,6 +97,27 @@ class Derivation:
     @property
     def is_fixed_output(self) -> bool:
         return list(self.outputs) == ["out"] and self.outputs["out"].is_fixed
+
+
+def _json_name(text: str | None) -> str:
+    if not text:
+        return ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ""
+    name = value.get("name") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def encode(text: str) -> bytes:
+    """ATerm text to the bytes of the `.drv` (lone surrogates back to their bytes)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def decode(data: bytes) -> str:
+    """`.drv` bytes to text; never fails (bytes that are not UTF-8 become surrogates)."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 # ---------------------------------------------------------------- printing
@@ -166,9 +203,9 @@ def _unparse(
 
 # ---------------------------------------------------------------- parsing
 
-_STRING = re.compile(r'"((?:[^"\\\n\r\t]+|\\[\\"nrt])*)"')
-_UNESCAPE = re.compile(r"\\(.)")
+# Nix's escapes: `\n \r \t` are control characters, `\x` is x for any other x.
 _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
+_PLAIN = re.compile(r'"([^"\\]*)"')
 _HEX = re.compile(r"[0-9a-f]*")
 
 
@@ -198,18 +235,29 @@ class _Parser:
         return False
 
     def string(self) -> str:
-        m = _STRING.match(self.text, self.pos)
-        if m is None:
-            if not self.text.startswith('"', self.pos):
-                raise self.fail("expected a string")
-            bad = re.compile(r'(?:[^"\\\n\r\t]+|\\[\\"nrt])*').match(self.text, self.pos + 1)
-            end = bad.end() if bad else self.pos + 1
-            raise self.fail("unterminated string or bad escape", end)
-        self.pos = m.end()
-        body = m.group(1)
-        if "\\" not in body:
-            return body
-        return _UNESCAPE.sub(lambda e: _UNESCAPES.get(e.group(1), e.group(1)), body)
+        """A quoted string: any character but `"`; `\\` escapes the next one. Scanned
+        with `find`, not a regex, so an unterminated string costs linear time."""
+        plain = _PLAIN.match(self.text, self.pos)  # most strings: no escape at all
+        if plain is not None:
+            self.pos = plain.end()
+            return plain.group(1)
+        t = self.text
+        if not t.startswith('"', self.pos):
+            raise self.fail("expected a string")
+        i = start = self.pos + 1
+        parts: list[str] = []
+        while True:
+            quote = t.find('"', i)
+            if quote < 0:
+                raise self.fail("unterminated string", len(t))
+            slash = t.find("\\", i, quote)
+            if slash < 0:
+                parts.append(t[start:quote])
+                self.pos = quote + 1
+                return "".join(parts) if len(parts) > 1 else parts[0]
+            escaped = t[slash + 1]  # exists: `quote` lies beyond it
+            parts += [t[start:slash], _UNESCAPES.get(escaped, escaped)]
+            i = start = slash + 2
 
     def path(self, *, empty_ok: bool = False) -> str:
         start = self.pos
@@ -218,27 +266,20 @@ class _Parser:
             raise self.fail(f"'{s}' is not an absolute path", start)
         return s
 
-    def items(self, item: Callable[[], str]) -> list[str]:
-        """A `[a,b,…]` list, strictly ascending (Nix prints sets and maps sorted)."""
+    def each(self, item: Callable[[], None]) -> None:
+        """A `[a,b,…]` list; order and repeats are the caller's business (as in Nix)."""
         self.expect("[")
-        out: list[str] = []
+        first = True
         while not self.peek("]"):
-            if out:
+            if not first:
                 self.expect(",")
-            start = self.pos
-            value = item()
-            if out and value <= out[-1]:
-                raise self.fail("list is not sorted or has duplicates", start)
-            out.append(value)
-        return out
+            first = False
+            item()
 
-    def plain_list(self) -> list[str]:
-        self.expect("[")
+    def strings(self, item: Callable[[], str] | None = None) -> list[str]:
         out: list[str] = []
-        while not self.peek("]"):
-            if out:
-                self.expect(",")
-            out.append(self.string())
+        read = item or self.string
+        self.each(lambda: out.append(read()))
         return out
 
 
@@ -255,20 +296,15 @@ def _check_output(p: _Parser, name: str, algo: str, digest: str, at: int) -> Non
 
 
 def parse(text: str | bytes, origin: str = "<derivation>") -> Derivation:
-    """Parse ATerm text; anything `unparse` would not print is an error."""
+    """Parse ATerm text (or the bytes of a `.drv`) as Nix 2.8 does; see the module doc."""
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise RunnerError(
-                f"{origin}: corrupt derivation: not UTF-8 at byte {e.start}", reason="bad-drv"
-            ) from None
+        text = decode(text)
     p = _Parser(text, origin)
     p.expect("Derive(")
 
     outputs: dict[str, DerivationOutput] = {}
 
-    def output() -> str:
+    def output() -> None:
         at = p.pos
         p.expect("(")
         name = p.string()
@@ -280,49 +316,44 @@ def parse(text: str | bytes, origin: str = "<derivation>") -> Derivation:
         digest = p.string()
         p.expect(")")
         _check_output(p, name, algo, digest, at)
-        outputs[name] = DerivationOutput(path, algo, digest)
-        return name
+        outputs.setdefault(name, DerivationOutput(path, algo, digest))
 
-    p.items(output)
+    p.each(output)
     p.expect(",")
 
     input_drvs: dict[str, list[str]] = {}
 
-    def input_drv() -> str:
+    def input_drv() -> None:
         p.expect("(")
         path = p.path()
         p.expect(",")
-        input_drvs[path] = p.items(p.string)
+        input_drvs[path] = p.strings()
         p.expect(")")
-        return path
 
-    p.items(input_drv)
+    p.each(input_drv)
     p.expect(",")
-    input_srcs = p.items(p.path)
+    input_srcs = p.strings(p.path)
     p.expect(",")
     system = p.string()
     p.expect(",")
     builder = p.string()
     p.expect(",")
-    args = p.plain_list()
+    args = p.strings()
     p.expect(",")
 
     env: dict[str, str] = {}
 
-    def env_entry() -> str:
+    def env_entry() -> None:
         p.expect("(")
         key = p.string()
         p.expect(",")
         env[key] = p.string()
         p.expect(")")
-        return key
 
-    p.items(env_entry)
+    p.each(env_entry)
     p.expect(")")
     if p.pos != len(text):
         raise p.fail("trailing data after the derivation")
-    if not outputs:
-        raise p.fail("derivation has no outputs", 0)
     return Derivation(outputs, input_drvs, input_srcs, system, builder, args, env)
 
 
@@ -341,7 +372,7 @@ def _modulo(drv: Derivation, cache: Mapping[str, bytes]) -> bytes:
         key = cache[path].hex()
         seen = inputs.get(key)  # two inputs may have the same hash (same fixed output)
         inputs[key] = outs if seen is None else {*seen, *outs}
-    return hashlib.sha256(unparse(drv, input_drvs_hashes=inputs).encode()).digest()
+    return hashlib.sha256(encode(unparse(drv, input_drvs_hashes=inputs))).digest()
 
 
 def hash_derivation_modulo(drv: Derivation, load: Loader, cache: dict[str, bytes]) -> bytes:
@@ -428,8 +459,9 @@ def _with_outputs(
     return new
 
 
-def derivation_path(drv: Derivation, store_dir: str) -> str:
-    """The `.drv` store path: a text path referencing the sources and input derivations."""
-    text_hash = hashlib.sha256(drv.text.encode()).digest()
+def derivation_path(drv: Derivation, store_dir: str, *, name: str | None = None) -> str:
+    """The `.drv` store path: a text path referencing the sources and input derivations.
+    `name`: the derivation's name when its env does not hold it (Nix keeps it apart)."""
+    text_hash = hashlib.sha256(drv.data).digest()
     references = [*drv.input_srcs, *drv.input_drvs]
-    return make_text_path(drv.name + ".drv", text_hash, references, store_dir)
+    return make_text_path((name or drv.name) + ".drv", text_hash, references, store_dir)

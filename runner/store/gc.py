@@ -258,7 +258,11 @@ def _remove_leftovers(store: LocalStore, roots: Roots, result: GCResult, act: bo
                              path, result, act)
         elif name.startswith("."):
             continue  # the links dir, the state-dir marker
-        elif name.endswith(LOCK_SUFFIX):
+        elif path in roots or store.is_valid(path):
+            # A store path whose name merely ends like runner's own entries
+            # (`<hash>-foo.lock` is a path, not the lock of `<hash>-foo`).
+            continue
+        elif name.endswith(LOCK_SUFFIX) and not is_locked(path):
             # Unheld, it is stale whatever its path is (rooted, valid or gone), as
             # Nix's collector deems it; a held one belongs to a build or add in progress.
             owner = path[: -len(LOCK_SUFFIX)]

@@ -11,6 +11,10 @@ Store dir (`store-dir`):
     .sandbox-<output>     the staging dir of a sandboxed build
     .runner-state         the state dir (database) this store belongs to
 
+A store path always starts with its 32-character hash, so a name starting with '.'
+is runner's, never a path; a suffix proves nothing (`<hash>-foo.lock` may be a store
+path, not `<hash>-foo`'s lock): gc checks validity and roots before suffixes.
+
 State dir (`state-dir`): `db/db.sqlite`, `gc.lock`, `gcroots/`, `temproots/`.
 """
 

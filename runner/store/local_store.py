@@ -195,7 +195,7 @@ class LocalStore:
         texts: dict[str, tuple[bytes, bytes, frozenset[str], Derivation]] = {}
         paths = []
         for drv in drvs:
-            data = drv.text.encode("utf-8")
+            data = drv.data
             digest = hashlib.sha256(data).digest()
             refs = frozenset((*drv.input_srcs, *drv.input_drvs))
             path = make_text_path(drv.name + ".drv", digest, refs, self.store_dir)

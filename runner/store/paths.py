@@ -22,7 +22,10 @@ _HASH_PART = re.compile(r"[0123456789abcdfghijklmnpqrsvwxyz]{32}")
 
 
 def validate_name(name: str) -> None:
-    """Reject names Nix would refuse in a store path."""
+    """Reject names Nix refuses in a store path. A leading '.' is fine (`.gitignore`,
+    `...`), as since Nix 2.4; `.` and `..` and names whose first dash-separated part
+    is one of them (`.-1`, `..-a`) are refused as newer Nix does (Nix 2.4 to 2.19
+    took them by accident; docs/building.md)."""
     if not name:
         raise RunnerError("store path name is empty", reason="bad-name")
     if len(name) > MAX_NAME_LEN:
@@ -30,8 +33,9 @@ def validate_name(name: str) -> None:
             f"store path name '{name}' is longer than {MAX_NAME_LEN} characters",
             reason="bad-name",
         )
-    if name.startswith("."):
-        raise RunnerError(f"store path name '{name}' must not start with '.'", reason="bad-name")
+    if name.split("-", 1)[0] in (".", ".."):
+        raise RunnerError(f"store path name '{name}' is not valid: it must not be '.' or "
+                          "'..' nor start with '.-' or '..-'", reason="bad-name")
     if not _NAME_CHARS.fullmatch(name):
         bad = next(c for c in name if not _NAME_CHARS.fullmatch(c))
         raise RunnerError(

@@ -46,7 +46,7 @@ def _closure(targets: Mapping[str, Instantiated], paths: set[str]
     for t in targets.values():
         if t.drv_path in paths and t.drv_path not in seen:
             seen.add(t.drv_path)
-            yield t.drv_path, t.drv.text.encode()
+            yield t.drv_path, t.drv.data
             stack.extend(t.drv.input_drvs)
     while stack:
         path = stack.pop()
