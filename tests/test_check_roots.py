@@ -127,14 +127,14 @@ def test_forget_releases_this_repository(repo: Path, tmp_path: Path,
     os.chdir(repo)
     assert run(["check", "--forget"]) == 0
     err = capsys.readouterr().err
-    assert f"released the kept results of 2 check(s) of '{repo.resolve()}'" in err
+    assert f"released the kept results of 2 checks of '{repo.resolve()}'" in err
     assert {r["repository"] for r in roots(capsys)} == {str(other.resolve())}
     # Results already valid are kept again by the next run, not only new ones.
     assert check(capsys) == {"lint": "pass/cached", "tests": "pass/cached"}
     assert len([r for r in roots(capsys) if r["repository"] == str(repo.resolve())]) == 3
     os.chdir(tmp_path)  # from elsewhere, naming the spec
     assert run(["check", "--forget", str(repo / "runner.yaml")]) == 0
-    assert "released the kept results of 2 check(s)" in capsys.readouterr().err
+    assert "released the kept results of 2 checks" in capsys.readouterr().err
     os.chdir(repo)
     gc(capsys)
     # The other repository's results are kept; this one's checks run again.

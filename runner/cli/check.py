@@ -150,7 +150,8 @@ def _forget(args: list[str], settings: Settings) -> int:
     released = check_roots.forget(os.path.abspath(settings.state_dir), repository)
     checks = sorted({r.check for r in released})
     if checks:
-        print(f"released the kept results of {len(checks)} check(s) of '{repository}': "
+        what = "1 check" if len(checks) == 1 else f"{len(checks)} checks"
+        print(f"released the kept results of {what} of '{repository}': "
               f"{', '.join(checks)}", file=sys.stderr)
     else:
         print(f"no kept check results for '{repository}'", file=sys.stderr)
