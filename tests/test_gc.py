@@ -19,7 +19,7 @@ import pytest
 from runner.cli.main import run
 from runner.errors import RunnerError
 from runner.store import nar
-from runner.store.derivation import Derivation, DerivationOutput
+from runner.store.derivation import Derivation, DerivationOutput, fill_output_paths
 from runner.store.gc import GCOptions, collect_garbage, delete_paths
 from runner.store.layout import STATE_MARKER
 from runner.store.local_store import LocalStore
@@ -152,11 +152,13 @@ def test_max_freed_stops_early(store: LocalStore) -> None:
 def _built(store: LocalStore) -> tuple[str, str, str]:
     """(source, .drv, output): a derivation and its registered output."""
     src = store.add_text("src", "source")
-    out = os.path.join(store.store_dir, "1" * 32 + "-hello")
-    drv = store.write_derivation(Derivation(
-        outputs={"out": DerivationOutput(out)}, input_drvs={}, input_srcs=[src],
+    filled = fill_output_paths(Derivation(
+        outputs={"out": DerivationOutput("")}, input_drvs={}, input_srcs=[src],
         system="x86_64-linux", builder="/bin/sh", args=["-c", "echo hi > $out"],
-        env={"name": "hello", "out": out, "builder": "/bin/sh", "system": "x86_64-linux"}))
+        env={"name": "hello", "builder": "/bin/sh", "system": "x86_64-linux"}),
+        store.store_dir, store.read_derivation, {})
+    out = filled.outputs["out"].path
+    drv = store.write_derivation(filled)
     Path(out).write_text("hi\n")
     nar_hash, nar_size = nar.hash_path(out)
     store.register_valid_paths([PathInfo(out, nar_hash, nar_size, deriver=drv)])

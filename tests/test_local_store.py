@@ -16,7 +16,12 @@ import pytest
 from runner.errors import RunnerError
 from runner.store import nar
 from runner.store.canonicalise import canonicalise, remove_tree
-from runner.store.derivation import Derivation, DerivationOutput, derivation_path
+from runner.store.derivation import (
+    Derivation,
+    DerivationOutput,
+    derivation_path,
+    fill_output_paths,
+)
 from runner.store.hashes import hash_bytes
 from runner.store.layout import STATE_MARKER
 from runner.store.local_store import LocalStore, open_store
@@ -294,16 +299,16 @@ def test_add_text_with_references(store: LocalStore, tmp_path: Path) -> None:
 
 
 def _drv(store: LocalStore, src: str) -> Derivation:
-    out = os.path.join(store.store_dir, "1" * 32 + "-hello")
-    return Derivation(
-        outputs={"out": DerivationOutput(out)},
+    """A derivation with the output path it computes to (registration checks it)."""
+    return fill_output_paths(Derivation(
+        outputs={"out": DerivationOutput("")},
         input_drvs={},
         input_srcs=[src],
         system="x86_64-linux",
         builder="/bin/sh",
         args=["-c", "echo hi > $out"],
-        env={"name": "hello", "out": out, "builder": "/bin/sh", "system": "x86_64-linux"},
-    )
+        env={"name": "hello", "builder": "/bin/sh", "system": "x86_64-linux"},
+    ), store.store_dir, store.read_derivation, {})
 
 
 def test_write_and_read_derivation(store: LocalStore, tmp_path: Path) -> None:
@@ -335,10 +340,20 @@ def test_read_corrupt_derivation(store: LocalStore, tmp_path: Path) -> None:
     assert info.value.reason == "bad-drv"
 
 
-def test_source_named_like_a_drv_is_not_parsed(store: LocalStore, tmp_path: Path) -> None:
+def test_any_path_named_like_a_drv_is_parsed_and_checked(store: LocalStore,
+                                                         tmp_path: Path) -> None:
+    """As in Nix (`nix-store --add x.drv` is refused): a builder builds any valid `.drv`,
+    so one added as plain data is checked like one added as text."""
     (tmp_path / "x.drv").write_text("not a derivation")
-    path = store.add_path(str(tmp_path / "x.drv"))
-    assert store.is_valid(path)
+    with pytest.raises(RunnerError) as info:
+        store.add_path(str(tmp_path / "x.drv"))
+    assert info.value.reason == "bad-drv"
+    assert not store.is_valid(make_source_path("x.drv", nar.hash_path(
+        str(tmp_path / "x.drv"))[0].digest, store.store_dir))
+    (tmp_path / "s").write_text("s")
+    drv = _drv(store, store.add_path(str(tmp_path / "s")))
+    (tmp_path / "hello.drv").write_bytes(drv.data)  # the right outputs: accepted as data
+    assert store.is_valid(store.add_path(str(tmp_path / "hello.drv")))
 
 
 # ------------------------------------------------------------------ registration

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from runner.build import structured_attrs
 from runner.settings import Settings
 from runner.store import base32
 from runner.store.derivation import Derivation, encode
@@ -30,7 +31,11 @@ def attr_file_name(attr: str) -> str:
 
 
 def write_attr_files(drv: Derivation, build_dir: str) -> None:
-    """Write the `passAsFile` attributes whose `<name>Path` variables `build_env` set."""
+    """Write the `passAsFile` attributes whose `<name>Path` variables `build_env` set,
+    or a structured-attrs derivation's `.attrs.json`/`.attrs.sh`."""
+    if structured_attrs.is_structured(drv):
+        structured_attrs.write_files(drv, build_dir)
+        return
     for name in set(drv.env.get("passAsFile", "").split()) & drv.env.keys():
         with open(os.path.join(build_dir, attr_file_name(name)), "wb") as f:
             f.write(encode(drv.env[name]))  # its bytes, UTF-8 or not
@@ -45,10 +50,15 @@ def build_env(drv: Derivation, build_top: str, settings: Settings) -> dict[str, 
         "NIX_STORE": settings.store_dir,
         "NIX_BUILD_CORES": str(_cores(settings)),
     }
-    as_files = set(drv.env.get("passAsFile", "").split())
-    env.update((k, v) for k, v in drv.env.items() if k not in as_files)
-    for name in as_files & drv.env.keys():
-        env[name + "Path"] = f"{build_top}/{attr_file_name(name)}"
+    if structured_attrs.is_structured(drv):
+        # As Nix 2.8: no attribute in the environment, only where the files are.
+        env["NIX_ATTRS_SH_FILE"] = f"{build_top}/{structured_attrs.SH_FILE}"
+        env["NIX_ATTRS_JSON_FILE"] = f"{build_top}/{structured_attrs.JSON_FILE}"
+    else:
+        as_files = set(drv.env.get("passAsFile", "").split())
+        env.update((k, v) for k, v in drv.env.items() if k not in as_files)
+        for name in as_files & drv.env.keys():
+            env[name + "Path"] = f"{build_top}/{attr_file_name(name)}"
     if drv.is_fixed_output:
         # Fixed-output builds may see named host variables (proxies, say): their
         # result is checked against a hash, so impurity cannot leak into it.

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
@@ -375,7 +375,9 @@ def _modulo(drv: Derivation, cache: Mapping[str, bytes]) -> bytes:
     return hashlib.sha256(encode(unparse(drv, input_drvs_hashes=inputs))).digest()
 
 
-def hash_derivation_modulo(drv: Derivation, load: Loader, cache: dict[str, bytes]) -> bytes:
+def hash_derivation_modulo(
+    drv: Derivation, load: Loader, cache: MutableMapping[str, bytes]
+) -> bytes:
     """SHA-256 that identifies `drv` with fixed-output inputs reduced to their content hash.
 
     Input derivations are loaded with `load` and memoised by path in `cache`;
@@ -408,7 +410,7 @@ def hash_derivation_modulo(drv: Derivation, load: Loader, cache: dict[str, bytes
 
 
 def fill_output_paths(
-    drv: Derivation, store_dir: str, load: Loader, cache: dict[str, bytes]
+    drv: Derivation, store_dir: str, load: Loader, cache: MutableMapping[str, bytes]
 ) -> Derivation:
     """Compute output paths as Nix's `derivation` builtin does and set them in
     both `outputs` and `env`; existing output paths are ignored."""
@@ -437,9 +439,30 @@ def fill_output_paths(
     )
     drv_hash = hash_derivation_modulo(blank, load, cache)
     paths = {k: make_output_path(k, drv_hash, name, store_dir) for k in drv.outputs}
-    return _with_outputs(
+    filled = _with_outputs(
         blank, {k: DerivationOutput(p) for k, p in paths.items()}, {**drv.env, **paths}
     )
+    filled.__dict__[_MASKED] = drv_hash  # masking `filled` gives `blank` again
+    return filled
+
+
+_MASKED = "_masked_modulo"
+
+
+def masked_modulo(drv: Derivation, load: Loader, cache: MutableMapping[str, bytes]) -> bytes:
+    """The hash modulo of `drv` with its output paths and their env vars blanked: what
+    input-addressed output paths are computed from. Memoised on the (immutable)
+    instance, so checking what `fill_output_paths` just computed costs nothing."""
+    memo = drv.__dict__.get(_MASKED)
+    if memo is None:
+        blank = _with_outputs(
+            drv,
+            {k: DerivationOutput("") for k in drv.outputs},
+            {**drv.env, **{k: "" for k in drv.outputs if k in drv.env}},
+        )
+        memo = drv.__dict__[_MASKED] = hash_derivation_modulo(blank, load, cache)
+    assert isinstance(memo, bytes)
+    return memo
 
 
 def _with_outputs(

@@ -9,6 +9,7 @@ an unregistered leftover (replaced by the next add, or swept by
 
 from __future__ import annotations
 
+import collections
 import errno
 import graphlib
 import hashlib
@@ -21,7 +22,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from runner.errors import RunnerError, raise_not_valid
-from runner.store import derivation, nar, tree_cache
+from runner.store import derivation, drv_check, nar, tree_cache
 from runner.store.canonicalise import (
     remove_tree,
     rename_tree,
@@ -79,6 +80,8 @@ class LocalStore:
         `temp_roots`: share another store object's (a thread's own connection)."""
         self.store_dir = os.path.abspath(store_dir)
         self.state_dir = os.path.abspath(state_dir)
+        # Hashes modulo of valid `.drv` paths (their content is fixed by the path).
+        self._drv_hashes: dict[str, bytes] = {}
         self.after_register = after_register
         self._own_roots = temp_roots is None
         self.temp_roots = TempRoots(self.state_dir) if temp_roots is None else temp_roots
@@ -253,6 +256,7 @@ class LocalStore:
         """`register_valid_paths`; `drvs` holds `.drv` files already parsed."""
         now = int(time.time())
         batch = {info.path for info in infos}
+        new_hashes: dict[str, bytes] = {}  # kept only if the batch commits
         with self.db.transaction() as conn:
             for info in infos:
                 parse_store_path(info.path, self.store_dir)
@@ -287,6 +291,7 @@ class LocalStore:
                     refs.append((referrer, reference))
                 if _is_derivation(info):
                     drv = drvs.get(info.path) or self.read_derivation(info.path)
+                    self._check_drv(info.path, drv, drvs, new_hashes)
                     outputs.extend((referrer, output, out.path)
                                    for output, out in drv.outputs.items())
             conn.executemany("insert or ignore into Refs (referrer, reference) values (?, ?)",
@@ -296,9 +301,24 @@ class LocalStore:
             conn.executemany("delete from FailedPaths where path = ?",
                              [(info.path,) for info in infos])
             _check_acyclic(infos, batch)
+        self._drv_hashes.update(new_hashes)
         if self.after_register is not None:
             for info in infos:
                 self.after_register(self, info.path)
+
+    def _check_drv(self, path: str, drv: Derivation, drvs: Mapping[str, Derivation],
+                   new_hashes: dict[str, bytes]) -> None:
+        """Nix's output check of a `.drv` being registered (drv_check); its input
+        derivations must be valid or in the batch (rows already inserted)."""
+
+        def load(input_path: str) -> Derivation:
+            if not self.is_valid(input_path):
+                raise RunnerError(f"derivation '{path}' has input derivation '{input_path}', "
+                                  "which is not valid", reason="bad-drv")
+            return drvs.get(input_path) or self.read_derivation(input_path)
+
+        drv_check.check_outputs(drv, path, self.store_dir, load,
+                                collections.ChainMap(new_hashes, self._drv_hashes))
 
     def _id(self, path: str) -> int | None:
         row = self.db.execute("select id from ValidPaths where path = ?", (path,)).fetchone()
@@ -484,9 +504,9 @@ def _read_marker(marker: str) -> str | None:
 
 
 def _is_derivation(info: PathInfo) -> bool:
-    # A source input that happens to be called `x.drv` is content-addressed
-    # "fixed:…" and is not parsed as a derivation.
-    return info.path.endswith(".drv") and not (info.ca or "").startswith("fixed:")
+    # Every `.drv`, however it was added, as in Nix: a builder builds any valid `.drv`,
+    # so one added as plain data (`nix-store --add x.drv`) is checked as well.
+    return info.path.endswith(".drv")
 
 
 def _check_acyclic(infos: list[PathInfo], batch: set[str]) -> None:
