@@ -22,7 +22,6 @@ is printed with them.
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import shutil
 import statistics
@@ -47,7 +46,6 @@ from workloads import (
 )
 
 NIX_SANDBOX_PATHS = "/bin /usr /lib /lib64"
-BUILD_GROUP = "nixbld"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -89,6 +87,16 @@ class Runner:
         run([*RUNNER, "build", str(spec), "--no-out-link", "-j", str(self.jobs),
              f"--sandbox={sandbox}", *self.dirs], self.env)
 
+    def noop_without_site(self, spec: Path) -> None:
+        """The no-op as an install without this machine's `.pth` start-up hooks would
+        run it: `python -S`, site-packages on PYTHONPATH instead (no `.pth` is run)."""
+        import site
+
+        env = {**self.env, "PYTHONPATH": os.pathsep.join(
+            filter(None, [self.env.get("PYTHONPATH"), *site.getsitepackages()]))}
+        run([sys.executable, "-S", "-m", "runner", "build", str(spec), "--no-out-link",
+             *self.dirs], env)
+
     def instantiate(self, spec: Path) -> None:
         run([*RUNNER, "instantiate", str(spec), *self.dirs], self.env)
 
@@ -96,15 +104,15 @@ class Runner:
 class Nix:
     """nix-build on a store of its own under `root`, sandbox on or off."""
 
-    def __init__(self, root: Path, jobs: int, sandbox: bool) -> None:
-        self.root, self.jobs, self.sandbox = root, jobs, sandbox
+    def __init__(self, root: Path, jobs: int, sandbox: bool, group: str) -> None:
+        self.root, self.jobs, self.sandbox, self.group = root, jobs, sandbox, group
 
     def env(self) -> dict[str, str]:
         conf = self.root / "etc"
         conf.mkdir(parents=True, exist_ok=True)
         lines = ["substituters =", f"sandbox = {'true' if self.sandbox else 'false'}"]
         if self.sandbox:
-            lines += [f"sandbox-paths = {NIX_SANDBOX_PATHS}", f"build-users-group = {BUILD_GROUP}"]
+            lines += [f"sandbox-paths = {NIX_SANDBOX_PATHS}", f"build-users-group = {self.group}"]
         else:
             lines.append("build-users-group =")
         (conf / "nix.conf").write_text("\n".join(lines) + "\n")
@@ -120,24 +128,39 @@ class Nix:
             self.env())
 
 
-def build_users_ready() -> str | None:
-    """Nix's sandbox builds as the members of `nixbld` and needs root for that.
-    Creates the group and 8 users when missing (as a Nix install does); None when
-    ready, else why not."""
-    if os.geteuid() != 0:
-        return "not root: Nix's sandbox needs build users"
-    try:
-        if grp.getgrnam(BUILD_GROUP).gr_mem:
-            return None
-    except KeyError:
-        if shutil.which("groupadd") is None:
-            return f"no group '{BUILD_GROUP}' and no groupadd to create it"
-        subprocess.run(["groupadd", "--system", BUILD_GROUP], check=True)
-    for i in range(1, 9):
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        "--gid", BUILD_GROUP, "--groups", BUILD_GROUP, f"{BUILD_GROUP}{i}"],
-                       check=False, stderr=subprocess.DEVNULL)
-    return None if grp.getgrnam(BUILD_GROUP).gr_mem else "could not create build users"
+class BuildUsers:
+    """Nix's sandbox builds as members of a build-users group, and needs root for it.
+
+    Each bench run makes a group and 4 users of its own (removed at the end): Nix with
+    a private state dir does not see another Nix's build-user locks, and before each
+    build it kills every process of the user it picked, so two runs sharing `nixbld`
+    (two benches, or another user's nix-build) kill each other's builders."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.group = f"rbench{os.getpid()}"
+        self.users = [f"{self.group}u{i}" for i in range(1, 5)]
+        self.why_not: str | None = None if wanted else "not asked for"
+
+    def __enter__(self) -> BuildUsers:
+        if self.why_not is not None:
+            pass
+        elif os.geteuid() != 0:
+            self.why_not = "not root: Nix's sandbox needs build users"
+        elif shutil.which("groupadd") is None or shutil.which("useradd") is None:
+            self.why_not = "no groupadd/useradd to create build users"
+        else:
+            subprocess.run(["groupadd", "--system", self.group], check=True)
+            for user in self.users:
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                "/usr/sbin/nologin", "--gid", self.group, "--groups",
+                                self.group, user], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.why_not is None:
+            for user in self.users:
+                subprocess.run(["userdel", user], check=False, stderr=subprocess.DEVNULL)
+            subprocess.run(["groupdel", self.group], check=False, stderr=subprocess.DEVNULL)
 
 
 @dataclass
@@ -167,7 +190,7 @@ NOOP_TARGET = 0.1
 
 
 def bench_workload(w: Workload, args: argparse.Namespace, work: Path, env: dict[str, str],
-                   nix_sandbox: bool) -> list[Row]:
+                   users: BuildUsers) -> list[Row]:
     root = work / w.name
     root.mkdir()
     spec = write_spec(w, root)
@@ -176,30 +199,43 @@ def bench_workload(w: Workload, args: argparse.Namespace, work: Path, env: dict[
     anchor_sandbox, target = ANCHORS.get(kind, (False, None))
     rows: list[Row] = []
     times: dict[str, float] = {}
+    last_nix: tuple[Nix, Path] | None = None  # kept built for the interleaved no-ops
     if not args.no_nix:
         expr = write_nix(w, root)
-        for sandbox in ((True, False) if nix_sandbox else (False,)):
-            nix = Nix(root / f"nix-{'on' if sandbox else 'off'}", args.jobs, sandbox)
+        for sandbox in ((True, False) if users.why_not is None else (False,)):
+            nix = Nix(root / f"nix-{'on' if sandbox else 'off'}", args.jobs, sandbox, users.group)
             times[f"nix {sandbox}"] = median(args.nix_runs, lambda n=nix: n.build(expr), nix.fresh)
-            times[f"nix noop {sandbox}"] = median(args.runs, lambda n=nix: n.build(expr))
-            nix.fresh()
+            if last_nix is not None:
+                last_nix[0].fresh()
+            last_nix = (nix, expr)
+    noop_target = NOOP_TARGET if kind in ("wide", "dense") else None
     for sandbox in args.sandbox:
         full = median(args.runs, lambda sb=sandbox: r.build(spec, sb), r.fresh)
-        noop = median(args.runs, lambda sb=sandbox: r.build(spec, sb))
         if sandbox == "on" and target is not None:
             key = f"nix {anchor_sandbox}"
             rows.append(Row(w.name, "full build, sandbox on", full,
                             f"Nix sandbox {'on' if anchor_sandbox else 'off'}", times.get(key),
                             target))
-            if not anchor_sandbox:  # also shown against Nix sandbox on, for reference
-                rows.append(Row(w.name, "full build, sandbox on", full, "Nix sandbox on",
-                                times.get("nix True")))
+            other = f"nix {not anchor_sandbox}"  # the other Nix, for reference
+            rows.append(Row(w.name, "full build, sandbox on", full,
+                            f"Nix sandbox {'off' if anchor_sandbox else 'on'}", times.get(other)))
         else:
             rows.append(Row(w.name, f"full build, sandbox {sandbox}", full,
                             "Nix sandbox off", times.get("nix False")))
-        noop_nix = times.get("nix noop False", times.get("nix noop True"))
-        rows.append(Row(w.name, f"no-op rebuild (sandbox {sandbox})", noop, "Nix no-op",
-                        noop_nix, NOOP_TARGET if kind in ("wide", "dense") else None))
+    # No-ops: cheap, so `noop_runs` rounds, each runner, runner -S, Nix in turn.
+    samples: dict[str, list[float]] = {"runner": [], "bare": [], "nix": []}
+    for _ in range(args.noop_runs):
+        samples["runner"].append(timed(lambda: r.build(spec, args.sandbox[-1])))
+        samples["bare"].append(timed(lambda: r.noop_without_site(spec)))
+        if last_nix is not None:
+            samples["nix"].append(timed(lambda: last_nix[0].build(last_nix[1])))
+    noop_nix = statistics.median(samples["nix"]) if samples["nix"] else None
+    rows.append(Row(w.name, "no-op rebuild", statistics.median(samples["runner"]), "Nix no-op",
+                    noop_nix, noop_target))
+    rows.append(Row(w.name, "no-op rebuild, python -S (no .pth hooks)",
+                    statistics.median(samples["bare"]), "Nix no-op", noop_nix, noop_target))
+    if last_nix is not None:
+        last_nix[0].fresh()
     r.fresh()
     return rows
 
@@ -237,6 +273,7 @@ def startup(env: dict[str, str], runs: int) -> list[str]:
     on CPU time (user + system), which a loaded machine disturbs far less than wall
     time; both are shown."""
     cmds = {"python -c pass": [sys.executable, "-c", "pass"],
+            "python -S -c pass": [sys.executable, "-S", "-c", "pass"],
             "runner --version": [*RUNNER, "--version"], "runner --help": [*RUNNER, "--help"]}
     wall: dict[str, list[float]] = {k: [] for k in cmds}
     cpu: dict[str, list[float]] = {k: [] for k in cmds}
@@ -245,7 +282,7 @@ def startup(env: dict[str, str], runs: int) -> list[str]:
             start = time.perf_counter()
             cpu[label].append(run(argv, env))
             wall[label].append(time.perf_counter() - start)
-    base = statistics.median(cpu["python -c pass"])
+    base = statistics.median(cpu["python -c pass"])  # runner starts with site
     lines = []
     for label in cmds:
         m = statistics.median(cpu[label])
@@ -269,6 +306,8 @@ def main() -> None:
                                        "dense-LxW, sparse-LxW, files-N)")
     p.add_argument("--runs", type=int, default=1, help="runs per runner figure (median)")
     p.add_argument("--nix-runs", type=int, default=1, help="runs per Nix full build (median)")
+    p.add_argument("--noop-runs", type=int, default=7,
+                   help="interleaved rounds of no-op rebuilds (runner, runner -S, Nix; median)")
     p.add_argument("-j", "--jobs", type=int, default=2)
     p.add_argument("--sandbox", default="on", type=lambda s: s.split(","),
                    help="runner's sandbox settings to measure (default on; e.g. on,off)")
@@ -281,21 +320,21 @@ def main() -> None:
     names = args.workloads or (QUICK if args.quick else FULL)
     args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     args.no_nix = args.no_nix or shutil.which("nix-build") is None
-    why_not = None if args.no_nix else build_users_ready()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp,
+          BuildUsers(not args.no_nix) as users):
         work = Path(tmp)
         env = runner_env(work)
         run([*RUNNER, "--help"], env)  # compile the byte code once
         print(f"runner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
               f"-j{args.jobs}, medians of {args.runs} (Nix full builds: {args.nix_runs}), "
               f"load average {os.getloadavg()[0]:.1f}")
-        if why_not:
-            print(f"(Nix with its sandbox is not measured: {why_not})")
+        if users.why_not and not args.no_nix:
+            print(f"(Nix with its sandbox is not measured: {users.why_not})")
         print("\n| workload | measure | runner s | compared with | s | ratio | target |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for name in names.split(","):
-            for row in bench_workload(parse_workload(name), args, work, env, why_not is None):
+            for row in bench_workload(parse_workload(name), args, work, env, users):
                 print(row.line(), flush=True)
         if args.scaling:
             print(f"\nScaling, sandbox on (load average {os.getloadavg()[0]:.1f}); target: "
