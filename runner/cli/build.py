@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from runner.build.result import BuildResult
     from runner.report.run import RunRecorder
     from runner.spec.model import Spec
+    from runner.store.derivation import Derivation
     from runner.store.local_store import LocalStore
     from runner.substituters.base import SubstituterDecl
 
@@ -162,7 +163,8 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
     declared = spec_substituters(spec)
     with open_store(settings) as store:
-        targets = instantiate(spec, store, list(wanted) or None)
+        written: dict[str, Derivation] = {}
+        targets = instantiate(spec, store, list(wanted) or None, written)
         drv_paths = [inst.drv_path for inst in targets.values()]
         picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
                   for k, i in targets.items()]  # the outputs printed and linked
@@ -178,7 +180,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                 else BuildMode.NORMAL)
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
-                        mode=mode)
+                        mode=mode, known=written)
         recorder = start_recording(args, spec, progress, args.argv)
         results = worker.run(drv_paths)
         record_build(settings, args.spec, targets, worker.results)
