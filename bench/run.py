@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -317,6 +318,8 @@ def main() -> None:
                    help="sizes for the scaling table (default 100,1000,10000; quick: 100,1000)")
     p.add_argument("--no-nix", action="store_true", help="skip Nix even when installed")
     args = p.parse_args()
+    # Interrupted or terminated: still remove the build users and the work dir.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = args.workloads or (QUICK if args.quick else FULL)
     args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
     args.no_nix = args.no_nix or shutil.which("nix-build") is None
