@@ -14,24 +14,19 @@ locally and on the client).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import workloads  # bench/workloads.py: this script's directory is on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-_spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
-assert _spec is not None and _spec.loader is not None
-bench_run = importlib.util.module_from_spec(_spec)
-sys.modules["bench_run"] = bench_run
-_spec.loader.exec_module(bench_run)
 
 
 def _timed(argv: list[str], env: dict[str, str], before: list[Path]) -> float:
@@ -50,16 +45,16 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="runner-bench-daemon-"))
     try:
-        env = {**bench_run.runner_env(work), "PYTHONPATH": str(ROOT),
+        env = {**workloads.runner_env(work), "PYTHONPATH": str(ROOT),
                "RUNNER_STORE_DIR": str(work / "store"), "RUNNER_STATE_DIR": str(work / "state"),
                "XDG_CONFIG_HOME": str(work / "config")}
-        spec = bench_run.write_spec(
-            bench_run.Workload(f"wide-{args.nodes}", bench_run.wide(args.nodes)), work)
-        build = [*bench_run.RUNNER, "build", "--sandbox=off", "--no-out-link", str(spec)]
+        spec = workloads.write_spec(
+            workloads.Workload(f"wide-{args.nodes}", workloads.wide(args.nodes)), work)
+        build = [*workloads.RUNNER, "build", "--sandbox=off", "--no-out-link", str(spec)]
         subprocess.run(build, env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         socket_path = str(work / "socket")
-        daemon = subprocess.Popen([*bench_run.RUNNER, "daemon", "--socket", socket_path],
+        daemon = subprocess.Popen([*workloads.RUNNER, "daemon", "--socket", socket_path],
                                   env=env, stderr=subprocess.PIPE, text=True)
         try:
             assert daemon.stderr is not None

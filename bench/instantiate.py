@@ -15,7 +15,6 @@ of a 50 ms step mostly measures the other processes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -25,14 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import workloads  # bench/workloads.py: this script's directory is on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-_spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
-assert _spec is not None and _spec.loader is not None
-bench_run = importlib.util.module_from_spec(_spec)
-sys.modules["bench_run"] = bench_run
-_spec.loader.exec_module(bench_run)
 
 # In a fresh interpreter: import the spec loader, then time the schema check of each
 # document: the first call (imports and set-up: what one command pays), then the best of
@@ -79,8 +75,8 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
 
 def measure_once(specs: list[Path], work: Path, env: dict[str, str]) -> dict[str, float]:
     dirs = ["--store-dir", str(work / "store"), "--state-dir", str(work / "state")]
-    inst = sum(_timed([*bench_run.RUNNER, "instantiate", str(s), *dirs], env) for s in specs)
-    val = _timed([*bench_run.RUNNER, "validate", *map(str, specs)], env)
+    inst = sum(_timed([*workloads.RUNNER, "instantiate", str(s), *dirs], env) for s in specs)
+    val = _timed([*workloads.RUNNER, "validate", *map(str, specs)], env)
     out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, specs)], env=env,
                          check=True, capture_output=True, text=True).stdout
     first, later, alone = json.loads(out)
@@ -90,7 +86,7 @@ def measure_once(specs: list[Path], work: Path, env: dict[str, str]) -> dict[str
 
 
 def _env(work: Path, tree: Path) -> dict[str, str]:
-    env = bench_run.runner_env(work)
+    env = workloads.runner_env(work)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree.resolve()),
                                                       env.get("PYTHONPATH")]))
     return env
@@ -110,7 +106,7 @@ def main() -> None:
         work = Path(tmp)
         envs = [_env(work, tree) for tree in trees]
         for env in envs:
-            bench_run.run([*bench_run.RUNNER, "--help"], env)  # byte-compile once
+            workloads.run([*workloads.RUNNER, "--help"], env)  # byte-compile once
         print(f"schema validation cost, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
               f"{args.runs} runs interleaved, median (min) CPU seconds\n")
         for i, tree in enumerate(trees):
@@ -124,7 +120,7 @@ def main() -> None:
             else:
                 root = work / name
                 root.mkdir()
-                specs = [bench_run.write_spec(bench_run.parse_workload(name), root)]
+                specs = [workloads.write_spec(workloads.parse_workload(name), root)]
             samples: list[dict[str, list[float]]] = [{} for _ in trees]
             for run in range(args.runs):
                 for t, env in enumerate(envs):

@@ -1,12 +1,22 @@
-"""Benchmark runner against the fork floor and Nix, in one run, as ratios.
+"""Benchmark runner against Nix 2.8 (sandbox on and off), in one run, as ratios.
 
-    python bench/run.py                 # default mode (one run per figure)
-    python bench/run.py --runs 5 --workloads wide-1000,chain-200
+    python bench/run.py --quick     # the issue's ratios without dense and N = 10,000 (~5 min)
+    python bench/run.py             # everything (~10 min on an idle 2-core VM)
+    python bench/run.py --workloads chain-200 --scaling wide --sizes 100,1000 --no-nix
 
-Workloads: wide-N independent derivations; layered LxW dense (each node needs
-every node of the layer before) and sparse (2 deps per node); chain-N; and a
-10,000-file input tree for hashing. Every figure is a median of `--runs` runs
-measured here and now, so ratios compare like with like.
+Prints three tables (docs/performance.md shows how to read them):
+
+1. Full builds and no-op rebuilds of the issue's workloads: runner with its
+   sandbox on (the default) against Nix with its sandbox on (`sandbox = true`,
+   `sandbox-paths = /bin /usr /lib /lib64`, build users of group `nixbld`) and
+   off, each figure next to its target anchor and ratio.
+2. Scaling: per-node cost of wide-N and chain-N with the sandbox on, as a ratio to
+   the smallest N, and the peak RSS of any runner command for each.
+3. Start-up: `runner --version` and `--help` against the interpreter's own start.
+
+Figures are medians of `--runs` wall-clock runs made here and now, interleaved where
+that matters, so ratios compare like with like on a shared machine; the load average
+is printed with them.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,177 +34,39 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RUNNER = [sys.executable, "-m", "runner"]
-Graph = list[list[int]]  # node -> its dependencies
+# bench/workloads.py (this script's directory is on sys.path)
+from workloads import (
+    RUNNER,
+    Usage,
+    Workload,
+    parse_workload,
+    run,
+    runner_env,
+    write_nix,
+    write_spec,
+)
+
+NIX_SANDBOX_PATHS = "/bin /usr /lib /lib64"
 
 
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    graph: Graph
-    files: int = 0  # > 0: a derivation over an input tree of this many files
-
-
-def wide(n: int) -> Graph:
-    return [[] for _ in range(n)]
-
-
-def chain(n: int) -> Graph:
-    return [[i - 1] if i else [] for i in range(n)]
-
-
-def layered(layers: int, width: int, dense: bool) -> Graph:
-    graph: Graph = []
-    for layer in range(layers):
-        for col in range(width):
-            if layer == 0:
-                graph.append([])
-                continue
-            prev = (layer - 1) * width
-            deps = (
-                list(range(prev, prev + width))
-                if dense
-                else sorted({prev + col, prev + (col + 1) % width})
-            )
-            graph.append(deps)
-    return graph
-
-
-def parse_workload(name: str) -> Workload:
-    kind, _, size = name.partition("-")
-    if kind == "wide":
-        return Workload(name, wide(int(size)))
-    if kind == "chain":
-        return Workload(name, chain(int(size)))
-    if kind in ("dense", "sparse"):
-        layers, width = (int(x) for x in size.split("x"))
-        return Workload(name, layered(layers, width, kind == "dense"))
-    if kind == "files":
-        return Workload(name, wide(1), files=int(size))
-    raise SystemExit(f"error: unknown workload '{name}'")
-
-
-def _script(i: int, deps: list[int], files: bool) -> str:
-    refs = " ".join(f"${{{{ d{d} }}}}" for d in deps)
-    if files:
-        return "ls ${{ src }} | wc -l > $out"
-    return f"echo {i} {refs} > $out" if refs else f"echo {i} > $out"
-
-
-def write_spec(w: Workload, root: Path) -> Path:
-    lines = ["version: 1"]
-    if w.files:
-        tree = root / "tree"
-        tree.mkdir()
-        for i in range(w.files):
-            sub = tree / f"d{i % 100}"
-            sub.mkdir(exist_ok=True)
-            (sub / f"f{i}.txt").write_text(f"file {i}\n")
-        lines += ["inputs:", "  src: ./tree"]
-    lines.append("derivations:")
-    for i, deps in enumerate(w.graph):
-        lines += [
-            f"  d{i}:",
-            "    builder: /bin/sh",
-            f"    args: [\"-c\", \"{_script(i, deps, bool(w.files))}\"]",
-        ]
-    spec = root / "spec.yaml"
-    spec.write_text("\n".join(lines) + "\n")
-    return spec
-
-
-def write_nix(w: Workload, root: Path) -> Path:
-    out = ["rec {"]
-    for i, deps in enumerate(w.graph):
-        refs = " ".join(f"${{d{d}}}" for d in deps)
-        cmd = f"echo {i} {refs} > $out" if refs else f"echo {i} > $out"
-        if w.files:
-            cmd = f"ls ${{{root / 'tree'}}} | wc -l > $out"
-        path = ' PATH = "/usr/bin:/bin";' if w.files else ""  # runner's default; Nix has none
-        out.append(
-            f'  d{i} = derivation {{ name = "d{i}"; builder = "/bin/sh"; '
-            f'args = ["-c" "{cmd}"]; system = builtins.currentSystem;{path} }};'
-        )
-    out.append("}")
-    path = root / "default.nix"
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
-def timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-PEAK_RSS_KB = [0]  # the largest peak RSS of any command run since it was reset
+def median(runs: int, fn: Callable[[], object], setup: Callable[[], None] | None = None) -> float:
+    samples = []
+    for _ in range(runs):
+        if setup is not None:
+            setup()
+        samples.append(timed(fn))
+    return statistics.median(samples)
 
 
-def run(argv: list[str], env: dict[str, str] | None = None) -> None:
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        PEAK_RSS_KB[0] = max(PEAK_RSS_KB[0], usage.ru_maxrss)
-        if proc.returncode != 0:
-            err.seek(0)
-            sys.stderr.write(err.read().decode(errors="replace")[-2000:])
-            raise SystemExit(f"error: benchmark command failed: {' '.join(argv[:6])} …")
-
-
-def runner_env(work: Path) -> dict[str, str]:
-    """As installed: byte-code cached (pip compiles it), here in the work dir so the
-    tree stays clean; PYTHONDONTWRITEBYTECODE would recompile every module every run."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    return env
-
-
-class Runner:
-    def __init__(self, root: Path, jobs: int, env: dict[str, str]) -> None:
-        self.root, self.jobs, self.env = root, jobs, env
-
-    def fresh(self) -> list[str]:
-        if self.root.exists():
-            shutil.rmtree(self.root, onerror=_force_remove)
-        return ["--store-dir", str(self.root / "store"), "--state-dir", str(self.root / "state")]
-
-    def same(self) -> list[str]:
-        return ["--store-dir", str(self.root / "store"), "--state-dir", str(self.root / "state")]
-
-    def build(self, spec: Path, dirs: list[str], sandbox: str) -> None:
-        run([*RUNNER, "build", str(spec), "--no-out-link", "-j", str(self.jobs),
-             f"--sandbox={sandbox}", *dirs], self.env)
-
-    def instantiate(self, spec: Path, dirs: list[str]) -> None:
-        run([*RUNNER, "instantiate", str(spec), *dirs], self.env)
-
-    def validate(self, spec: Path) -> None:
-        run([*RUNNER, "validate", str(spec)], self.env)
-
-
-class Nix:
-    def __init__(self, root: Path, jobs: int) -> None:
-        self.root, self.jobs = root, jobs
-
-    def env(self) -> dict[str, str]:
-        conf = self.root / "etc"
-        conf.mkdir(parents=True, exist_ok=True)
-        (conf / "nix.conf").write_text("sandbox = false\nbuild-users-group =\nsubstituters =\n")
-        return {**os.environ, "NIX_STORE_DIR": str(self.root / "store"),
-                "NIX_STATE_DIR": str(self.root / "var"), "NIX_LOG_DIR": str(self.root / "log"),
-                "NIX_CONF_DIR": str(conf), "HOME": str(self.root)}
-
-    def fresh(self) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root, onerror=_force_remove)
-
-    def build(self, expr: Path) -> None:
-        run(["nix-build", str(expr), "--no-out-link", "-j", str(self.jobs), "--quiet"], self.env())
-
-    def instantiate(self, expr: Path) -> None:
-        run(["nix-instantiate", str(expr)], self.env())
+def remove(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path, onerror=_force_remove)
 
 
 def _force_remove(func: Callable[[str], object], path: str, _exc: object) -> None:
@@ -203,124 +76,283 @@ def _force_remove(func: Callable[[str], object], path: str, _exc: object) -> Non
     func(path)
 
 
-def floor_binary(work: Path) -> Path | None:
-    cc = shutil.which("cc")
-    if cc is None:
-        return None
-    exe = work / "floor"
-    run([cc, "-O2", "-o", str(exe), str(HERE / "floor.c")])
-    return exe
+class Runner:
+    def __init__(self, root: Path, jobs: int, env: dict[str, str]) -> None:
+        self.root, self.jobs, self.env = root, jobs, env
+        self.dirs = ["--store-dir", str(root / "store"), "--state-dir", str(root / "state")]
+
+    def fresh(self) -> None:
+        remove(self.root)
+
+    def build(self, spec: Path, sandbox: str) -> None:
+        run([*RUNNER, "build", str(spec), "--no-out-link", "-j", str(self.jobs),
+             f"--sandbox={sandbox}", *self.dirs], self.env)
+
+    def noop_without_site(self, spec: Path) -> None:
+        """The no-op as an install without this machine's `.pth` start-up hooks would
+        run it: `python -S`, site-packages on PYTHONPATH instead (no `.pth` is run)."""
+        import site
+
+        env = {**self.env, "PYTHONPATH": os.pathsep.join(
+            filter(None, [self.env.get("PYTHONPATH"), *site.getsitepackages()]))}
+        run([sys.executable, "-S", "-m", "runner", "build", str(spec), "--no-out-link",
+             *self.dirs], env)
+
+    def instantiate(self, spec: Path) -> None:
+        run([*RUNNER, "instantiate", str(spec), *self.dirs], self.env)
 
 
-def median(runs: int, setup: Callable[[], None], fn: Callable[[], None]) -> float:
-    samples = []
-    for _ in range(runs):
-        setup()
-        samples.append(timed(fn))
-    return statistics.median(samples)
+class Nix:
+    """nix-build on a store of its own under `root`, sandbox on or off."""
+
+    def __init__(self, root: Path, jobs: int, sandbox: bool, group: str) -> None:
+        self.root, self.jobs, self.sandbox, self.group = root, jobs, sandbox, group
+
+    def env(self) -> dict[str, str]:
+        conf = self.root / "etc"
+        conf.mkdir(parents=True, exist_ok=True)
+        lines = ["substituters =", f"sandbox = {'true' if self.sandbox else 'false'}"]
+        if self.sandbox:
+            lines += [f"sandbox-paths = {NIX_SANDBOX_PATHS}", f"build-users-group = {self.group}"]
+        else:
+            lines.append("build-users-group =")
+        (conf / "nix.conf").write_text("\n".join(lines) + "\n")
+        return {**os.environ, "NIX_STORE_DIR": str(self.root / "store"),
+                "NIX_STATE_DIR": str(self.root / "var"), "NIX_LOG_DIR": str(self.root / "log"),
+                "NIX_CONF_DIR": str(conf), "HOME": str(self.root)}
+
+    def fresh(self) -> None:
+        remove(self.root)
+
+    def build(self, expr: Path) -> None:
+        run(["nix-build", str(expr), "--no-out-link", "-j", str(self.jobs), "--quiet"],
+            self.env())
 
 
-def nothing() -> None:
-    pass
+class BuildUsers:
+    """Nix's sandbox builds as members of a build-users group, and needs root for it.
+
+    Each bench run makes a group and 4 users of its own (removed at the end): Nix with
+    a private state dir does not see another Nix's build-user locks, and before each
+    build it kills every process of the user it picked, so two runs sharing `nixbld`
+    (two benches, or another user's nix-build) kill each other's builders."""
+
+    def __init__(self, wanted: bool) -> None:
+        self.group = f"rbench{os.getpid()}"
+        self.users = [f"{self.group}u{i}" for i in range(1, 5)]
+        self.why_not: str | None = None if wanted else "not asked for"
+
+    def __enter__(self) -> BuildUsers:
+        if self.why_not is not None:
+            pass
+        elif os.geteuid() != 0:
+            self.why_not = "not root: Nix's sandbox needs build users"
+        elif shutil.which("groupadd") is None or shutil.which("useradd") is None:
+            self.why_not = "no groupadd/useradd to create build users"
+        else:
+            subprocess.run(["groupadd", "--system", self.group], check=True)
+            for user in self.users:
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                "/usr/sbin/nologin", "--gid", self.group, "--groups",
+                                self.group, user], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.why_not is None:
+            for user in self.users:
+                subprocess.run(["userdel", user], check=False, stderr=subprocess.DEVNULL)
+            subprocess.run(["groupdel", self.group], check=False, stderr=subprocess.DEVNULL)
 
 
-def bench(w: Workload, args: argparse.Namespace, work: Path, floor: Path | None) -> list[str]:
+@dataclass
+class Row:
+    workload: str
+    measure: str
+    ours: float
+    anchor: str = ""  # what the ratio compares with
+    theirs: float | None = None
+    target: float | None = None  # the ratio to reach (at most)
+
+    def line(self) -> str:
+        ratio = f"{self.ours / self.theirs:.2f}x" if self.theirs else ""
+        ok = ""
+        if self.theirs and self.target is not None:
+            ok = f"<= {self.target}x {'ok' if self.ours / self.theirs <= self.target else 'MISSED'}"
+        theirs = f"{self.theirs:.3f}" if self.theirs else ""
+        return (f"| {self.workload} | {self.measure} | {self.ours:.3f} | {self.anchor} | {theirs} "
+                f"| {ratio} | {ok} |")
+
+
+# The issue's anchors: which Nix a workload's sandbox-on build is compared with, and the
+# ratio to reach.
+ANCHORS = {"chain": (True, 0.25), "wide": (False, 0.25), "sparse": (False, 0.25),
+           "dense": (True, 0.5)}
+NOOP_TARGET = 0.1
+
+
+def bench_workload(w: Workload, args: argparse.Namespace, work: Path, env: dict[str, str],
+                   users: BuildUsers) -> list[Row]:
     root = work / w.name
     root.mkdir()
     spec = write_spec(w, root)
-    r = Runner(root / "runner", args.jobs, runner_env(work))
-    rows: list[tuple[str, float, float | None, float | None]] = []
-
-    def row(label: str, ours: float, floor_t: float | None, nix_t: float | None) -> None:
-        rows.append((label, ours, floor_t, nix_t))
-
-    have_nix = shutil.which("nix-build") is not None and not args.no_nix
-    nix = Nix(root / "nix", args.jobs)
-    expr = write_nix(w, root) if have_nix else None
-
-    floor_t = None
-    if floor is not None and not w.files:
-        out = root / "floor-out"
-        graph = "\n".join(f"{i} {' '.join(map(str, d))}" for i, d in enumerate(w.graph)) + "\n"
-
-        def floor_setup() -> None:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-
-        def floor_run() -> None:
-            subprocess.run([str(floor), str(args.jobs), str(out)], input=graph.encode(),
-                           check=True)
-
-        floor_t = median(args.runs, floor_setup, floor_run)
-
-    nix_full = nix_noop = nix_inst = None
-    if expr is not None:
-        nix_full = median(args.nix_runs, nix.fresh, lambda: nix.build(expr))
-        nix_noop = median(args.nix_runs, nothing, lambda: nix.build(expr))
-        nix_inst = median(args.nix_runs, nix.fresh, lambda: nix.instantiate(expr))
-
-    PEAK_RSS_KB[0] = 0
+    r = Runner(root / "runner", args.jobs, env)
+    kind = w.name.split("-")[0]
+    anchor_sandbox, target = ANCHORS.get(kind, (False, None))
+    rows: list[Row] = []
+    times: dict[str, float] = {}
+    last_nix: tuple[Nix, Path] | None = None  # kept built for the interleaved no-ops
+    if not args.no_nix:
+        expr = write_nix(w, root)
+        for sandbox in ((True, False) if users.why_not is None else (False,)):
+            nix = Nix(root / f"nix-{'on' if sandbox else 'off'}", args.jobs, sandbox, users.group)
+            times[f"nix {sandbox}"] = median(args.nix_runs, lambda n=nix: n.build(expr), nix.fresh)
+            if last_nix is not None:
+                last_nix[0].fresh()
+            last_nix = (nix, expr)
+    noop_target = NOOP_TARGET if kind in ("wide", "dense") else None
     for sandbox in args.sandbox:
-        if sandbox == "on" and w.name not in args.sandbox_workloads:
-            continue  # a 100-input sandbox per node takes minutes: only on request
-        full = median(args.runs, nothing, lambda sb=sandbox: r.build(spec, r.fresh(), sb))
-        noop = median(args.runs, nothing, lambda sb=sandbox: r.build(spec, r.same(), sb))
-        row(f"full build (sandbox {sandbox})", full, floor_t, nix_full)
-        row(f"no-op rebuild (sandbox {sandbox})", noop, None, nix_noop)
-    inst = median(args.runs, nothing, lambda: r.instantiate(spec, r.fresh()))
-    row("instantiate (fresh store)", inst, None, nix_inst)
-    if w.files:
-        again = median(args.runs, nothing, lambda: r.instantiate(spec, r.same()))
-        row("instantiate again (nothing changed)", again, None, None)
-    row("validate", median(args.runs, nothing, lambda: r.validate(spec)), None, None)
-    rss_mb = PEAK_RSS_KB[0] / 1024
+        full = median(args.runs, lambda sb=sandbox: r.build(spec, sb), r.fresh)
+        if sandbox == "on" and target is not None:
+            key = f"nix {anchor_sandbox}"
+            rows.append(Row(w.name, "full build, sandbox on", full,
+                            f"Nix sandbox {'on' if anchor_sandbox else 'off'}", times.get(key),
+                            target))
+            other = f"nix {not anchor_sandbox}"  # the other Nix, for reference
+            rows.append(Row(w.name, "full build, sandbox on", full,
+                            f"Nix sandbox {'off' if anchor_sandbox else 'on'}", times.get(other)))
+        else:
+            rows.append(Row(w.name, f"full build, sandbox {sandbox}", full,
+                            "Nix sandbox off", times.get("nix False")))
+    # No-ops: cheap, so `noop_runs` rounds, each runner, runner -S, Nix in turn.
+    samples: dict[str, list[float]] = {"runner": [], "bare": [], "nix": []}
+    for _ in range(args.noop_runs):
+        samples["runner"].append(timed(lambda: r.build(spec, args.sandbox[-1])))
+        samples["bare"].append(timed(lambda: r.noop_without_site(spec)))
+        if last_nix is not None:
+            samples["nix"].append(timed(lambda: last_nix[0].build(last_nix[1])))
+    noop_nix = statistics.median(samples["nix"]) if samples["nix"] else None
+    rows.append(Row(w.name, "no-op rebuild", statistics.median(samples["runner"]), "Nix no-op",
+                    noop_nix, noop_target))
+    rows.append(Row(w.name, "no-op rebuild, python -S (no .pth hooks)",
+                    statistics.median(samples["bare"]), "Nix no-op", noop_nix, noop_target))
+    if last_nix is not None:
+        last_nix[0].fresh()
+    r.fresh()
+    return rows
 
-    n = len(w.graph)
+
+def scaling(args: argparse.Namespace, work: Path, env: dict[str, str]) -> list[str]:
+    """Per-node cost of full builds (sandbox on) at each size, against the smallest."""
     lines = []
-    for label, ours, fl, nx in rows:
-        ratio_f = f"{ours / fl:.2f}x" if fl else ""
-        ratio_n = f"{ours / nx:.2f}x" if nx else ""
-        fl_s = f"{fl:.3f}" if fl else ""
-        nx_s = f"{nx:.3f}" if nx else ""
-        per = f"{ours / n * 1000:.2f}" if not w.files else ""
-        lines.append(f"| {w.name} | {label} | {ours:.3f} | {per} | {fl_s} | {ratio_f} "
-                     f"| {nx_s} | {ratio_n} |")
-    lines.append(f"| {w.name} | peak RSS of any runner command (MB) | {rss_mb:.0f} | | | | | |")
+    for kind in args.scaling:
+        base: float | None = None
+        for n in args.sizes:
+            w = parse_workload(f"{kind}-{n}")
+            root = work / f"scale-{w.name}"
+            root.mkdir()
+            spec = write_spec(w, root)
+            r = Runner(root / "runner", args.jobs, env)
+            Usage.reset()
+            runs = 1 if n >= 10_000 else args.runs
+            t = median(runs, lambda r=r, spec=spec: r.build(spec, "on"), r.fresh)
+            rss = Usage.peak_kb / 1024
+            Usage.reset()
+            r.fresh()
+            r.instantiate(spec)
+            inst_rss = Usage.peak_kb / 1024
+            per = t / n * 1000
+            base = per if base is None else base
+            lines.append(f"| {w.name} | {t:.2f} | {per:.2f} | {per / base:.2f}x "
+                         f"| {rss:.0f} | {inst_rss:.0f} |")
+            print(lines[-1], flush=True)
+            remove(root)
     return lines
 
 
-DEFAULT = "wide-1000,sparse-10x100,dense-10x100,chain-200,files-10000"
-SANDBOX_DEFAULT = "wide-1000,sparse-10x100,chain-200"  # the default mode stays under 5 minutes
+def startup(env: dict[str, str], runs: int) -> list[str]:
+    """Interleaved: the interpreter alone, `runner --version`, `runner --help`. Judged
+    on CPU time (user + system), which a loaded machine disturbs far less than wall
+    time; both are shown."""
+    cmds = {"python -c pass": [sys.executable, "-c", "pass"],
+            "python -S -c pass": [sys.executable, "-S", "-c", "pass"],
+            "runner --version": [*RUNNER, "--version"], "runner --help": [*RUNNER, "--help"]}
+    wall: dict[str, list[float]] = {k: [] for k in cmds}
+    cpu: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(runs):
+        for label, argv in cmds.items():
+            start = time.perf_counter()
+            cpu[label].append(run(argv, env))
+            wall[label].append(time.perf_counter() - start)
+    base = statistics.median(cpu["python -c pass"])  # runner starts with site
+    lines = []
+    for label in cmds:
+        m = statistics.median(cpu[label])
+        extra = (m - base) * 1000
+        verdict = "" if label.startswith("python") else (
+            f"+{extra:.1f} ms {'ok' if extra <= 20 else 'MISSED'} (<= +20 ms)")
+        lines.append(f"| {label} | {statistics.median(wall[label]) * 1000:.1f} "
+                     f"| {m * 1000:.1f} | {verdict} |")
+    return lines
+
+
+QUICK = "wide-1000,sparse-10x100,chain-200"
+FULL = "wide-1000,sparse-10x100,dense-10x100,chain-200"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workloads", default=DEFAULT, help=f"comma-separated (default {DEFAULT})")
-    p.add_argument("--runs", type=int, default=1,
-                   help="runs per figure (median; 1 keeps the default mode near 5 minutes)")
-    p.add_argument("--nix-runs", type=int, default=1, help="runs per Nix figure (median)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"workloads {QUICK}, sizes 100,1000 (no dense, no 10,000)")
+    p.add_argument("--workloads", help=f"comma-separated (default {FULL}; wide-N, chain-N, "
+                                       "dense-LxW, sparse-LxW, files-N)")
+    p.add_argument("--runs", type=int, default=1, help="runs per runner figure (median)")
+    p.add_argument("--nix-runs", type=int, default=1, help="runs per Nix full build (median)")
+    p.add_argument("--noop-runs", type=int, default=7,
+                   help="interleaved rounds of no-op rebuilds (runner, runner -S, Nix; median)")
     p.add_argument("-j", "--jobs", type=int, default=2)
-    p.add_argument("--sandbox", default="off,on", type=lambda s: s.split(","))
-    p.add_argument("--sandbox-workloads", default=SANDBOX_DEFAULT,
-                   type=lambda s: set(s.split(",")),
-                   help=f"workloads also measured with the sandbox on (default {SANDBOX_DEFAULT}; "
-                        "'all' for every one)")
+    p.add_argument("--sandbox", default="on", type=lambda s: s.split(","),
+                   help="runner's sandbox settings to measure (default on; e.g. on,off)")
+    p.add_argument("--scaling", default="wide,chain", type=lambda s: [k for k in s.split(",") if k],
+                   help="workload kinds for the scaling table ('' for none)")
+    p.add_argument("--sizes", type=lambda s: [int(n) for n in s.split(",")],
+                   help="sizes for the scaling table (default 100,1000,10000; quick: 100,1000)")
     p.add_argument("--no-nix", action="store_true", help="skip Nix even when installed")
     args = p.parse_args()
-    if "all" in args.sandbox_workloads:
-        args.sandbox_workloads = set(args.workloads.split(","))
-    with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
+    # Interrupted or terminated: still remove the build users and the work dir.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    names = args.workloads or (QUICK if args.quick else FULL)
+    args.sizes = args.sizes or ([100, 1000] if args.quick else [100, 1000, 10_000])
+    args.no_nix = args.no_nix or shutil.which("nix-build") is None
+    started = time.monotonic()
+    with (tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp,
+          BuildUsers(not args.no_nix) as users):
         work = Path(tmp)
-        floor = floor_binary(work)
-        run([*RUNNER, "--help"], runner_env(work))  # compile the byte code once
-        print(f"runner benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-              f"-j{args.jobs}, medians of {args.runs} (Nix: {args.nix_runs})")
-        print("\n| workload | measure | runner s | ms/node | floor s | runner/floor "
-              "| nix s | runner/nix |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for name in args.workloads.split(","):
-            for line in bench(parse_workload(name), args, work, floor):
-                print(line, flush=True)
+        env = runner_env(work)
+        run([*RUNNER, "--help"], env)  # compile the byte code once
+        print(f"runner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+              f"-j{args.jobs}, medians of {args.runs} (Nix full builds: {args.nix_runs}), "
+              f"load average {os.getloadavg()[0]:.1f}")
+        if users.why_not and not args.no_nix:
+            print(f"(Nix with its sandbox is not measured: {users.why_not})")
+        print("\n| workload | measure | runner s | compared with | s | ratio | target |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name in names.split(","):
+            for row in bench_workload(parse_workload(name), args, work, env, users):
+                print(row.line(), flush=True)
+        if args.scaling:
+            print(f"\nScaling, sandbox on (load average {os.getloadavg()[0]:.1f}); target: "
+                  "ms/node within 1.25x of the smallest N, peak RSS < 200 MB")
+            print("\n| workload | full build s | ms/node | vs smallest | peak RSS build MB "
+                  "| peak RSS instantiate MB |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            scaling(args, work, env)
+        print(f"\nStart-up, medians of 15 interleaved (load average {os.getloadavg()[0]:.1f})")
+        print("\n| command | wall ms | CPU ms | CPU over the interpreter |\n"
+              "| --- | --- | --- | --- |")
+        for line in startup(env, 15):
+            print(line)
+    print(f"\n(bench took {time.monotonic() - started:.0f} s; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
 
 
 if __name__ == "__main__":

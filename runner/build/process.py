@@ -131,8 +131,14 @@ class _Supervisor:
     def _on_log_closed(self) -> None:
         if self.done.done() or self.killed:
             return
-        if self.sandboxed and not _running_children(self.proc.pid):
+        pids = _running_children(self.proc.pid) if self.sandboxed else [self.proc.pid]
+        if not pids:
             return  # the builder has exited; its supervisor collects the outputs
+        if all(_exiting(pid) for pid in pids):
+            # Closing its files is the first step of a process's exit: on a loaded
+            # machine the rest can take longer than the grace. Look again later.
+            self.timers.append(self.loop.call_later(LOG_CLOSED_GRACE, self._on_log_closed))
+            return
         self.log_closed = True
         self._kill(Ending.EXITED)
 
@@ -182,6 +188,19 @@ class _Supervisor:
             self.loop.remove_reader(self.pidfd)
             os.close(self.pidfd)
         os.close(self.read_fd)
+
+
+PF_EXITING = 0x4  # include/linux/sched.h: set as a process starts exiting
+
+
+def _exiting(pid: int) -> bool:
+    """Whether `pid` is exiting or has exited (then it is a zombie or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & PF_EXITING)
 
 
 def _running_children(pid: int) -> list[int]:

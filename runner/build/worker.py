@@ -23,6 +23,7 @@ from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
 from runner.errors import RunnerError
 from runner.settings import Settings
+from runner.store.derivation import Derivation
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
 from runner.substituters.base import Substituter, SubstituterDecl
@@ -39,9 +40,13 @@ class Worker:
         self, store: LocalStore, settings: Settings, progress: Progress,
         choose_sandbox: Callable[[], SandboxMode], *,
         rebuild_failed: bool = False, declared_substituters: Sequence[SubstituterDecl] = (),
-        mode: BuildMode = BuildMode.NORMAL,
+        mode: BuildMode = BuildMode.NORMAL, known: dict[str, Derivation] | None = None,
     ) -> None:
+        """`known`: derivations the caller already has (path → derivation, as
+        `instantiate(written=…)` gives them); each goal takes its own out of it instead of
+        reading and parsing the `.drv` again (one copy in memory, not two)."""
         self.store = store
+        self._known = known if known is not None else {}
         self.settings = settings
         self.progress = progress
         self._choose_sandbox = choose_sandbox
@@ -75,7 +80,7 @@ class Worker:
                         ) -> DerivationGoal:
         goal = self.derivation_goals.get(drv_path)
         if goal is None:
-            drv = self.store.read_derivation(drv_path)
+            drv = self._known.pop(drv_path, None) or self.store.read_derivation(drv_path)
             goal = self.derivation_goals[drv_path] = DerivationGoal(self, drv_path, drv, mode)
             self.progress.expect(drv_path)
         return goal

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import RunnerError
 from runner.settings import lookup
-from runner.store.paths import is_in_store, to_store_path
 
 if TYPE_CHECKING:
     from runner.store.local_store import LocalStore
@@ -17,6 +16,8 @@ if TYPE_CHECKING:
 
 def store_path_arg(store: LocalStore, arg: str) -> str:
     """The store path `arg` names, following symlinks (e.g. `result`) into the store."""
+    from runner.store.paths import is_in_store, to_store_path  # hashlib: not at start-up
+
     path = os.path.abspath(arg)
     if not is_in_store(path, store.store_dir):
         path = os.path.realpath(path)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from runner.build.retry import RetryPolicies
     from runner.report.run import RunRecorder
     from runner.spec.model import Spec
+    from runner.store.derivation import Derivation
     from runner.store.local_store import LocalStore
     from runner.substituters.base import SubstituterDecl
 
@@ -160,8 +161,6 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
             raise RunnerError("--retries is not supported when building through a daemon",
                               reason="usage")
         return client_build.build(args, settings, socket_path)
-    from runner.store.local_store import open_store
-
     started = time.monotonic()
     simple = not (args.dry_run or args.json or args.check or args.repair or args.rebuild_failed
                   or args.junit or args.json_events or args.report)
@@ -176,21 +175,22 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
     from runner.spec.load import load_spec
     from runner.spec.targets import parse_targets
     from runner.spec.translate import instantiate
+    from runner.store.local_store import open_store
     from runner.why.record import record_build
 
     spec = load_spec(args.spec)
     wanted = {t.key: t for t in parse_targets(spec, args.names)}  # NAME, NAME^OUT, NAME^*
-    digests = eval_cache.digests_of([str(f) for f in spec.files])
     declared = spec_substituters(spec)
     with open_store(settings) as store:
-        targets = instantiate(spec, store, list(wanted) or None)
+        written: dict[str, Derivation] = {}
+        targets = instantiate(spec, store, list(wanted) or None, written)
         drv_paths = [inst.drv_path for inst in targets.values()]
         picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
                   for k, i in targets.items()]  # the outputs printed and linked
         if not spec.inputs:
             eval_cache.record(settings.state_dir, store.store_dir, args.spec, args.names,
-                              digests, eval_cache.Entry(
-                                  {}, drv_paths, list(zip(drv_paths, picked, strict=True))))
+                              spec.fingerprints, eval_cache.Entry(
+                                  drv_paths, list(zip(drv_paths, picked, strict=True))))
         if args.dry_run:
             return _dry_run(store, drv_paths, args, settings, declared)
         progress = make_progress(log_lines=settings.number("log-lines"),
@@ -199,7 +199,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> int:
                 else BuildMode.NORMAL)
         worker = Worker(store, settings, progress, lambda: choose_sandbox(settings, progress.warn),
                         rebuild_failed=args.rebuild_failed, declared_substituters=declared,
-                        mode=mode)
+                        mode=mode, known=written)
         worker.retry_policies = retry_policies(args, spec, args.spec)
         recorder = start_recording(args, spec, progress, args.argv)
         results = worker.run(drv_paths)
@@ -227,19 +227,18 @@ def _all_valid_from_cache(args: argparse.Namespace, settings: Settings,
     """The no-op fast path: an unchanged spec (eval cache) whose outputs are all valid
     needs no parsing, no goals and no locks; print and link as a build would."""
     from runner.spec import eval_cache
-    from runner.store.local_store import open_store
+    from runner.store.quick_validity import all_valid
 
     entry = eval_cache.lookup(settings.state_dir, settings.store_dir, args.spec, args.names)
     if entry is None:
         return False
-    with open_store(settings) as store:  # open until linked: its temp roots keep the paths
-        paths = entry.paths
-        store.temp_roots.add_temp_roots(paths)  # before checking, as goals do
-        if store.valid_paths(paths) != set(paths):
+    # Open until linked: the temp roots keep the paths.
+    with all_valid(settings.store_dir, settings.state_dir, entry.paths) as valid:
+        if not valid:
             return False
-        for _, outputs in entry.targets:
-            for _, path in sorted(outputs.items()):
-                print(path)
+        lines = [path for _, outputs in entry.targets for _, path in sorted(outputs.items())]
+        if lines:
+            print("\n".join(lines))
         print(f"0 built, 0 substituted, {len(entry.targets)} cached, 0 failed "
               f"in {time.monotonic() - started:.2f}s", file=sys.stderr)
         if not args.no_out_link:

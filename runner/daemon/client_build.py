@@ -71,16 +71,15 @@ def _instantiate(args: argparse.Namespace, settings: Settings, store: RemoteStor
 
     spec = load_spec(args.spec)
     wanted = {t.key: t for t in parse_targets(spec, args.names)}
-    digests = eval_cache.digests_of([str(f) for f in spec.files])
     targets = instantiate(spec, store, list(wanted) or None)
     picked = [wanted[k].pick(i.outputs) if k in wanted else i.outputs
               for k, i in targets.items()]
     drvs = [f"{i.drv_path}!{','.join(sorted(i.outputs))}" for i in targets.values()]
     if not spec.inputs:  # as a local build: a cache, written only where the user may
         drv_paths = [i.drv_path for i in targets.values()]
-        eval_cache.record(_cache_root(settings), store.store_dir, args.spec, args.names, digests,
-                          eval_cache.Entry({}, drv_paths,
-                                           list(zip(drv_paths, picked, strict=True))))
+        eval_cache.record(_cache_root(settings), store.store_dir, args.spec, args.names,
+                          spec.fingerprints,
+                          eval_cache.Entry(drv_paths, list(zip(drv_paths, picked, strict=True))))
     everything = [p for i in targets.values() for p in i.outputs.values()]
     return drvs, picked, everything
 

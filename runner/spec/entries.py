@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from runner.errors import RunnerError
 from runner.spec.hints import did_you_mean
-from runner.spec.model import DerivationEntry, FixedOutput, host_system
+from runner.spec.host import host_system
+from runner.spec.model import DerivationEntry, FixedOutput
 from runner.spec.validate import nix_attributes
 from runner.spec.yaml_loader import Node, Pos
 from runner.store.hashes import Hash

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from runner.errors import RunnerError, SpecError
-from runner.spec import shards
+from runner.spec import eval_cache, shards
 from runner.spec.entries import build_entry
 from runner.spec.graph import check_references, find_cycle
 from runner.spec.model import DerivationEntry, InputEntry, Spec, SubstituterEntry
@@ -24,6 +24,7 @@ class _Loader:
         self.problems: list[tuple[Pos, str]] = []
         self.fatal: list[str] = []  # whole-file problems (unreadable, bad YAML)
         self.files: list[Path] = []
+        self.fingerprints: list[eval_cache.Fingerprint] = []
         self.loaded: set[Path] = set()
         self.order: dict[str, int] = {}  # display name → load order, for sorting
         self.inputs: dict[str, InputEntry] = {}
@@ -39,8 +40,14 @@ class _Loader:
         self.loaded.add(real)
         self.files.append(path)
         self.order.setdefault(display, len(self.order))
+        stat = eval_cache.stat_of(str(path))  # before the read: see eval_cache
+
+        def fingerprint(data: bytes) -> None:
+            self.fingerprints.append(eval_cache.Fingerprint(
+                os.path.abspath(path), stat, eval_cache.sha256_bytes(data)))
+
         try:
-            root = load_yaml(path, display)
+            root = load_yaml(path, display, fingerprint)
         except SpecError as e:
             self.fatal.extend(e.problems)
             return
@@ -175,6 +182,7 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     return Spec(
         path=Path(display),
         files=tuple(loader.files),
+        fingerprints=tuple(loader.fingerprints),
         inputs=loader.inputs,
         derivations=shards.expand(loader.derivations),
         substituters=tuple(loader.substituters),

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from runner.spec.eval_cache import Fingerprint
 from runner.spec.interpolate import Ref, TemplateError, parse_template
 from runner.spec.yaml_loader import Node, Pos
 
@@ -115,11 +114,5 @@ class Spec:
     inputs: dict[str, InputEntry]
     derivations: dict[str, DerivationEntry]
     substituters: tuple[SubstituterEntry, ...]
-
-
-def host_system() -> str:
-    """The host's Nix system string, e.g. `x86_64-linux` or `aarch64-darwin`."""
-    machine = platform.machine().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686"}.get(machine, machine)
-    kernel = "darwin" if sys.platform == "darwin" else sys.platform.rstrip("0123456789")
-    return f"{machine}-{kernel}"
+    # Each file as the loader read it (runner.spec.eval_cache).
+    fingerprints: tuple[Fingerprint, ...] = ()

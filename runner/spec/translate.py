@@ -157,9 +157,12 @@ def _literal(value: object) -> str:
 
 
 def instantiate(
-    spec: Spec, store: DerivationStore, names: Iterable[str] | None = None
+    spec: Spec, store: DerivationStore, names: Iterable[str] | None = None,
+    written: dict[str, Derivation] | None = None,
 ) -> dict[str, Instantiated]:
-    """Add the needed inputs to `store`, write the `.drv` files; return the asked-for ones."""
+    """Add the needed inputs to `store`, write the `.drv` files; return the asked-for ones.
+    `written` receives every `.drv` written (path → derivation), dependencies too: a
+    worker given them need not read and parse each file back (`Worker(known=…)`)."""
     wanted = select(spec, names)
     keys = order(closure(wanted, spec.derivations), spec.derivations)
     sources: dict[str, str] = {}
@@ -170,11 +173,13 @@ def instantiate(
         else:
             sources[name] = store.add_path(str(entry.path), entry.name, exclude_filter(entry))
     result = _translate(spec, store.store_dir, sources, keys)
-    written = store.write_derivations([result[key].drv for key in keys])
-    for key, path in zip(keys, written, strict=True):
+    paths = store.write_derivations([result[key].drv for key in keys])
+    for key, path in zip(keys, paths, strict=True):
         if path != result[key].drv_path:
             raise RunnerError(f"internal error: '{key}' was written as '{path}', "
                               f"expected '{result[key].drv_path}'", reason="bad-drv")
+    if written is not None:
+        written.update((result[key].drv_path, result[key].drv) for key in keys)
     return {key: result[key] for key in wanted}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -378,11 +378,15 @@ def _yaml_error(err: yaml.MarkedYAMLError, file: str) -> str:
     return f"{where}: invalid YAML: {what}{context}"
 
 
-def load_yaml(path: Path, display: str | None = None) -> Node:
-    """Read and parse the spec file at `path`; positions name it as `display`."""
+def load_yaml(path: Path, display: str | None = None,
+              on_read: Callable[[bytes], object] | None = None) -> Node:
+    """Read and parse the spec file at `path`; positions name it as `display`.
+    `on_read` sees the bytes parsed (the eval cache hashes exactly those)."""
     file = display if display is not None else str(path)
     try:
         data = path.read_bytes()
+        if on_read is not None:
+            on_read(data)
     except FileNotFoundError:
         raise SpecError([f"{file}:1:1: no such file"]) from None
     except IsADirectoryError:

@@ -13,7 +13,6 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from typing import Any
 
 from runner.errors import RunnerError
@@ -21,6 +20,8 @@ from runner.store.layout import DB_FILE
 
 
 def _sql(name: str) -> str:
+    from importlib import resources  # only to create or migrate a database
+
     return resources.files("runner.store").joinpath(name).read_text(encoding="utf-8")
 
 

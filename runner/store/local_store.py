@@ -314,7 +314,7 @@ class LocalStore:
         def load(input_path: str) -> Derivation:
             if not self.is_valid(input_path):
                 raise RunnerError(f"derivation '{path}' has input derivation '{input_path}', "
-                                  "which is not valid", reason="bad-drv")
+                                  "which this store does not hold", reason="bad-drv")
             return drvs.get(input_path) or self.read_derivation(input_path)
 
         drv_check.check_outputs(drv, path, self.store_dir, load,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import sys
 import tempfile
@@ -33,9 +32,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from runner.errors import RunnerError
-from runner.store import base32
 from runner.store.layout import GC_LOCK, ROOTS_DIR, TEMP_ROOTS_DIR
-from runner.store.paths import is_in_store, to_store_path
 
 # store path -> where its roots come from (link paths or "temporary root of pid N")
 Roots = dict[str, set[str]]
@@ -199,6 +196,10 @@ def _read_all(fd: int) -> bytes:
 
 
 def indirect_root_name(link: str) -> str:
+    import hashlib  # imported by the helpers that need it: a no-op build adds only temp roots
+
+    from runner.store import base32
+
     return base32.encode(hashlib.sha1(os.path.abspath(link).encode()).digest())
 
 
@@ -218,6 +219,8 @@ def add_perm_root(store_dir: str, state_dir: str, store_path: str, link: str) ->
     checked it); the shared GC lock keeps a running collection from missing
     the new root.
     """
+    from runner.store.paths import is_in_store, to_store_path
+
     link = os.path.abspath(link)
     to_store_path(store_path, store_dir)
     if is_in_store(link, store_dir) or link == store_dir:
@@ -264,6 +267,8 @@ def find_roots(store_dir: str, state_dir: str) -> Roots:
 
 
 def _scan(path: str, store_dir: str, auto_prefix: str, roots: Roots) -> None:
+    from runner.store.paths import is_in_store
+
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             for name in sorted(os.listdir(path)):
@@ -291,6 +296,8 @@ def _scan(path: str, store_dir: str, auto_prefix: str, roots: Roots) -> None:
 
 
 def _found(link: str, target: str, store_dir: str, roots: Roots) -> None:
+    from runner.store.paths import to_store_path
+
     try:
         store_path = to_store_path(target, store_dir)
     except RunnerError:
