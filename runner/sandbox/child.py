@@ -83,8 +83,12 @@ def _make_root(steps: list[Step], user_namespace: bool) -> None:
     for step in steps:
         _apply(step, user_namespace)
     trace.mark("mounted")
-    seal_submounts([NEW + s.mount.target for s in steps
-                    if s.mount.kind == "bind" and not s.mount.writable], OLD + "/proc")
+    sealed = [NEW + s.mount.target for s in steps
+              if s.mount.kind == "bind" and not s.mount.writable]
+    for step in steps:
+        if step.mount.kind == "store":
+            sealed += storeview.sealed_with(step)
+    seal_submounts(sealed, OLD + "/proc")
     for step in steps:  # tmpfs mounts hold only what the plan put there
         if step.mount.kind == "tmpfs" and not step.mount.writable:
             remount(NEW + step.mount.target, readonly=True, nodev=True)
