@@ -7,6 +7,7 @@ output) and, as far as it can, $HOME. Build A writes junk into every one of
 them and fails; build B, same output and so the same staging dir, must find
 none of it, nor A's output. The control: B's probe does report marks the host
 put where B may see them (its build dir, an input), so it can see a leak.
+Also: the staging dir's modes, which keep other users out, whatever the umask.
 """
 
 from __future__ import annotations
@@ -77,3 +78,30 @@ def test_the_probe_reports_what_it_may_see(sandbox: Sandbox) -> None:  # noqa: F
     assert "SEEN /build/mark-host" in seen, b
     assert any(s.startswith("SEEN ") and s.endswith("-in0") for s in seen), b
     assert "SEEN-OUT ok" not in seen  # an output already on the host is not shown either
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o000])
+def test_staging_dirs_have_their_modes_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """The staging dir is 0700 (no other user reaches the outputs), its store 0755
+    (the builder's store dir), however restrictive or open runner's umask is."""
+    import stat
+
+    from runner.sandbox import staging
+    from runner.sandbox.plan import default_ids, make_plan
+    from runner.settings import Settings
+
+    store, build = tmp_path / "store", tmp_path / "build"
+    store.mkdir()
+    build.mkdir()
+    out = f"{store}/0123456789abcdfghijklmnpqrsvwxyz-out"
+    plan = make_plan(argv=["/bin/true"], env={}, build_dir=str(build), store_dir=str(store),
+                     closure=[], outputs=[out], fixed_output=False,
+                     settings=Settings.load(environ={}), ids=default_ids())
+    old = os.umask(umask)
+    try:
+        staging.prepare(plan)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(plan.staging_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(plan.staging_store).st_mode) == 0o755
+    staging.discard(plan)
