@@ -170,3 +170,25 @@ def test_runner_builds_a_chain_through_the_overlay(tmp_path: Path,
     assert last.read_text().splitlines()[-1] == "0"  # the whole chain was read through
     assert len(last.read_text().splitlines()) == OVERLAY_FROM + 3  # a line per node
     assert leftovers(store) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting inside a store path needs root")
+@pytest.mark.parametrize("view", ["overlay", "stubs"])
+def test_a_mount_inside_an_input_is_read_only_too(tmp_path: Path, view: str) -> None:
+    """An input bound recursively brings the host mounts beneath it, writable as they
+    are on the host: the root's sealing pass must make them read-only as well."""
+    import subprocess
+
+    sub = Path(sandbox_harness.store_path(str(tmp_path / "w" / "store"), "in0"), "sub")
+    sub.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(sub)], check=True)
+    try:
+        (sub / "host").write_text("host\n")  # control: writable where it comes from
+        script = """(echo pwned > "$in0/sub/x") 2>/dev/null && echo WROTE
+                    cat "$in0/sub/host"; echo ok > "$out" """
+        r = _ok(sandbox_harness.run({"work": str(tmp_path / "w"), "store_view": view,
+                                     "script": script, "closure": INPUTS}))
+        assert "host" in r["stdout"].splitlines()  # the submount really is in the view
+        assert "WROTE" not in r["stdout"] and not (sub / "x").exists()
+    finally:
+        subprocess.run(["umount", str(sub)], check=True)

@@ -32,23 +32,28 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 
 
-def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
+def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int, net_fd: int = -1) -> None:
     """Build the sandbox around this process and become the builder's user.
 
-    `alive_fd` reads EOF once the supervising parent is gone.
+    `alive_fd` reads EOF once the supervising parent is gone. `net_fd`: a network
+    namespace the fork server made for this build alone, its `lo` up (`netns.py`).
     """
     trace.keep()
     trace.mark("builder")
     os.umask(0o022)
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     flags = libc.CLONE_NEWNS | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
-    if plan.private_network:
+    prepared = plan.private_network and net_fd >= 0
+    if prepared:
+        libc.setns(net_fd, libc.CLONE_NEWNET)
+        os.close(net_fd)
+    elif plan.private_network:
         flags |= libc.CLONE_NEWNET
     libc.unshare(flags)
     socket.sethostname(plan.hostname)
     libc.setdomainname("(none)")
-    if plan.private_network:
-        _loopback_up()
+    if plan.private_network and not prepared:
+        loopback_up()
     trace.mark("namespaces")
     _make_root(steps, plan.user_namespace)
     _drop_privileges(plan)
@@ -64,7 +69,7 @@ def enter(plan: SandboxPlan, steps: list[Step], alive_fd: int) -> None:
     os.chdir(plan.cwd)
 
 
-def _loopback_up() -> None:
+def loopback_up() -> None:
     request = struct.pack("16sh22x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, request)
@@ -83,8 +88,12 @@ def _make_root(steps: list[Step], user_namespace: bool) -> None:
     for step in steps:
         _apply(step, user_namespace)
     trace.mark("mounted")
-    seal_submounts([NEW + s.mount.target for s in steps
-                    if s.mount.kind == "bind" and not s.mount.writable], OLD + "/proc")
+    sealed = [NEW + s.mount.target for s in steps
+              if s.mount.kind == "bind" and not s.mount.writable]
+    for step in steps:
+        if step.mount.kind == "store":
+            sealed += storeview.sealed_with(step)
+    seal_submounts(sealed, OLD + "/proc")
     for step in steps:  # tmpfs mounts hold only what the plan put there
         if step.mount.kind == "tmpfs" and not step.mount.writable:
             remount(NEW + step.mount.target, readonly=True, nodev=True)

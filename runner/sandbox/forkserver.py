@@ -17,6 +17,10 @@ supervisor then does what it did before (executor.py): unshare PID (and
 user) namespaces, fork the builder, wait, collect the outputs, exit like the
 builder.
 
+As root the server also holds the next build's network namespace, made
+while it waits (`netns.py`): the builder enters it with `setns` instead of
+making one on its critical path; each is given to one build only.
+
 The server itself has a parent-death signal (and checks that runner is still
 its parent), ignores SIGINT (Ctrl-C is runner's to handle), has no children
 of its own, and exits when runner closes its socket. If it dies, the next
@@ -43,7 +47,7 @@ import socket
 import struct
 import sys
 
-from runner.sandbox import libc, trace
+from runner.sandbox import libc, netns, trace
 from runner.sandbox.plan import SandboxPlan
 from runner.sandbox.steps import Step
 
@@ -99,6 +103,8 @@ def main(argv: list[str]) -> None:
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     sock.sendall(READY)
+    home = netns.home()
+    spare = netns.make(home) if home is not None else None
     while True:
         try:
             header, fds, _, _ = socket.recv_fds(sock, HEADER.size, 4)
@@ -117,6 +123,8 @@ def main(argv: list[str]) -> None:
             parsed = pickle.loads(request)
         except Exception:  # a bad request: runner sees EOF and restarts us
             os._exit(1)
+        plan = parsed[1] if isinstance(parsed, tuple) and len(parsed) == 3 else None
+        use = spare if isinstance(plan, SandboxPlan) and plan.private_network else None
         try:
             pid = clone_parent()
         except OSError as e:
@@ -124,13 +132,19 @@ def main(argv: list[str]) -> None:
         else:
             if pid == 0:
                 sock.close()
-                _supervisor(parsed, fds)  # never returns
+                _supervisor(parsed, fds, -1 if use is None else use)  # never returns
             sock.sendall(HEADER.pack(pid))
         for received in fds:
             os.close(received)
+        if use is not None:  # given to that build (or its clone failed): never used again
+            os.close(use)
+            spare = None
+        if spare is None and home is not None:  # the next build's, while this one starts
+            spare = netns.make(home)
 
 
-def _supervisor(request: tuple[int, SandboxPlan, list[Step]], fds: list[int]) -> None:
+def _supervisor(request: tuple[int, SandboxPlan, list[Step]], fds: list[int],
+                net_fd: int) -> None:
     """In the cloned child: become the sandbox supervisor, exactly as executor's Popen child."""
     status = 1
     try:
@@ -144,7 +158,7 @@ def _supervisor(request: tuple[int, SandboxPlan, list[Step]], fds: list[int]) ->
         os.setsid()
         for target, source in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(source, target)
-        supervisor.launch(plan, steps, err_w)  # returns in the builder only
+        supervisor.launch(plan, steps, err_w, net_fd)  # returns in the builder only
         supervisor.exec_builder(plan, err_w)
     except BaseException:  # reported on err_w where it could be
         status = 255

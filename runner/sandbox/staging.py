@@ -37,15 +37,21 @@ WORK = "work"
 def prepare(plan: SandboxPlan) -> None:
     """Fresh staging dir; as root, let the build user write it and the build dir."""
     remove_tree(plan.staging_dir)
-    os.mkdir(plan.staging_dir, 0o700)
-    os.chmod(plan.staging_dir, 0o700)  # whatever the umask
-    os.mkdir(plan.staging_store, 0o755)
-    os.chmod(plan.staging_store, 0o755)
+    _mkdir_exactly(plan.staging_dir, 0o700)
+    _mkdir_exactly(plan.staging_store, 0o755)
     if storeview.wants_overlay(len(plan.inputs)):
         os.mkdir(f"{plan.staging_dir}/{WORK}", 0o700)  # the overlay's work dir (storeview.py)
     if not plan.user_namespace:
         os.chown(plan.staging_store, plan.build_uid, plan.build_gid)
         chown_tree(plan.build_dir, plan.build_uid, plan.build_gid)
+
+
+def _mkdir_exactly(path: str, mode: int) -> None:
+    """mkdir with exactly `mode`, whatever the umask; a chmod (an inode write on
+    disk) only when the umask took bits away."""
+    os.mkdir(path, mode)
+    if stat.S_IMODE(os.lstat(path).st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def collect(plan: SandboxPlan) -> None:

@@ -21,8 +21,9 @@ that cheap (docs/sandbox.md, "Cost"):
   bound instead and the stubs are made in it, on disk (the way before 2026-12).
 - No read-only remount per input. The host store is bound once, recursively,
   at `INPUTS` on the scratch tmpfs and made read-only, nosuid and nodev (its
-  submounts too); a bind mount takes the flags of the mount it comes from,
-  so every input bound from there is read-only already. `INPUTS` and the
+  submounts too, in the root's one sealing pass, `child._make_root`); a bind
+  mount takes the flags of the mount it comes from, so every input bound from
+  there is read-only already. `INPUTS` and the
   stubs vanish with the scratch tmpfs when the new root is pivoted in.
 
 Input symlinks are recreated, not bound.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import os
 
 from runner.sandbox import libc, trace
-from runner.sandbox.mounts import remount, seal_submounts
+from runner.sandbox.mounts import remount
 from runner.sandbox.steps import Step
 
 INPUTS = "/inputs"
@@ -63,8 +64,7 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
     if step.inputs:
         os.mkdir(INPUTS)
         libc.mount(old + step.mount.target, INPUTS, None, libc.MS_BIND | libc.MS_REC)
-        remount(INPUTS, readonly=True, nodev=True)
-        seal_submounts([INPUTS], old + "/proc")
+        remount(INPUTS, readonly=True, nodev=True)  # its submounts: `sealed_with`
     trace.mark("store-inputs-view")
     way = STUBS_ON_DISK
     if not force_stubs and not any(c in p for p in (upper, work) for c in _UNSAFE):
@@ -83,6 +83,13 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
         _stubs(target, step.inputs)
     trace.mark("store-" + way)
     return way
+
+
+def sealed_with(step: Step) -> list[str]:
+    """What the root's one sealing pass must also make read-only for this store step:
+    the store bound at `INPUTS` (its submounts come writable), when there are inputs.
+    One pass reads the mount table once; a pass of its own cost a second read."""
+    return [INPUTS] if step.inputs else []
 
 
 def bind_inputs(step: Step, target: str) -> None:

@@ -33,8 +33,9 @@ _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                   signal.SIGCHLD, signal.SIGPIPE)
 
 
-def launch(plan: SandboxPlan, steps: list[Step], err_fd: int) -> None:
-    """Supervise a build: returns only in the builder, inside its sandbox, ready to exec."""
+def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) -> None:
+    """Supervise a build: returns only in the builder, inside its sandbox, ready to exec.
+    `net_fd`: a fresh network namespace to enter (`netns.py`), or -1 to make one."""
     try:
         trace.mark("supervisor")
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -54,7 +55,7 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(alive_w)
-            child.enter(plan, steps, alive_r)
+            child.enter(plan, steps, alive_r, net_fd)
             return
     except BaseException as e:
         report(err_fd, e)
