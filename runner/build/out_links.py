@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from runner.errors import RunnerError
-from runner.store.roots import add_perm_root
+from runner.store.roots import add_perm_root, replace_symlink
 
 
 def link_names(base: str, outputs: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
@@ -47,12 +47,4 @@ def refuse_non_links(pairs: Sequence[tuple[str, str]]) -> None:
 
 def point_link(link: str, target: str) -> None:
     """Make the symlink `link` point at `target` in one step (an old one is never absent)."""
-    tmp = f"{link}.tmp-out-link-{os.getpid()}"
-    try:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError as e:
-        raise RunnerError(f"cannot create out-link '{link}': {e.strerror}",
-                          reason="bad-root") from None
+    replace_symlink(target, link, "out-link", make_parent=False)

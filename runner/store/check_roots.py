@@ -19,14 +19,13 @@ import hashlib
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runner.errors import RunnerError
 from runner.store import base32
 from runner.store.paths import is_in_store
-from runner.store.roots import gc_lock, roots_dir
+from runner.store.roots import gc_lock, replace_symlink, roots_dir
 
 CHECKS_DIR = "checks"
 REPOSITORY_LINK = ".repository"  # a dot: no check name has one
@@ -155,14 +154,4 @@ def _list(directory: str) -> list[str]:
 
 
 def _symlink(target: str, link: str) -> None:
-    """Point `link` at `target` atomically."""
-    tmp = f"{link}.tmp-{os.getpid()}-{threading.get_ident()}"
-    try:
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    except OSError as e:
-        raise RunnerError(f"cannot create the check root '{link}': {e.strerror}",
-                          reason="bad-root") from None
+    replace_symlink(target, link, "the check root")

@@ -207,7 +207,7 @@ def add_indirect_root(state_dir: str, link: str) -> str:
     """Register the out-link `link` as a root; returns the entry in `gcroots/auto/`."""
     link = os.path.abspath(link)
     root = os.path.join(auto_roots_dir(state_dir), indirect_root_name(link))
-    _replace_symlink(link, root)
+    replace_symlink(link, root)
     return root
 
 
@@ -231,22 +231,25 @@ def add_perm_root(store_dir: str, state_dir: str, store_path: str, link: str) ->
         raise RunnerError(f"cannot create symlink '{link}': it already exists and does not "
                           "point into the store", reason="bad-root")
     with gc_lock(state_dir, exclusive=False, notice=sys.stderr):
-        _replace_symlink(store_path, link)
+        replace_symlink(store_path, link)
         add_indirect_root(state_dir, link)
     return link
 
 
-def _replace_symlink(target: str, link: str) -> None:
-    """Point `link` at `target` atomically (a fresh symlink renamed over the old one)."""
+def replace_symlink(target: str, link: str, what: str = "symlink", *,
+                    make_parent: bool = True) -> None:
+    """Point `link` at `target` atomically (a fresh symlink renamed over the old one, so an
+    old link is never absent); `what` names the link in the one-line error."""
     tmp = f"{link}.tmp-{os.getpid()}-{threading.get_ident()}"
     try:
-        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if make_parent:
+            os.makedirs(os.path.dirname(link), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         os.symlink(target, tmp)
         os.replace(tmp, link)
     except OSError as e:
-        raise RunnerError(f"cannot create symlink '{link}': {e.strerror}",
+        raise RunnerError(f"cannot create {what} '{link}': {e.strerror}",
                           reason="bad-root") from None
 
 
