@@ -16,11 +16,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from runner.errors import RunnerError
-from runner.store.db import set_wal
+from runner.store.db import open_side_db
 
 FILE = "tests.sqlite"
-_BUSY_MS = 30_000
 
 _SCHEMA = """
 create table if not exists flaky (
@@ -54,20 +52,8 @@ class FlakyEntry:
 
 @contextlib.contextmanager
 def _open(state_dir: str) -> Iterator[sqlite3.Connection]:
-    os.makedirs(state_dir, exist_ok=True)
-    path = os.path.join(state_dir, FILE)
-    conn = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
-    try:
-        conn.execute(f"pragma busy_timeout = {_BUSY_MS}")
-        set_wal(conn)
-        conn.execute("pragma synchronous = normal")
-        conn.executescript(_SCHEMA)
+    with open_side_db(state_dir, FILE, _SCHEMA, "test history") as conn:
         yield conn
-    except sqlite3.DatabaseError as e:
-        raise RunnerError(f"test history '{path}' is unusable ({e}); delete it to start "
-                          "a new one", reason="bad-history") from None
-    finally:
-        conn.close()
 
 
 def record_flaky(state_dir: str, spec: str, name: str, drv_path: str, attempt: int,

@@ -178,3 +178,27 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             conn.rollback()
         raise RunnerError(f"cannot set up the store database '{path}': {e}",
                           reason="db") from None
+
+
+@contextmanager
+def open_side_db(state_dir: str, file: str, schema: str, what: str
+                 ) -> Iterator[sqlite3.Connection]:
+    """A small database beside the store's in the state dir (build history, test history):
+    created with `schema` on first use, WAL, closed on exit. A busy or unreadable one is a
+    one-line error naming it as `what`."""
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, file)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    try:
+        conn.execute(f"pragma busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        set_wal(conn)  # retries a concurrent first opener's lock
+        conn.execute("pragma synchronous = normal")
+        conn.executescript(schema)
+        yield conn
+    except sqlite3.DatabaseError as e:
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise RunnerError(f"{what} '{path}' is busy: {e}", reason="busy") from None
+        raise RunnerError(f"{what} '{path}' is unreadable ({e}); delete it to start "
+                          "a new one", reason="bad-history") from None
+    finally:
+        conn.close()

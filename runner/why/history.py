@@ -18,12 +18,10 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from runner.errors import RunnerError
-from runner.store.db import set_wal
+from runner.store.db import open_side_db
 
 KEEP = 20
 FILE = "history.sqlite"
-_BUSY_MS = 30_000
 
 _SCHEMA = """
 create table if not exists runs (id integer primary key, time real not null);
@@ -65,22 +63,8 @@ class Outcome:
 @contextlib.contextmanager
 def open_history(state_dir: str) -> Iterator[sqlite3.Connection]:
     """The history database, created on first use; closed on exit."""
-    os.makedirs(state_dir, exist_ok=True)
-    path = os.path.join(state_dir, FILE)
-    conn = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
-    try:
-        conn.execute(f"pragma busy_timeout = {_BUSY_MS}")
-        set_wal(conn)  # retries a concurrent first opener's lock
-        conn.execute("pragma synchronous = normal")
-        conn.executescript(_SCHEMA)
+    with open_side_db(state_dir, FILE, _SCHEMA, "build history") as conn:
         yield conn
-    except sqlite3.DatabaseError as e:
-        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-            raise RunnerError(f"build history '{path}' is busy: {e}", reason="busy") from None
-        raise RunnerError(f"build history '{path}' is unreadable ({e}); delete it to start "
-                          "a new history", reason="bad-history") from None
-    finally:
-        conn.close()
 
 
 def record(state_dir: str, store_dir: str, outcomes: Iterable[tuple[str, str, str, str, bool]],
