@@ -24,3 +24,6 @@ def test_mypy_checks_runner_and_the_tests_strictly() -> None:
     # tox's lint env runs plain `mypy`, so it gets exactly this configuration.
     lint = (ROOT / "tox.ini").read_text().split("[testenv:lint]", 1)[1]
     assert "\n    mypy\n" in lint + "\n"
+    # ... with the tests' own dependencies installed (without pytest, mypy fails on tests/).
+    extras = next(line for line in lint.splitlines() if line.startswith("extras"))
+    assert "test" in extras.split("=", 1)[1].replace(",", " ").split()
