@@ -138,10 +138,10 @@ class Progress:
     def summary(self) -> str:
         """The run's last line, as Bazel and Nix end theirs."""
         c = self.counts
-        text = (f"{c['built']} built, {c['substituted']} substituted, {self.cached} cached, "
-                f"{c['failed']} failed")
-        if self.flaky:
-            text += f", {self.flaky} flaky (passed on a retry)"
+        # A flaky build is a built one that needed a retry: said inside the built count.
+        flaky = f" ({self.flaky} flaky: passed on a retry)" if self.flaky else ""
+        text = (f"{c['built']} built{flaky}, {c['substituted']} substituted, "
+                f"{self.cached} cached, {c['failed']} failed")
         if self.skipped:
             text += f", {self.skipped} not built (a dependency failed)"
         return f"{text} in {time.monotonic() - self.started_at:.2f}s"
