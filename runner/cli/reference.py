@@ -101,7 +101,8 @@ def cli_markdown() -> str:
         "`runner build` ends with one summary line on stderr: "
         "`2 built, 0 substituted, 1 cached, 0 failed in 1.52s` (`cached`: outputs that "
         "were already valid; `N not built (a dependency failed)` is added when some were "
-        "skipped). On a terminal it shows one status line while building, drawn with "
+        "skipped, and `(N flaky: passed on a retry)` after the built count when a "
+        "retried build passed). On a terminal it shows one status line while building, drawn with "
         "[rich](https://github.com/Textualize/rich) and redrawn after every start and end "
         "of a build, so its counts are exact; messages and `-L` log lines print above it. "
         "Off a terminal (or with `TERM=dumb`) each event is one plain line.",
