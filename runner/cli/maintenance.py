@@ -4,7 +4,6 @@ optimise | verify` (see docs/maintenance.md)."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -190,7 +189,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
-    from runner.store.closure_info import find_mentions, shortest_chain
+    from runner.store.closure_info import chain_report, shortest_chain
 
     if (socket_path := daemon_socket(settings)) is not None:
         from runner.daemon import client_cli
@@ -202,10 +201,5 @@ def _why_depends(args: argparse.Namespace, settings: Settings) -> int:
         chain = shortest_chain(store, start, goal)
         if chain is None:
             raise RunnerError(f"'{start}' does not depend on '{goal}'", reason="no-dependency")
-        print(chain[0])
-        for depth, (path, dep) in enumerate(itertools.pairwise(chain)):
-            indent = "    " * depth
-            for mention in find_mentions(path, dep):
-                print(f"{indent}  {mention.file or '.'}: {mention.excerpt}")
-            print(f"{indent}└── {dep}")
+        print("\n".join(chain_report(chain)))
     return 0

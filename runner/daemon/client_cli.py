@@ -4,7 +4,6 @@ output as the local commands, each answer asked of the daemon."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from typing import TYPE_CHECKING, cast
@@ -49,7 +48,7 @@ def gc(args: argparse.Namespace, settings: Settings, socket_path: str) -> GCResu
 
 def why_depends(args: argparse.Namespace, settings: Settings, socket_path: str) -> int:
     from runner.cli.args import store_path_arg
-    from runner.store.closure_info import find_mentions, shortest_chain
+    from runner.store.closure_info import chain_report, shortest_chain
 
     with open_remote(settings, socket_path) as store:
         local_view = cast("LocalStore", store)
@@ -58,12 +57,7 @@ def why_depends(args: argparse.Namespace, settings: Settings, socket_path: str) 
         chain = shortest_chain(local_view, start, goal)
     if chain is None:
         raise RunnerError(f"'{start}' does not depend on '{goal}'", reason="no-dependency")
-    print(chain[0])
-    for depth, (path, dep) in enumerate(itertools.pairwise(chain)):
-        indent = "    " * depth
-        for mention in find_mentions(path, dep):  # store files are readable by all
-            print(f"{indent}  {mention.file or '.'}: {mention.excerpt}")
-        print(f"{indent}└── {dep}")
+    print("\n".join(chain_report(chain)))
     return 0
 
 

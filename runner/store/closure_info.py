@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from collections import deque
@@ -51,6 +52,17 @@ def shortest_chain(store: LocalStore, start: str, goal: str) -> list[str] | None
 class Mention:
     file: str  # relative to the store path; "" for the path itself
     excerpt: str  # printable bytes around the hash, the hash included
+
+
+def chain_report(chain: list[str]) -> list[str]:
+    """`why-depends`' lines for `chain` (start first): each step indented below the one
+    that refers to it, with the files that mention it (store files are readable by all)."""
+    lines = [chain[0]]
+    for depth, (path, dep) in enumerate(itertools.pairwise(chain)):
+        indent = "    " * depth
+        lines += [f"{indent}  {m.file or '.'}: {m.excerpt}" for m in find_mentions(path, dep)]
+        lines.append(f"{indent}└── {dep}")
+    return lines
 
 
 def find_mentions(path: str, target: str) -> list[Mention]:
