@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from runner.sandbox.plan import SandboxPlan
+from runner.store.paths import is_in_store
 
 # Mount kinds whose target shows host content (a tmpfs shows nothing of the host).
 _HOST_CONTENT = ("bind", "device")
@@ -157,7 +158,7 @@ class PathVisibility:
         return found
 
     def _in_store(self, path: str) -> bool:
-        return bool(self.store_dir) and path.startswith(self.store_dir.rstrip("/") + "/")
+        return bool(self.store_dir) and is_in_store(path, self.store_dir.rstrip("/"))
 
     def _store_path(self, path: str) -> str:
         top = path[len(self.store_dir.rstrip("/")) + 1:].split("/", 1)[0]
