@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -116,8 +117,12 @@ def test_sigkill_at_any_point_then_rerun(tmp_path: Path, state_dir: str) -> None
             proc.kill()
             proc.communicate()
             survivors = _alive(pids)
-            for pid in survivors:
-                os.kill(pid, signal.SIGKILL)
+            # Stop them all before killing any: a shell whose `sleep` died first would
+            # wake from `wait` and say it finished.
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in survivors:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
             assert wait_gone(survivors)
             _store_is_consistent(state_dir)
             assert _built(state_dir) == valid_before
