@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner.sandbox import make_plan, probe, spawn
+from runner.sandbox import make_plan, native, probe, spawn
 from runner.sandbox.plan import default_ids
 from runner.sandbox.served import ServedProcess
 from runner.settings import Settings
@@ -62,10 +62,11 @@ def per_run(runs: int, start: Callable[[], subprocess.Popen[bytes] | ServedProce
     return (time.perf_counter() - began) / runs * 1000
 
 
-def build_seconds(spec: str, sandbox: str, jobs: int, fork_server: bool = True) -> float:
-    """Wall time of one `runner build` of every derivation in `spec`, in a fresh store."""
+def build_seconds(spec: str, sandbox: str, jobs: int, spawn_way: str = "") -> float:
+    """Wall time of one `runner build` of every derivation in `spec`, in a fresh store.
+    `spawn_way` "python": sandboxed builds start through the Python fork server."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "RUNNER_SANDBOX_FORK_SERVER": "1" if fork_server else "0",
+        env = {**os.environ, native.SPAWN_ENV: spawn_way,
                "RUNNER_STORE_DIR": f"{tmp}/store",
                "RUNNER_STATE_DIR": f"{tmp}/state", "XDG_CONFIG_HOME": f"{tmp}/config"}
         began = time.perf_counter()
@@ -83,10 +84,11 @@ def through_runner(count: int, jobs: int) -> None:
             f.write("version: 1\ndefaults: {builder: /bin/sh}\nderivations:\n")
             for i in range(count):
                 f.write(f'  d{i}: {{args: ["-c", "echo {i} > $out"]}}\n')
-        times: dict[str, list[float]] = {"off": [], "on": []}
+        times: dict[str, list[float]] = {"off": [], "on": [], "on, python spawn": []}
         for _ in range(3):
             times["off"].append(build_seconds(spec, "off", jobs))
             times["on"].append(build_seconds(spec, "on", jobs))
+            times["on, python spawn"].append(build_seconds(spec, "on", jobs, "python"))
     off = statistics.median(times["off"])
     print(f"runner build, {count} derivations, --max-jobs={jobs} (median of 3):")
     for name, runs in times.items():
@@ -266,7 +268,11 @@ def spawn_only(runs: int) -> None:
             start_new_session=True))
         served: list[float] = []
         forked: list[float] = []
+        cloned: list[float] = []
         for _ in range(5):  # interleaved: the machine's load moves
+            if native.module() is not None:
+                cloned.append(per_run(runs // 5 or 1, lambda: spawn(
+                    plan, stdout=dev, stderr=dev)))
             served.append(per_run(runs // 5 or 1, lambda: spawn(
                 plan, stdout=dev, stderr=dev, fork_server=True)))
             forked.append(per_run(runs // 5 or 1, lambda: spawn(
@@ -275,7 +281,12 @@ def spawn_only(runs: int) -> None:
     who = "root" if os.geteuid() == 0 else "unprivileged (user namespace)"
     print(f"spawn /bin/true, {runs} runs each, as {who}, this process {rss:.0f} MB:")
     print(f"  plain:                 {plain:7.2f} ms per build")
-    for name, times in (("sandboxed, fork server", served), ("sandboxed, forked", forked)):
+    ways = (("sandboxed, C clone", cloned), ("sandboxed, fork server", served),
+            ("sandboxed, forked", forked))
+    for name, times in ways:
+        if not times:
+            print(f"  {name + ':':23} not built (no C compiler at install)")
+            continue
         boxed = statistics.median(times)
         print(f"  {name + ':':23}{boxed:7.2f} ms per build, overhead {boxed - plain:6.2f} ms, "
               f"ratio {boxed / plain:.1f}x")

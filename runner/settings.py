@@ -122,8 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sandbox-fallback", "bool", True,
             "Build unsandboxed (with a warning) where namespaces are unavailable."),
     Setting("sandbox-fork-server", "bool", True,
-            "Start sandboxed builds from a small fork server process instead of forking "
-            "runner itself (docs/sandbox.md); off is for comparison and debugging.",
+            "Where the sandbox's C spawn is not built: start sandboxed builds from a small "
+            "fork server process instead of forking runner itself (docs/sandbox.md); off is "
+            "for comparison and debugging.",
             env="RUNNER_SANDBOX_FORK_SERVER"),
     Setting("sandbox-paths", "list", list(DEFAULT_SANDBOX_PATHS),
             "Host paths mounted read-only into every sandbox."),

@@ -23,6 +23,7 @@ from typing import Any
 
 from runner.errors import RunnerError
 from runner.sandbox import make_plan, spawn
+from runner.sandbox.native import SPAWN_ENV
 from runner.sandbox.plan import default_ids
 from runner.sandbox.storeview import STORE_VIEW_ENV
 from runner.settings import Settings
@@ -69,6 +70,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     view = request.get("store_view")  # force one way of making the store view
     if view:
         os.environ[STORE_VIEW_ENV] = view
+    if request.get("spawn"):  # "python": the fork server, not the C spawn
+        os.environ[SPAWN_ENV] = request["spawn"]
     try:
         plan = make_plan(argv=argv, env=env, build_dir=build, store_dir=store, closure=closure,
                          outputs=outputs.values(), fixed_output=request.get("fixed_output", False),
@@ -81,12 +84,16 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     finally:
         if view:
             del os.environ[STORE_VIEW_ENV]
+        if request.get("spawn"):
+            del os.environ[SPAWN_ENV]
     if request.get("kill"):
         assert proc.stdout is not None
         first_line = proc.stdout.readline()
         result["first_line"] = first_line.decode()
         if request["kill"] == "group":
-            os.killpg(proc.pid, signal.SIGTERM)
+            # SIGKILL: the builder may be PID 1 of its namespace (runner/sandbox/native.py),
+            # which ignores the other signals from outside it, as in Nix.
+            os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
     out, err = proc.communicate()
@@ -99,12 +106,19 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             survivors = processes_with(marker) if marker else []
     result.update(
         returncode=proc.returncode, stdout=(out or b"").decode(errors="replace"),
-        stderr=(err or b"").decode(errors="replace"), survivors=survivors,
+        stderr=(err or b"").decode(errors="replace") + _exit_problem(proc),
+        survivors=survivors,
         outputs={name: describe(path) for name, path in outputs.items()},
         store_listing=sorted(os.listdir(store)),
         build_listing=sorted(os.listdir(build)),
     )
     return result
+
+
+def _exit_problem(proc: object) -> str:
+    """What collecting the outputs met, where runner collects (no supervisor to say it)."""
+    problem = getattr(proc, "exit_problem", None)
+    return f"sandbox: cannot collect the outputs: {problem}\n" if problem else ""
 
 
 def describe(path: str) -> dict[str, Any] | None:

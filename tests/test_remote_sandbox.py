@@ -160,14 +160,16 @@ def test_a_local_build_next_to_remote_ones_is_sandboxed(tmp_path: Path) -> None:
 
 def test_without_the_fork_server_a_local_build_next_to_remote_ones_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """RUNNER_SANDBOX_FORK_SERVER=0 forks the sandbox from runner, which gRPC's threads
-    break: a clear error at once, never an unsandboxed build (nor a hang)."""
+    """RUNNER_SANDBOX_FORK_SERVER=0 without the C spawn (RUNNER_SANDBOX_SPAWN=python)
+    forks the sandbox from runner, which gRPC's threads break: a clear error at once,
+    never an unsandboxed build (nor a hang)."""
     server = start_casd(tmp_path / "casd", tcp=True)
     spec, _ = _spec(tmp_path, (
         "  r0: {args: [-c, 'echo remote0 > $out']}\n"
         f"  here: {{prefer-local-build: true, args: [-c, '{PROBE}; "
         "cat ${{ r0 }} >> $out']}\n"))
     monkeypatch.setenv("RUNNER_SANDBOX_FORK_SERVER", "0")
+    monkeypatch.setenv("RUNNER_SANDBOX_SPAWN", "python")
     try:
         code, results, err = _finish(_runner(server.url, spec))
     finally:
@@ -175,4 +177,5 @@ def test_without_the_fork_server_a_local_build_next_to_remote_ones_is_refused(
     assert code == 1, err
     by_name = {r["drvPath"].rsplit("-", 1)[1]: r["status"] for r in results}
     assert by_name == {"r0.drv": "built", "here.drv": "setup-failed"}, err
-    assert "needs the sandbox fork server" in err and "pthread_create" not in err, err
+    assert "needs the sandbox's C spawn or its fork server" in err, err
+    assert "pthread_create" not in err, err

@@ -83,14 +83,17 @@ def _unprivileged_sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     shutil.rmtree(work)
 
 
-@pytest.fixture(params=["invoking-user", "uid-65534"])
+@pytest.fixture(params=["invoking-user", "uid-65534", "invoking-user-python-spawn"])
 def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sandbox]:
+    """Every probe against the C spawn (the default where it is built), as root and
+    rootless, and against the Python fork server it falls back to."""
     if request.param == "uid-65534":
         yield from _unprivileged_sandbox(tmp_path)
         return
+    way = {"spawn": "python"} if request.param.endswith("python-spawn") else {}
 
     def run(**req: Any) -> dict[str, Any]:
-        return sandbox_harness.run({"work": str(tmp_path / "w"), **req})
+        return sandbox_harness.run({"work": str(tmp_path / "w"), **way, **req})
 
     ids = (30001, 30000) if os.geteuid() == 0 else (1000, 100)
     yield Sandbox(run, ids, (os.geteuid(), os.getegid()))

@@ -62,3 +62,4 @@ def test_the_package_still_exports_its_names() -> None:
     with pytest.raises(AttributeError):
         import runner.sandbox as package
         getattr(package, "no_such_name")  # noqa: B009
+

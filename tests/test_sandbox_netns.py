@@ -84,11 +84,14 @@ def test_the_probe_sees_a_shared_network(sandbox: Sandbox) -> None:  # noqa: F81
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root's fork server makes them ahead")
-def test_the_fork_server_holds_the_next_builds_network(tmp_path: Path) -> None:
+def test_the_fork_server_holds_the_next_builds_network(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As root, after a build the server holds one fresh network namespace, no other."""
     from runner.sandbox.executor import thread_server_pid
+    from runner.sandbox.native import SPAWN_ENV
     from tests import sandbox_harness
 
+    monkeypatch.setenv(SPAWN_ENV, "python")  # the fork server's way, not the C spawn's
     r = sandbox_harness.run({"work": str(tmp_path / "w"), "script": PROBE})
     assert r["returncode"] == 0, r
     pid = thread_server_pid()

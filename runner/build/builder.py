@@ -12,11 +12,12 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from runner.build.environment import build_env, write_attr_files
-from runner.build.process import Child, Ending, Limits, kill_group, supervise
+from runner.build.process import Child, Ending, Limits, Shape, kill_group, supervise
 from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.errors import RunnerError
 from runner.sandbox import uidpool
+from runner.sandbox.served import ServedProcess
 from runner.settings import Settings
 from runner.store.derivation import Derivation
 
@@ -79,13 +80,21 @@ async def run_builder(job: BuildJob, build_dir: str) -> BuilderOutcome:
         os.close(read_fd)
         raise
     try:
-        end = await supervise(proc, read_fd, limits, job.on_output, sandboxed=sandboxed)
+        end = await supervise(proc, read_fd, limits, job.on_output, shape=_shape(proc, sandboxed))
     finally:
         release()
+    if isinstance(proc, ServedProcess) and proc.exit_problem:  # as a supervisor says it
+        job.on_output(f"sandbox: cannot collect the outputs: {proc.exit_problem}\n".encode())
     message = _describe(job, end.ending, end.returncode, limits)
     if end.log_closed:
         message += " (it closed its stdout and stderr and kept running)"
     return BuilderOutcome(end.ending, end.returncode, message, build_dir, end.log_closed)
+
+
+def _shape(proc: Child, sandboxed: bool) -> Shape:
+    if isinstance(proc, ServedProcess) and proc.on_exit is not None:
+        return Shape.COLLECTING
+    return Shape.SUPERVISOR if sandboxed else Shape.PLAIN
 
 
 def _tighter(setting: int, attr: str | None) -> int:

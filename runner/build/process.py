@@ -8,9 +8,11 @@ before the builder is reaped, so no child outlives it.
 A build also ends when its log closes, as in Nix: a builder that closed its
 stdout and stderr and kept running is killed (`failed due to signal 9`).
 A builder that exits closes its log a moment before it can be reaped, so
-the kill waits `LOG_CLOSED_GRACE`; for a sandboxed build `proc` is the
-sandbox supervisor, which holds no writer of the log and is left alone once
-its builder (its only child) has exited: it is moving the outputs out.
+the kill waits `LOG_CLOSED_GRACE`. `Shape` says what `proc` is: the builder
+itself; a sandbox supervisor, which holds no writer of the log and is left
+alone once its builder (its only child) has exited: it is moving the outputs
+out; or a sandboxed builder whose reaping moves the outputs out in runner
+(`ServedProcess.on_exit`): then it is reaped on a thread, off the loop.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class Child(Protocol):
     @property
     def returncode(self) -> int | None: ...
     def wait(self, timeout: float | None = None) -> int: ...
+
+
+class Shape(enum.Enum):
+    PLAIN = "plain"  # proc is the builder
+    SUPERVISOR = "supervisor"  # proc supervises the builder, its only child
+    COLLECTING = "collecting"  # proc is the builder; reaping it collects the outputs
 
 
 class Ending(enum.Enum):
@@ -67,10 +75,11 @@ def kill_group(pid: int) -> None:
 class _Supervisor:
     def __init__(
         self, proc: Child, read_fd: int, limits: Limits,
-        on_output: Callable[[bytes], None], sandboxed: bool = False,
+        on_output: Callable[[bytes], None], shape: Shape = Shape.PLAIN,
     ) -> None:
         self.proc = proc
-        self.sandboxed = sandboxed
+        self.shape = shape
+        self.reaping = False
         self.log_closed = False
         self.read_fd = read_fd
         self.limits = limits
@@ -131,7 +140,10 @@ class _Supervisor:
     def _on_log_closed(self) -> None:
         if self.done.done() or self.killed:
             return
-        pids = _running_children(self.proc.pid) if self.sandboxed else [self.proc.pid]
+        if self.shape is Shape.SUPERVISOR:
+            pids = _running_children(self.proc.pid)
+        else:
+            pids = [self.proc.pid]
         if not pids:
             return  # the builder has exited; its supervisor collects the outputs
         if all(_exiting(pid) for pid in pids):
@@ -157,14 +169,23 @@ class _Supervisor:
             kill_group(self.proc.pid)
 
     def _on_exit(self) -> None:
-        if self.done.done():
+        if self.done.done() or self.reaping:
             return
         # The builder is a zombie now: kill what it left behind in its group, then
         # take the output that is already in the pipe and reap it.
         kill_group(self.proc.pid)
         self._drain()
-        self.proc.wait()
-        self.done.set_result(None)
+        if self.shape is not Shape.COLLECTING:
+            self.proc.wait()
+            self.done.set_result(None)
+            return
+        self.reaping = True  # copying the outputs can take long: not on the loop
+        waiter = self.loop.run_in_executor(None, self.proc.wait)
+        waiter.add_done_callback(self._reaped)
+
+    def _reaped(self, _: object) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
     def _drain(self) -> None:
         while True:
@@ -224,9 +245,9 @@ def _running_children(pid: int) -> list[int]:
 
 async def supervise(
     proc: Child, read_fd: int, limits: Limits,
-    on_output: Callable[[bytes], None], *, sandboxed: bool = False,
+    on_output: Callable[[bytes], None], *, shape: Shape = Shape.PLAIN,
 ) -> ProcessEnd:
     """Wait for `proc` to end (or be killed by a limit, or for closing its log while
-    running); `read_fd` is its output pipe, owned and closed here. `sandboxed`: `proc`
-    is a sandbox supervisor whose one child is the builder."""
-    return await _Supervisor(proc, read_fd, limits, on_output, sandboxed).run()
+    running); `read_fd` is its output pipe, owned and closed here. `shape`: what
+    `proc` is (`Shape`)."""
+    return await _Supervisor(proc, read_fd, limits, on_output, shape).run()

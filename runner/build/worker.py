@@ -140,18 +140,19 @@ class Worker:
         fails once gRPC runs here. An error, never a silent unsandboxed build."""
         if self.remote is None or not self.remote.started:
             return None
+        from runner.sandbox import native
         from runner.sandbox.executor import use_fork_server
 
-        if use_fork_server():
-            return None
+        if native.module() is not None or use_fork_server():
+            return None  # neither clones a process where gRPC runs with fork()
         try:
             if not self.sandbox.enabled_for(drv_env):
                 return None
         except RunnerError:
             return None  # the builder reports it
-        return ("a sandboxed local build next to remote builds needs the sandbox fork "
-                "server (RUNNER_SANDBOX_FORK_SERVER=0 is set): a sandbox forked from runner "
-                "after gRPC started its threads does not work")
+        return ("a sandboxed local build next to remote builds needs the sandbox's C spawn "
+                "or its fork server (RUNNER_SANDBOX_FORK_SERVER=0 is set): a sandbox forked "
+                "from runner after gRPC started its threads does not work")
 
     @property
     def substituters(self) -> list[Substituter]:

@@ -34,9 +34,10 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
+from types import ModuleType
 
 from runner.errors import RunnerError
-from runner.sandbox import forkserver, staging, storeview, supervisor, trace
+from runner.sandbox import forkserver, native, staging, storeview, supervisor, trace
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.sandbox.served import ServedProcess
 from runner.sandbox.steps import Step
@@ -78,6 +79,9 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
         steps = resolve(plan)
         trace.mark("resolved")
         server = None
+        compiled = native.module() if fork_server is None else None
+        if compiled is not None:
+            return _direct(compiled, plan, steps, stdout=stdout, stderr=stderr)
         if fork_server if fork_server is not None else use_fork_server():
             server = _thread_server()
         if server is not None:
@@ -93,6 +97,65 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
         remove_tree(plan.staging_dir)
         raise
     return proc
+
+
+def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdout: int,
+            stderr: int) -> ServedProcess:
+    """Clone the builder from this thread with the C extension (`native.py`); return
+    once it exec'd. The returned process copies the outputs out when it is reaped."""
+    ours: list[int] = []  # our ends of new pipes
+    theirs: list[int] = []  # the child's: closed here once it has exec'd
+    trace_fd = trace.open_fd()
+    try:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        theirs.append(null)
+        out_r, out_fd = _child_end(stdout, null, theirs, ours)
+        err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
+            stderr, null, theirs, ours)
+        pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
+        ours.append(pipe_r)
+        theirs.append(pipe_w)
+        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)  # EOF in the child: runner is gone
+        theirs += [alive_r, alive_w]
+        program = native.compile_program(plan, steps, stdio=(null, out_fd, err_fd),
+                                         alive_fd=alive_r)
+        env = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in plan.env.items()]
+        try:
+            pid = compiled.spawn(program.encode(), [os.fsencode(a) for a in plan.argv], env,
+                                 native.clone_flags(plan, -1), pipe_w,
+                                 -1 if trace_fd is None else trace_fd)
+        except OSError as e:
+            raise _SetupError(f"clone: {e.strerror or e}") from None
+        trace.mark("exec'd")
+        for fd in theirs:
+            os.close(fd)
+        theirs.clear()
+        problem = _read_all_bytes(pipe_r)  # the child has exec'd or exited: no blocking
+        ours.remove(pipe_r)
+        os.close(pipe_r)
+        proc = ServedProcess(plan.argv, pid,
+                             os.fdopen(out_r, "rb") if out_r is not None else None,
+                             os.fdopen(err_r, "rb") if err_r is not None else None,
+                             on_exit=None if problem else lambda: staging.collect(plan))
+        ours.clear()  # the process owns them now
+    finally:
+        for fd in theirs + ours:
+            os.close(fd)
+        if trace_fd is not None:
+            os.close(trace_fd)
+    if not problem:
+        return proc
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    kind, _, rest = problem.decode(errors="replace").partition(":")
+    number = int(kind[1:]) if kind[1:].isdigit() else 0
+    if kind.startswith("x"):
+        raise OSError(number or 2, os.strerror(number or 2), rest)
+    if kind.startswith("e"):
+        raise _SetupError(f"{os.strerror(number)}: {rest}")
+    raise _SetupError(rest.strip() or "unknown error")
 
 
 def _forked(plan: SandboxPlan, steps: list[Step], *, stdout: int,

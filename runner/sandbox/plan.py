@@ -195,6 +195,14 @@ def make_plan(
     )
 
 
+def exec_candidates(plan: SandboxPlan) -> list[str]:
+    """Where the builder is looked for, as Popen would (PATH from the plan's env)."""
+    exe = plan.argv[0]
+    if posixpath.dirname(exe):
+        return [exe]
+    return [posixpath.join(d, exe) for d in os.get_exec_path(dict(plan.env))]
+
+
 def _host_paths(settings: SettingsLike, env: Mapping[str, str]) -> list[Mount]:
     """Read-only binds from `sandbox-paths`, plus the spec's own where allowed."""
     mounts = [_host_path(entry) for entry in settings.strings("sandbox-paths")]

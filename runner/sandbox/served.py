@@ -19,12 +19,13 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 
 class ServedProcess:
     def __init__(self, args: tuple[str, ...], pid: int, stdout: IO[bytes] | None,
-                 stderr: IO[bytes] | None) -> None:
+                 stderr: IO[bytes] | None, on_exit: Callable[[], None] | None = None) -> None:
         self.args = args
         self.pid = pid
         self.stdin: IO[bytes] | None = None
@@ -34,6 +35,10 @@ class ServedProcess:
         self._lock = threading.Lock()
         self._pidfd: int | None = os.pidfd_open(pid)  # the child is ours until reaped
         self._read: dict[int, list[bytes]] = {}
+        # Run once reaped, unless it was killed by SIGKILL (ended by runner: what it
+        # left is discarded). Its error makes a zero exit status 1 and is kept here.
+        self.on_exit = on_exit
+        self.exit_problem: str | None = None
 
     def poll(self) -> int | None:
         return self._reap(block=False)
@@ -98,7 +103,14 @@ class ServedProcess:
                 pid, status = self.pid, 255 << 8
             if pid == 0:
                 return None
-            self.returncode = os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(status)
+            if self.on_exit is not None and code != -signal.SIGKILL:
+                try:
+                    self.on_exit()
+                except Exception as e:
+                    self.exit_problem = _describe(e)
+                    code = code or 1
+            self.returncode = code
             if self._pidfd is not None:
                 os.close(self._pidfd)
                 self._pidfd = None
@@ -108,6 +120,12 @@ class ServedProcess:
         if self._pidfd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pidfd)
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.strerror}: {e.filename}"
+    return (e.strerror if isinstance(e, OSError) else None) or str(e) or type(e).__name__
 
 
 def _readable(fd: int, timeout: float) -> bool:

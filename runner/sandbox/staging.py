@@ -71,13 +71,27 @@ def collect(plan: SandboxPlan) -> None:
                 owner = None if plan.user_namespace else (plan.owner_uid, plan.owner_gid)
                 copy_tree(inner_fd, name, staging_fd, copy, owner, display=out)
                 remove_tree(out)
-                os.rename(copy, name, src_dir_fd=staging_fd, dst_dir_fd=store_fd)
+                _rename_into(staging_fd, copy, store_fd, name)
         finally:
             os.close(inner_fd)
             os.close(store_fd)
     finally:
         os.close(staging_fd)
     remove_tree(plan.staging_dir)
+
+
+def _rename_into(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """Move the copy into the store. Moving a directory rewrites its `..`, which
+    needs write permission on it: a read-only one is opened up for the move (only
+    its owner, runner's user, could use that moment), unless we are root."""
+    st = os.stat(src, dir_fd=src_dir, follow_symlinks=False)
+    opened = (stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IWUSR
+              and os.geteuid() != 0)
+    if opened:
+        os.chmod(src, stat.S_IMODE(st.st_mode) | stat.S_IWUSR, dir_fd=src_dir)
+    os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+    if opened:
+        os.chmod(dst, stat.S_IMODE(st.st_mode), dir_fd=dst_dir)
 
 
 def copy_tree(src_dir: int, src_name: str, dst_dir: int, dst_name: str,

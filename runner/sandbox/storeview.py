@@ -67,7 +67,7 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
         remount(INPUTS, readonly=True, nodev=True)  # its submounts: `sealed_with`
     trace.mark("store-inputs-view")
     way = STUBS_ON_DISK
-    if not force_stubs and not any(c in p for p in (upper, work) for c in _UNSAFE):
+    if not force_stubs and not unsafe_for_overlay(upper, work):
         os.mkdir(STUBS)
         _stubs(STUBS, step.inputs)
         options = f"lowerdir={STUBS},upperdir={upper},workdir={work},volatile"
@@ -83,6 +83,11 @@ def make(step: Step, target: str, old: str, *, user_namespace: bool,
         _stubs(target, step.inputs)
     trace.mark("store-" + way)
     return way
+
+
+def unsafe_for_overlay(*paths: str) -> bool:
+    """Whether overlay's option syntax cannot carry one of these paths."""
+    return any(c in p for p in paths for c in _UNSAFE)
 
 
 def sealed_with(step: Step) -> list[str]:

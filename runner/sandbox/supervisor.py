@@ -23,14 +23,14 @@ import signal
 from typing import NoReturn
 
 from runner.sandbox import child, libc, staging, trace
-from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.plan import SandboxPlan, exec_candidates
 from runner.sandbox.steps import Step
 
 EXEC_ERROR = b"\0exec:"  # then "errno:filename": the builder could not be executed
 
 _FD_LIMIT = os.sysconf("SC_OPEN_MAX")
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                  signal.SIGCHLD, signal.SIGPIPE)
+                  signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) -> None:
@@ -39,7 +39,7 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) 
     try:
         trace.mark("supervisor")
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in _RESET_SIGNALS:
+        for sig in _RESET_SIGNALS:  # handled or ignored by runner: default for the builder
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         flags = libc.CLONE_NEWPID
@@ -67,12 +67,8 @@ def exec_builder(plan: SandboxPlan, err_fd: int) -> NoReturn:
     """exec `plan.argv` as Popen would (PATH from the plan's env); report failure on err_fd."""
     exe = plan.argv[0]
     env = dict(plan.env)
-    if os.path.dirname(exe):
-        candidates = [exe]
-    else:
-        candidates = [os.path.join(d, exe) for d in os.get_exec_path(env)]
     error: OSError | None = None
-    for path in candidates:
+    for path in exec_candidates(plan):
         try:
             os.execve(path, plan.argv, env)
         except OSError as e:

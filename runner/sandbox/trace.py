@@ -38,6 +38,11 @@ def mark(label: str) -> None:
             os.close(fd)
 
 
+def open_fd() -> int | None:
+    """The trace file opened for appending (close-on-exec), or None when not tracing."""
+    return _open()
+
+
 def _open() -> int | None:
     path = os.environ.get(ENV)
     if not path:

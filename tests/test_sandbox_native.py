@@ -1,0 +1,66 @@
+"""The sandbox's C spawn (runner/sandbox/_spawn.c, native.py): built, strict about its
+input, and nothing of runner's process state reaches the builder.
+
+The isolation probes of tests/test_sandbox_build.py run against it (and against
+the Python fork server); these are what only a spawn that shares runner's memory
+until the exec could get wrong: descriptors, signal dispositions and mask.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.sandbox import native
+from tests import sandbox_harness
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="namespaces are Linux-only")
+
+PROBE = ('grep -E "^(SigBlk|SigIgn):" /proc/self/status; ls /proc/self/fd | sort -n | tr "\\n" " ";'
+         ' echo; echo ok > "$out"')
+
+
+def test_the_c_spawn_is_built_where_a_compiler_is() -> None:
+    """setup.py's extension is optional; where a C compiler exists (CI installs one),
+    an install without it would quietly test only the slower Python way."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler: the package installs without its C spawn")
+    assert native._native is not None
+
+
+@pytest.mark.skipif(native._native is None, reason="the C spawn is not built here")
+@pytest.mark.parametrize("program", [
+    b"\x01",  # a cut header
+    b"\x01\0\0\0\x01\0\0\0q",  # an unknown argument type
+    b"\x01\0\0\0\x01\0\0\0s\xff\xff\xff\xff",  # a string longer than the program
+])
+def test_a_malformed_program_is_refused_before_any_clone(program: bytes) -> None:
+    assert native._native is not None
+    with pytest.raises(ValueError, match="malformed"):
+        native._native.spawn(program, [b"/bin/true"], [], 0, -1, -1)
+
+
+@pytest.mark.parametrize("way", ["", "python"])
+def test_the_builder_inherits_no_descriptor_signal_mask_or_ignored_signal(
+        tmp_path: Path, way: str) -> None:
+    """runner ignores SIGPIPE (CPython does) and holds many descriptors; the builder
+    starts with none of them, whichever way it was spawned."""
+    if not way and native._native is None:
+        pytest.skip("the C spawn is not built here")
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # the control: runner's state
+    leaked = os.open(os.devnull, os.O_RDONLY)  # inheritable, unlike runner's own
+    os.set_inheritable(leaked, True)
+    try:
+        r = sandbox_harness.run({"work": str(tmp_path / "w"), "script": PROBE, "spawn": way})
+    finally:
+        os.close(leaked)
+    assert r["returncode"] == 0, r
+    lines = r["stdout"].splitlines()
+    assert lines[0] == "SigBlk:\t0000000000000000", r
+    assert lines[1] == "SigIgn:\t0000000000000000", r
+    assert lines[2].split() == ["0", "1", "2", "3"], r  # 3: the directory `ls` reads
