@@ -30,19 +30,20 @@ def test_the_c_spawn_is_built_where_a_compiler_is() -> None:
     an install without it would quietly test only the slower Python way."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler: the package installs without its C spawn")
-    assert native._native is not None
+    assert native.built()
 
 
-@pytest.mark.skipif(native._native is None, reason="the C spawn is not built here")
+@pytest.mark.skipif(not native.built(), reason="the C spawn is not built here")
 @pytest.mark.parametrize("program", [
     b"\x01",  # a cut header
     b"\x01\0\0\0\x01\0\0\0q",  # an unknown argument type
     b"\x01\0\0\0\x01\0\0\0s\xff\xff\xff\xff",  # a string longer than the program
 ])
 def test_a_malformed_program_is_refused_before_any_clone(program: bytes) -> None:
-    assert native._native is not None
+    from runner.sandbox import _spawn
+
     with pytest.raises(ValueError, match="malformed"):
-        native._native.spawn(program, [b"/bin/true"], [], 0, -1, -1)
+        _spawn.spawn(program, [b"/bin/true"], [], 0, -1, -1)
 
 
 @pytest.mark.parametrize("way", ["", "python"])
@@ -50,7 +51,7 @@ def test_the_builder_inherits_no_descriptor_signal_mask_or_ignored_signal(
         tmp_path: Path, way: str) -> None:
     """runner ignores SIGPIPE (CPython does) and holds many descriptors; the builder
     starts with none of them, whichever way it was spawned."""
-    if not way and native._native is None:
+    if not way and not native.built():
         pytest.skip("the C spawn is not built here")
     assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # the control: runner's state
     leaked = os.open(os.devnull, os.O_RDONLY)  # inheritable, unlike runner's own

@@ -30,6 +30,7 @@ from runner.sandbox.child import NEW, OLD, SCRATCH
 from runner.sandbox.plan import SandboxPlan, exec_candidates
 from runner.sandbox.steps import Step
 
+_native: ModuleType | None
 try:
     from runner.sandbox import _spawn as _native
 except ImportError:  # not compiled (no C compiler at install): the Python way
@@ -44,6 +45,11 @@ except ImportError:  # not compiled (no C compiler at install): the Python way
 SPAWN_ENV = "RUNNER_SANDBOX_SPAWN"
 
 Arg = int | str | bytes
+
+
+def built() -> bool:
+    """Whether the extension was compiled when runner was installed."""
+    return _native is not None
 
 
 def module() -> ModuleType | None:

@@ -1,0 +1,3 @@
+# The C extension of _spawn.c (built by setup.py where a C compiler is).
+def spawn(program: bytes, argv: list[bytes], env: list[bytes], flags: int, err_fd: int,
+          trace_fd: int, /) -> int: ...
