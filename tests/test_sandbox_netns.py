@@ -102,3 +102,26 @@ def test_the_fork_server_holds_the_next_builds_network(
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("net:[")}
     assert len(held - {own}) == 1  # the next build's
     assert r["stdout"].split()[0] not in held  # the build's own was let go
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root makes them ahead")
+def test_the_c_spawn_thread_holds_the_next_builds_network(tmp_path: Path) -> None:
+    """With the C spawn the spawning thread makes the next build's network namespace
+    after each build's exec: not the host's, not the one the build just got, and
+    consumed by the next build (which then gets exactly it)."""
+    from runner.sandbox import native
+    from runner.sandbox.executor import thread_spare_network
+    from tests import sandbox_harness
+
+    if not native.built():
+        pytest.skip("the C spawn is not built here")
+    first = sandbox_harness.run({"work": str(tmp_path / "a"), "script": PROBE})
+    assert first["returncode"] == 0, first
+    spare = thread_spare_network()
+    assert spare >= 0
+    held = os.readlink(f"/proc/self/fd/{spare}")
+    assert held != os.readlink("/proc/thread-self/ns/net")  # the thread went back home
+    assert held != first["stdout"].split()[0]  # not the one the first build was given
+    second = sandbox_harness.run({"work": str(tmp_path / "b"), "script": PROBE})
+    assert second["stdout"].split()[0] == held  # the next build got it, and only it
+    assert os.readlink(f"/proc/self/fd/{thread_spare_network()}") != held  # a new spare

@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 from runner.errors import RunnerError
-from runner.sandbox import uidpool
+from runner.sandbox import native, uidpool
 from runner.sandbox.executor import spawn
 from runner.sandbox.plan import default_ids, make_plan
 from runner.settings import DEFAULT_SANDBOX_PATHS
@@ -54,9 +54,10 @@ def _try_build(build_uid: int | None) -> str | None:
                          closure=[], outputs=[], fixed_output=False, settings=_Defaults(),
                          ids=default_ids(build_uid) if build_uid is not None else default_ids())
         try:
-            # Popen forks runner here: no fork server for one build on this thread.
+            # The way builds will start: the C spawn where it is built; otherwise Popen
+            # forks runner here (no fork server for one build on this thread).
             proc = spawn(plan, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         fork_server=False)
+                         fork_server=None if native.module() is not None else False)
         except RunnerError as e:
             return e.message
         except OSError as e:

@@ -37,7 +37,7 @@ from dataclasses import replace
 from types import ModuleType
 
 from runner.errors import RunnerError
-from runner.sandbox import forkserver, native, staging, storeview, supervisor, trace
+from runner.sandbox import forkserver, native, netns, staging, storeview, supervisor, trace
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.sandbox.served import ServedProcess
 from runner.sandbox.steps import Step
@@ -117,12 +117,15 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         theirs.append(pipe_w)
         alive_r, alive_w = os.pipe2(os.O_CLOEXEC)  # EOF in the child: runner is gone
         theirs += [alive_r, alive_w]
+        net_fd = _take_spare_network() if plan.private_network else -1
+        if net_fd >= 0:
+            theirs.append(net_fd)
         program = native.compile_program(plan, steps, stdio=(null, out_fd, err_fd),
-                                         alive_fd=alive_r)
+                                         alive_fd=alive_r, net_fd=net_fd)
         env = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in plan.env.items()]
         try:
             pid = compiled.spawn(program.encode(), [os.fsencode(a) for a in plan.argv], env,
-                                 native.clone_flags(plan, -1), pipe_w,
+                                 native.clone_flags(plan, net_fd), pipe_w,
                                  -1 if trace_fd is None else trace_fd)
         except OSError as e:
             raise _SetupError(f"clone: {e.strerror or e}") from None
@@ -144,6 +147,7 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         if trace_fd is not None:
             os.close(trace_fd)
     if not problem:
+        _make_spare_network()  # for this thread's next build, while this one runs
         return proc
     proc.wait()
     for pipe in (proc.stdout, proc.stderr):
@@ -156,6 +160,32 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
     if kind.startswith("e"):
         raise _SetupError(f"{os.strerror(number)}: {rest}")
     raise _SetupError(rest.strip() or "unknown error")
+
+
+def _take_spare_network() -> int:
+    """This thread's network namespace made ahead (`netns.py`), now the caller's to
+    give to one build; -1 when there is none (then the builder makes its own)."""
+    spare: int = getattr(_local, "net", -1)
+    _local.net = -1
+    return spare
+
+
+def thread_spare_network() -> int:
+    """The calling thread's network namespace made ahead, or -1 (for tests)."""
+    spare: int = getattr(_local, "net", -1)
+    return spare
+
+
+def _make_spare_network() -> None:
+    if getattr(_local, "net", -1) >= 0:
+        return
+    home: int | None = getattr(_local, "net_home", None)
+    if home is None:  # first time on this thread: -1 when not root
+        own = netns.home(netns.THREAD_NS_FILE)
+        home = _local.net_home = -1 if own is None else own
+    if home >= 0:
+        made = netns.make(home, netns.THREAD_NS_FILE)
+        _local.net = -1 if made is None else made
 
 
 def _forked(plan: SandboxPlan, steps: list[Step], *, stdout: int,
