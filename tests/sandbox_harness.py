@@ -27,6 +27,7 @@ from runner.sandbox.native import SPAWN_ENV
 from runner.sandbox.plan import default_ids
 from runner.sandbox.storeview import STORE_VIEW_ENV
 from runner.settings import Settings
+from runner.store import trash
 
 FAKE_HASH = "0123456789abcdfghijklmnpqrsvwxyz"  # 32 characters, Nix's alphabet
 
@@ -97,6 +98,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         else:
             proc.kill()
     out, err = proc.communicate()
+    trash.drain()  # as the worker does before a run ends: no staging dir set aside is left
     marker = request.get("marker")
     survivors = processes_with(marker) if marker else []
     if request.get("kill"):  # the builder dies by its parent-death signal, a moment later

@@ -23,6 +23,7 @@ from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
 from runner.errors import RunnerError
 from runner.settings import Settings
+from runner.store import trash
 from runner.store.derivation import Derivation
 from runner.store.local_store import LocalStore
 from runner.store.locks import PathLocks
@@ -236,6 +237,7 @@ class Worker:
             return asyncio.run(self._main(drv_paths))
         finally:
             self.spawner.close()  # every build has ended: its threads may go
+            trash.drain()  # the staging dirs set aside by sandboxed builds are gone
             self.build_dirs.close()
             self.background.close()
             self.progress.close()

@@ -52,7 +52,6 @@ enum {
     OP_MKDIRS,      /* s:path i:mode: with its parents; an existing one is fine */
     OP_MKDIR,       /* s:path i:mode: must not exist */
     OP_TOUCH,       /* s:path: a file mount point (parents made, created if absent) */
-    OP_CREATE,      /* s:path i:mode: a new empty file */
     OP_WRITE,       /* s:path s:data: parents made, created or truncated, 0644 */
     OP_PUT,         /* s:path s:data: written into an existing file (/proc) */
     OP_SYMLINK,     /* s:target s:path: parents made */
@@ -75,6 +74,9 @@ enum {
     OP_DUP2,        /* i:from i:to */
     OP_TRACE,       /* s:label: "pid label ns" to the trace descriptor, if any */
     OP_EXEC,        /* s:candidate...: execve each in turn with argv and env */
+    OP_STUBS,       /* s:dir s:entries: per input a mount point, "d<name>\0", "f<name>\0"
+                       or "l<name>\0<target>\0" (a symlink, made now) */
+    OP_BINDS,       /* s:from s:to s:entries: bind from/<name> on to/<name>, d and f only */
 };
 
 typedef struct {
@@ -315,6 +317,55 @@ static void close_the_rest(const prog_t *p) {
         if (fd != p->err_fd) close((int)fd);
 }
 
+/* Join dir and name into buf; -1 (ENAMETOOLONG) when it does not fit. */
+static int join(char *buf, const char *dir, const char *name) {
+    size_t d = slen(dir), n = slen(name);
+    if (d + 1 + n >= PATH_MAX) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(buf, dir, d);
+    buf[d] = '/';
+    memcpy(buf + d + 1, name, n + 1);
+    return 0;
+}
+
+/* OP_STUBS (`bind` 0: a mount point per entry in `dir`) and OP_BINDS (`bind` 1: each
+ * d/f entry of `dir` bound on its stub in `to`). */
+static void each_entry(const prog_t *p, const arg_t *entries, const char *dir, const char *to,
+                       int bind) {
+    const char *at = entries->str, *end = entries->str + entries->num;
+    char path[PATH_MAX], source[PATH_MAX];
+    while (at < end) {
+        /* the parser put a NUL at `end`: no scan runs past it */
+        char kind = *at;
+        const char *name = at + 1, *target = NULL;
+        const char *next = name + slen(name) + 1;
+        if (kind == 'l') {
+            if (next >= end) fail_message(p, "malformed input list");
+            target = next;
+            next = target + slen(target) + 1;
+        }
+        if (kind != 'd' && kind != 'f' && kind != 'l') fail_message(p, "malformed input list");
+        if (join(path, bind ? to : dir, name) < 0) fail(p, name);
+        if (bind) {
+            if (kind != 'l') {
+                if (join(source, dir, name) < 0) fail(p, name);
+                if (mount(source, path, NULL, MS_BIND | MS_REC, NULL) < 0) fail(p, path);
+            }
+        } else if (kind == 'd') {
+            if (mkdir(path, 0755) < 0) fail(p, path);
+        } else if (kind == 'f') {
+            int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            if (fd < 0) fail(p, path);
+            close(fd);
+        } else if (symlink(target, path) < 0) {
+            fail(p, path);
+        }
+        at = next;
+    }
+}
+
 static int child(void *arg) {
     const prog_t *p = arg;
     /* Runner's handlers are runner's code: the builder starts with none. */
@@ -341,12 +392,6 @@ static int child(void *arg) {
         case OP_TOUCH: {
             if (make_dirs(a[0].str, 0777, 0) < 0) fail(p, a[0].str);
             int fd = open(a[0].str, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-            if (fd < 0) fail(p, a[0].str);
-            close(fd);
-            break;
-        }
-        case OP_CREATE: {
-            int fd = open(a[0].str, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)a[1].num);
             if (fd < 0) fail(p, a[0].str);
             close(fd);
             break;
@@ -436,6 +481,12 @@ static int child(void *arg) {
             break;
         case OP_TRACE:
             trace(p, a[0].str);
+            break;
+        case OP_STUBS:
+            each_entry(p, &a[1], a[0].str, NULL, 0);
+            break;
+        case OP_BINDS:
+            each_entry(p, &a[2], a[0].str, a[1].str, 1);
             break;
         case OP_EXEC:
             if (p->trace_fd >= 0) close(p->trace_fd);

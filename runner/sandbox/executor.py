@@ -41,6 +41,7 @@ from runner.sandbox import forkserver, native, netns, staging, storeview, superv
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.sandbox.served import ServedProcess
 from runner.sandbox.steps import Step
+from runner.store import trash
 from runner.store.canonicalise import remove_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,7 +67,9 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
     The returned process (the supervisor, a child of the calling thread: a
     `ServedProcess` when a fork server cloned it, else a `Popen`)
     leads a new session and process group. When it has exited, the outputs
-    the build created are at their real paths, owned by the invoking user.
+    the build created are at their real paths, owned by the invoking user
+    (the C spawn's staging dir is then set aside, removed by
+    `runner.store.trash`'s thread; `trash.drain()` waits for that).
     Sandbox set-up failures raise `RunnerError(reason="sandbox-setup")`; a
     builder that cannot be executed raises `OSError` as `Popen` does. Call
     from a thread that lives as long as the build: the build is killed when
@@ -139,7 +142,8 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         proc = ServedProcess(plan.argv, pid,
                              os.fdopen(out_r, "rb") if out_r is not None else None,
                              os.fdopen(err_r, "rb") if err_r is not None else None,
-                             on_exit=None if problem else lambda: staging.collect(plan))
+                             on_exit=None if problem else lambda: staging.collect(
+                                 plan, remove=trash.discard))
         ours.clear()  # the process owns them now
     finally:
         for fd in theirs + ours:

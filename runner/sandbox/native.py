@@ -37,14 +37,17 @@ except ImportError:  # not compiled (no C compiler at install): the Python way
     _native = None
 
 # The step numbers of _spawn.c.
-(MOUNT, MOUNT_ELSE, MKDIRS, MKDIR, TOUCH, CREATE, WRITE, PUT, SYMLINK, IDENT, REMOUNT, SEAL,
+(MOUNT, MOUNT_ELSE, MKDIRS, MKDIR, TOUCH, WRITE, PUT, SYMLINK, IDENT, REMOUNT, SEAL,
  PIVOT, CHDIR, UMOUNT, SETNS, HOSTNAME, LOOPBACK, IDS, NO_NEW_PRIVS, SECCOMP, PDEATHSIG, ALIVE,
- UMASK, SETSID, DUP2, TRACE, EXEC) = range(1, 29)
+ UMASK, SETSID, DUP2, TRACE, EXEC, STUBS, BINDS) = range(1, 30)
 
 # What `RUNNER_SANDBOX_SPAWN=python` selects in runner's environment (tests, bench/).
 SPAWN_ENV = "RUNNER_SANDBOX_SPAWN"
 
 Arg = int | str | bytes
+_HEAD = struct.Struct("<II").pack
+_NUMBER = struct.Struct("<cq").pack
+_TEXT = struct.Struct("<cI").pack
 
 
 def built() -> bool:
@@ -69,13 +72,15 @@ class Program:
 
     def add(self, op: int, *args: Arg) -> None:
         self.count += 1
-        self.parts.append(struct.pack("<II", op, len(args)))
+        parts = self.parts
+        parts.append(_HEAD(op, len(args)))
         for a in args:
             if isinstance(a, int):
-                self.parts.append(b"i" + struct.pack("<q", a))
+                parts.append(_NUMBER(b"i", a))
             else:
-                data = os.fsencode(a) if isinstance(a, str) else a
-                self.parts.append(b"s" + struct.pack("<I", len(data)) + data)
+                data = a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a
+                parts.append(_TEXT(b"s", len(data)))
+                parts.append(data)
 
     def encode(self) -> bytes:
         return b"".join(self.parts)
@@ -143,12 +148,8 @@ def _root(p: Program, steps: Sequence[Step], user_namespace: bool, tracing: bool
     if tracing:
         p.add(TRACE, "sealed")
     for step in steps:  # the inputs last: the mount table stays short for sealing
-        if step.mount.kind == "store":
-            for entry in step.inputs:
-                if entry[0] != "l":
-                    p.add(MOUNT, f"{storeview.INPUTS}/{entry[1:]}",
-                          f"{NEW}{step.mount.target}/{entry[1:]}", "",
-                          libc.MS_BIND | libc.MS_REC, "")
+        if step.mount.kind == "store" and step.inputs:
+            p.add(BINDS, storeview.INPUTS, NEW + step.mount.target, _entries(step.inputs))
     if tracing:
         p.add(TRACE, "inputs-bound")
     p.add(CHDIR, NEW)
@@ -217,15 +218,14 @@ def _store(p: Program, step: Step, target: str, user_namespace: bool) -> None:
 
 
 def _stubs(p: Program, where: str, inputs: tuple[str, ...]) -> None:
-    for entry in inputs:
-        kind, name = entry[0], entry[1:]
-        if kind == "d":
-            p.add(MKDIR, f"{where}/{name}", 0o755)
-        elif kind == "f":
-            p.add(CREATE, f"{where}/{name}", 0o644)
-        else:
-            name, _, link = name.partition("\0")
-            p.add(SYMLINK, link, f"{where}/{name}")
+    if inputs:
+        p.add(STUBS, where, _entries(inputs))
+
+
+def _entries(inputs: tuple[str, ...]) -> str:
+    """`Step.inputs` as one string for STUBS and BINDS: each entry NUL-terminated
+    (a symlink's "l<name>\\0<target>" has its own NUL already)."""
+    return "\0".join(inputs) + "\0"
 
 
 def clone_flags(plan: SandboxPlan, net_fd: int) -> int:

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+from runner.sandbox import trace
+
 
 class ServedProcess:
     def __init__(self, args: tuple[str, ...], pid: int, stdout: IO[bytes] | None,
@@ -105,8 +107,10 @@ class ServedProcess:
                 return None
             code = os.waitstatus_to_exitcode(status)
             if self.on_exit is not None and code != -signal.SIGKILL:
+                trace.mark("reaped")
                 try:
                     self.on_exit()
+                    trace.mark("collected")
                 except Exception as e:
                     self.exit_problem = _describe(e)
                     code = code or 1

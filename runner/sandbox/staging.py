@@ -21,6 +21,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 
 from runner.sandbox import storeview
 from runner.sandbox.plan import SandboxPlan
@@ -54,8 +55,9 @@ def _mkdir_exactly(path: str, mode: int) -> None:
         os.chmod(path, mode)
 
 
-def collect(plan: SandboxPlan) -> None:
-    """Copy created outputs to their real paths, owned by the invoking user."""
+def collect(plan: SandboxPlan, remove: Callable[[str], object] = remove_tree) -> None:
+    """Copy created outputs to their real paths, owned by the invoking user; then
+    `remove` the staging dir (runner passes `trash.discard`: off its critical path)."""
     staging_fd = os.open(plan.staging_dir, fdtree.DIR_FLAGS)
     try:
         inner_fd = os.open("store", fdtree.DIR_FLAGS, dir_fd=staging_fd)
@@ -77,7 +79,7 @@ def collect(plan: SandboxPlan) -> None:
             os.close(store_fd)
     finally:
         os.close(staging_fd)
-    remove_tree(plan.staging_dir)
+    remove(plan.staging_dir)
 
 
 def _rename_into(src_dir: int, src: str, dst_dir: int, dst: str) -> None:

@@ -7,7 +7,8 @@ Store dir (`store-dir`):
     <path>.check          `build --check -K`: a rebuild that differs, kept to compare
     .links/<base32>       optimise's shared copies, named by their NAR hash
     .link-tmp-*           optimise's temp links, renamed over a file
-    .tmp-<pid>-*          temp dirs of adds and repairs (staging.TempDir)
+    .tmp-<pid>-*          temp dirs of adds and repairs (staging.TempDir), and trees
+                          set aside to be removed by a thread (trash.py)
     .sandbox-<output>     the staging dir of a sandboxed build
     .runner-state         the state dir (database) this store belongs to
 
