@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -44,6 +45,10 @@ ST_NOEXEC = 8
 ST_NOATIME = 1024
 ST_NODIRATIME = 2048
 ST_RELATIME = 4096
+
+# rt_sigaction, called raw: glibc's sigaction refuses its own signals 32 and 33.
+_SYS_RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134, "i686": 174, "ppc64le": 173}
+_KERNEL_SIGACTION_SIZE = 32  # handler, flags, restorer, mask: all zero is SIG_DFL everywhere
 
 # pivot_root has no glibc wrapper before 2.34.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "i686": 217, "ppc64le": 203}
@@ -111,3 +116,16 @@ def prctl(option: int, arg: int) -> None:
 def prctl_ptr(option: int, arg: int, pointer: int) -> None:
     """prctl whose third argument is an address (PR_SET_SECCOMP's filter)."""
     _check(_libc.prctl(option, arg, pointer, 0, 0), f"prctl {option}")
+
+
+def default_all_signals() -> None:
+    """Every signal back to its default action, glibc's reserved ones too: an ignored
+    signal stays ignored across exec, and whatever runner (or a library in it)
+    ignores is not the builder's to inherit."""
+    number = _SYS_RT_SIGACTION.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"rt_sigaction: unknown syscall number on {platform.machine()}")
+    default = ctypes.create_string_buffer(_KERNEL_SIGACTION_SIZE)
+    for sig in range(1, signal.NSIG):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            _libc.syscall(number, sig, default, None, 8)

@@ -41,6 +41,7 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) 
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in _RESET_SIGNALS:  # handled or ignored by runner: default for the builder
             signal.signal(sig, signal.SIG_DFL)
+        libc.default_all_signals()  # and those Python does not know of (glibc's 32, 33)
         signal.set_wakeup_fd(-1)
         flags = libc.CLONE_NEWPID
         if plan.user_namespace:
