@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
-from runner.build.process import Ending, Limits, ProcessEnd, supervise
+from runner.build.process import Ending, Limits, ProcessEnd, Shape, supervise
+from runner.sandbox.served import ServedProcess
 from tests.markers import wait_gone
 
 
@@ -103,3 +106,33 @@ def test_a_builder_that_exits_as_its_log_closes_keeps_its_status() -> None:
     for status in (0, 3):
         end, _ = _run(f"echo done; exit {status}", Limits())
         assert (end.returncode, end.log_closed) == (status, False)
+
+
+def test_a_collecting_reap_runs_off_the_loop_and_the_loop_does_not_spin() -> None:
+    """Shape.COLLECTING: reaping copies the outputs (`ServedProcess.on_exit`), on a
+    thread. Meanwhile the loop must sleep: the exited process's pidfd stays readable
+    until it is reaped, and a loop still watching it would spin on one CPU."""
+    seen: dict[str, float] = {}
+
+    def collect() -> None:  # stands in for copying a large output
+        seen["collect_thread_is_loop"] = float(threading.get_ident() == loop_thread)
+        time.sleep(0.5)
+
+    async def main() -> ProcessEnd:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        popen = subprocess.Popen(["/bin/sh", "-c", "echo done"], stdin=subprocess.DEVNULL,
+                                 stdout=write_fd, stderr=write_fd, start_new_session=True)
+        os.close(write_fd)
+        # Adopt the child the way the C spawn's caller does (our own handle, not Popen's).
+        proc = ServedProcess(("/bin/sh",), popen.pid, None, None, on_exit=collect)
+        began = time.thread_time()
+        end = await supervise(proc, read_fd, Limits(), lambda _: None, shape=Shape.COLLECTING)
+        seen["loop_cpu"] = time.thread_time() - began
+        popen.returncode = proc.returncode  # reaped by `proc`: keep Popen from waiting
+        return end
+
+    loop_thread = threading.get_ident()
+    end = asyncio.run(main())
+    assert end == ProcessEnd(Ending.EXITED, 0)
+    assert seen["collect_thread_is_loop"] == 0.0
+    assert seen["loop_cpu"] < 0.25, seen  # a spinning loop burns ~all of the 0.5 s

@@ -180,6 +180,8 @@ class _Supervisor:
             self.done.set_result(None)
             return
         self.reaping = True  # copying the outputs can take long: not on the loop
+        if self.pidfd is not None:  # readable until reaped: the loop would spin on it
+            self.loop.remove_reader(self.pidfd)
         waiter = self.loop.run_in_executor(None, self.proc.wait)
         waiter.add_done_callback(self._reaped)
 

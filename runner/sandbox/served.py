@@ -107,7 +107,7 @@ class ServedProcess:
                 return None
             code = os.waitstatus_to_exitcode(status)
             if self.on_exit is not None and code != -signal.SIGKILL:
-                trace.mark("reaped")
+                trace.mark("builder-reaped")
                 try:
                     self.on_exit()
                     trace.mark("collected")
