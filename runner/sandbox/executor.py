@@ -33,6 +33,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from types import ModuleType
 
@@ -110,11 +111,7 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
     theirs: list[int] = []  # the child's: closed here once it has exec'd
     trace_fd = trace.open_fd()
     try:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        theirs.append(null)
-        out_r, out_fd = _child_end(stdout, null, theirs, ours)
-        err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
-            stderr, null, theirs, ours)
+        null, out_r, out_fd, err_r, err_fd = _child_stdio(stdout, stderr, theirs, ours)
         pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
         ours.append(pipe_r)
         theirs.append(pipe_w)
@@ -139,11 +136,8 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         problem = _read_all_bytes(pipe_r)  # the child has exec'd or exited: no blocking
         ours.remove(pipe_r)
         os.close(pipe_r)
-        proc = ServedProcess(plan.argv, pid,
-                             os.fdopen(out_r, "rb") if out_r is not None else None,
-                             os.fdopen(err_r, "rb") if err_r is not None else None,
-                             on_exit=None if problem else lambda: staging.collect(
-                                 plan, remove=trash.discard))
+        proc = _adopt(plan, pid, out_r, err_r, on_exit=None if problem else lambda: (
+            staging.collect(plan, remove=trash.discard)))
         ours.clear()  # the process owns them now
     finally:
         for fd in theirs + ours:
@@ -153,10 +147,7 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
     if not problem:
         _make_spare_network()  # for this thread's next build, while this one runs
         return proc
-    proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    _reap_failed(proc)
     kind, _, rest = problem.decode(errors="replace").partition(":")
     number = int(kind[1:]) if kind[1:].isdigit() else 0
     if kind.startswith("x"):
@@ -307,11 +298,7 @@ def _served(server: _ForkServer, plan: SandboxPlan, steps: list[Step], *, stdout
     ours: list[int] = []  # our ends of new pipes, and /dev/null
     theirs: list[int] = []  # closed here once the server has its copies
     try:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        theirs.append(null)
-        out_r, out_fd = _child_end(stdout, null, theirs, ours)
-        err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
-            stderr, null, theirs, ours)
+        null, out_r, out_fd, err_r, err_fd = _child_stdio(stdout, stderr, theirs, ours)
         pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
         theirs.append(pipe_w)
         try:
@@ -326,25 +313,46 @@ def _served(server: _ForkServer, plan: SandboxPlan, steps: list[Step], *, stdout
         trace.mark("exec'd")
         ours.remove(pipe_r)
         os.close(pipe_r)
-        proc = ServedProcess(plan.argv, pid,
-                             os.fdopen(out_r, "rb") if out_r is not None else None,
-                             os.fdopen(err_r, "rb") if err_r is not None else None)
+        proc = _adopt(plan, pid, out_r, err_r)
         ours.clear()  # the process owns them now
     finally:
         for fd in theirs + ours:
             os.close(fd)
     if not problem:
         return proc
-    proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    _reap_failed(proc)
     if problem.startswith(supervisor.EXEC_ERROR):
         number, _, name = problem[len(supervisor.EXEC_ERROR):].decode(
             errors="replace").partition(":")
         errno = int(number) if number.isdigit() else 2
         raise OSError(errno, os.strerror(errno), name)
     raise _SetupError(problem.decode(errors="replace").strip() or "unknown error")
+
+
+def _child_stdio(stdout: int, stderr: int, theirs: list[int],
+                 ours: list[int]) -> tuple[int, int | None, int, int | None, int]:
+    """(/dev/null for stdin, our stdout end or None, the builder's stdout, the same for
+    stderr) for Popen-style specs; new descriptors are added to `theirs` and `ours`."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    theirs.append(null)
+    out_r, out_fd = _child_end(stdout, null, theirs, ours)
+    err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
+        stderr, null, theirs, ours)
+    return null, out_r, out_fd, err_r, err_fd
+
+
+def _adopt(plan: SandboxPlan, pid: int, out_r: int | None, err_r: int | None,
+           on_exit: Callable[[], None] | None = None) -> ServedProcess:
+    return ServedProcess(plan.argv, pid, os.fdopen(out_r, "rb") if out_r is not None else None,
+                         os.fdopen(err_r, "rb") if err_r is not None else None, on_exit=on_exit)
+
+
+def _reap_failed(proc: ServedProcess) -> None:
+    """A child that reported a failure before its exec: reap it, close our pipe ends."""
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _child_end(spec: int, null: int, theirs: list[int], ours: list[int]) -> tuple[int | None, int]:
