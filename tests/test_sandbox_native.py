@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,3 +83,26 @@ def _ignore_glibc_signal(ignore: bool) -> None:
 
 
 RT_SIGACTION = {"x86_64": 13, "aarch64": 134, "riscv64": 134}
+
+
+@pytest.mark.parametrize("way", ["", "python"])
+def test_a_runner_with_its_stdio_closed_still_gives_the_builder_its_log(
+        tmp_path: Path, way: str) -> None:
+    """With runner's 0, 1 and 2 closed, the descriptors made for the builder get those
+    numbers; the builder's stdout and stderr must still be the log pipe, stdin /dev/null."""
+    if not way and not native.built():
+        pytest.skip("the C spawn is not built here")
+    result = tmp_path / "result"
+    code = f"""
+import os, subprocess, sys
+for fd in (0, 1, 2):
+    os.close(fd)
+from tests import sandbox_harness
+r = sandbox_harness.run({{"work": {str(tmp_path / "w")!r}, "spawn": {way!r},
+    "script": 'echo out; echo err >&2; read x || echo stdin-eof; echo ok > "$out"'}})
+open({str(result)!r}, "w").write(repr((r["returncode"], r["stdout"], r["stderr"])))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert result.read_text() == repr((0, "out\nstdin-eof\n", "err\n"))

@@ -477,8 +477,10 @@ static int child(void *arg) {
         case OP_SETSID:
             if (setsid() < 0) fail(p, "setsid");
             break;
-        case OP_DUP2:
-            if (dup2((int)a[0].num, (int)a[1].num) < 0) fail(p, "dup2");
+        case OP_DUP2: /* dup2 onto itself keeps close-on-exec: clear it then */
+            if (a[0].num == a[1].num ? fcntl((int)a[1].num, F_SETFD, 0) < 0
+                                     : dup2((int)a[0].num, (int)a[1].num) < 0)
+                fail(p, "dup2");
             break;
         case OP_TRACE:
             trace(p, a[0].str);

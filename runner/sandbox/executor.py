@@ -25,6 +25,7 @@ namespace and vanish with it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import pickle
@@ -120,8 +121,12 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         net_fd = _take_spare_network() if plan.private_network else -1
         if net_fd >= 0:
             theirs.append(net_fd)
-        program = native.compile_program(plan, steps, stdio=(null, out_fd, err_fd),
-                                         alive_fd=alive_r, net_fd=net_fd)
+        # The child dup2s these onto 0, 1 and 2 in turn: none may be one of those
+        # (possible when runner itself runs with its stdin or stdout closed).
+        stdio = (_above_stdio(null, theirs), _above_stdio(out_fd, theirs),
+                 _above_stdio(err_fd, theirs))
+        program = native.compile_program(plan, steps, stdio=stdio, alive_fd=alive_r,
+                                         net_fd=net_fd)
         env = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in plan.env.items()]
         try:
             pid = compiled.spawn(program.encode(), [os.fsencode(a) for a in plan.argv], env,
@@ -339,6 +344,14 @@ def _child_stdio(stdout: int, stderr: int, theirs: list[int],
     err_r, err_fd = (None, out_fd) if stderr == subprocess.STDOUT else _child_end(
         stderr, null, theirs, ours)
     return null, out_r, out_fd, err_r, err_fd
+
+
+def _above_stdio(fd: int, theirs: list[int]) -> int:
+    if fd > 2:
+        return fd
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    theirs.append(copy)
+    return copy
 
 
 def _adopt(plan: SandboxPlan, pid: int, out_r: int | None, err_r: int | None,
