@@ -346,6 +346,30 @@ def test_missing_closure_path_is_a_setup_error(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "store") == []
 
 
+@pytest.mark.parametrize("then", ["deleted", "a file now"])
+def test_an_input_gone_or_changed_since_an_earlier_build_is_a_setup_error(
+        tmp_path: Path, then: str) -> None:
+    """Each input's type is looked at once per process (executor._inputs): a path that
+    went away or came back as another type fails the next build's set-up, cleanly."""
+    gone = tmp_path / "store" / f"{sandbox_harness.FAKE_HASH}-input"
+    (tmp_path / "store").mkdir()
+    gone.mkdir()
+    argv = ["/bin/sh", "-c", f"test -d {gone} && echo ok > $out"]
+    out = f"{tmp_path}/store/{sandbox_harness.FAKE_HASH}-out"
+    first = spawn(_plan(tmp_path, argv=argv, closure=[str(gone)], env={"out": out}),
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert first.wait() == 0  # the control: it builds while the input is there
+    os.unlink(out)
+    gone.rmdir()
+    if then == "a file now":
+        gone.write_text("x")
+    with pytest.raises(RunnerError) as e:
+        spawn(_plan(tmp_path, argv=argv, closure=[str(gone)], env={"out": out}),
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert e.value.reason == "sandbox-setup"
+    assert not os.path.exists(out)
+
+
 def test_failure_inside_the_new_namespaces_is_a_setup_error(tmp_path: Path) -> None:
     plan = _plan(tmp_path)
     broken = dataclasses.replace(plan, mounts=(*plan.mounts, Mount("file", "/usr/x", data="x")))

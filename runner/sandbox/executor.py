@@ -424,20 +424,37 @@ def resolve(plan: SandboxPlan) -> list[Step]:
     return steps
 
 
+# Each input's entry, by path. A store path's type (and a symlink's target) never
+# changes while it is valid, so a node of a chain looks only at its one new input,
+# not again at the 999 its parent had (docs/sandbox.md, "Cost"). Were a path deleted
+# and made again as another type meanwhile, its bind would fail: a set-up error.
+_ENTRIES: dict[str, str] = {}
+_ENTRIES_MAX = 200_000
+
+
 def _inputs(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Each input as `child.Step.inputs` wants it: one lstat, no mount per path here."""
+    """Each input as `child.Step.inputs` wants it: one lstat (the first time), no mount
+    per path here."""
+    if len(_ENTRIES) > _ENTRIES_MAX:
+        _ENTRIES.clear()
     entries = []
     for path in paths:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            raise RunnerError(f"sandbox: '{path}' does not exist", reason="sandbox-setup") from None
-        name = os.path.basename(path)
-        if stat.S_ISLNK(st.st_mode):
-            entries.append(f"l{name}\0{os.readlink(path)}")
-        else:
-            entries.append(("d" if stat.S_ISDIR(st.st_mode) else "f") + name)
+        entry = _ENTRIES.get(path)
+        if entry is None:
+            entry = _ENTRIES[path] = _entry(path)
+        entries.append(entry)
     return tuple(entries)
+
+
+def _entry(path: str) -> str:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise RunnerError(f"sandbox: '{path}' does not exist", reason="sandbox-setup") from None
+    name = os.path.basename(path)
+    if stat.S_ISLNK(st.st_mode):
+        return f"l{name}\0{os.readlink(path)}"
+    return ("d" if stat.S_ISDIR(st.st_mode) else "f") + name
 
 
 def _resolve_spec_path(m: Mount) -> Step | None:
