@@ -252,6 +252,10 @@ def _absolute(path: str, what: str) -> str:
 
 
 def _store_child(path: str, store_dir: str, what: str) -> str:
+    name = path[len(store_dir) + 1:]
+    if (path.startswith(store_dir) and path[len(store_dir):len(store_dir) + 1] == "/"
+            and name not in ("", ".", "..") and "/" not in name):
+        return path  # already a normal child: most of a large closure, so no normpath
     path = _absolute(path, what)
     if posixpath.dirname(path) != store_dir:
         raise RunnerError(f"sandbox: {what} '{path}' is not in the store {store_dir}",
