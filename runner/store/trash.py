@@ -1,5 +1,8 @@
 """Trees deleted later, off the caller's path: renamed aside now, removed by one thread.
 
+(`later` hands the thread other slow clean-ups too: the C spawn's builds' mount
+namespaces, whose teardown costs tens of µs per mount.)
+
 Removing a tree on ext4 costs ~0.3 ms per entry (each `rmdir`/`unlink` is a
 journaled directory change); a sandboxed build's staging dir is 4 or 5 of them,
 on the critical path of every build in a chain (docs/sandbox.md, "Cost"). A
@@ -19,11 +22,12 @@ import itertools
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from runner.store.canonicalise import remove_tree
 from runner.store.layout import TEMP_DIR_PREFIX
 
-_queue: queue.Queue[str] = queue.Queue()
+_queue: queue.Queue[Callable[[], object]] = queue.Queue()
 _names = itertools.count()
 _started = threading.Lock()
 _thread: list[threading.Thread] = []
@@ -41,8 +45,14 @@ def discard(path: str) -> None:
     except OSError:
         remove_tree(path)
         return
+    later(lambda: remove_tree(aside))
+
+
+def later(work: Callable[[], object]) -> None:
+    """Run `work` on the thread, after everything handed over before it. Its OSError is
+    ignored (what it leaves is gc's); it must not raise anything else."""
     _start()
-    _queue.put(aside)
+    _queue.put(work)
 
 
 def drain() -> None:
@@ -62,9 +72,9 @@ def _start() -> None:
 
 def _remove_forever() -> None:
     while True:
-        path = _queue.get()
+        work = _queue.get()
         try:
-            remove_tree(path)
+            work()
         except OSError:
             pass  # what stays is an abandoned temp dir once runner exits: gc removes it
         finally:
