@@ -114,7 +114,7 @@ def test_a_collecting_reap_runs_off_the_loop_and_the_loop_does_not_spin() -> Non
     until it is reaped, and a loop still watching it would spin on one CPU."""
     seen: dict[str, float] = {}
 
-    def collect(_: int) -> None:  # stands in for copying a large output
+    def collect() -> None:  # stands in for copying a large output
         seen["collect_thread_is_loop"] = float(threading.get_ident() == loop_thread)
         time.sleep(0.5)
 

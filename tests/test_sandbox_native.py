@@ -106,26 +106,3 @@ open({str(result)!r}, "w").write(repr((r["returncode"], r["stdout"], r["stderr"]
                           stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert result.read_text() == repr((0, "out\nstdin-eof\n", "err\n"))
-
-
-def test_the_builds_mount_namespaces_are_let_go(tmp_path: Path) -> None:
-    """The C spawn holds each build's mount namespace past its exit, so that the kernel
-    tears it down on the trash thread; once drained, runner holds none of them."""
-    from runner.store import trash
-
-    if not native.built():
-        pytest.skip("the C spawn is not built here")
-
-    def held() -> set[str]:
-        links = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
-                 if os.path.exists(f"/proc/self/fd/{fd}")}
-        return {link for link in links if link.startswith("mnt:[")}
-
-    before = held()
-    for i in range(3):
-        r = sandbox_harness.run({"work": str(tmp_path / f"w{i}"),
-                                 "script": 'readlink /proc/self/ns/mnt; echo ok > "$out"'})
-        assert r["returncode"] == 0, r
-        assert r["stdout"].split()[0] != os.readlink("/proc/self/ns/mnt")  # its own
-    trash.drain()
-    assert held() == before

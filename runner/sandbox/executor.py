@@ -29,7 +29,6 @@ import fcntl
 import functools
 import os
 import pickle
-import signal
 import socket
 import stat
 import subprocess
@@ -142,9 +141,8 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         problem = _read_all_bytes(pipe_r)  # the child has exec'd or exited: no blocking
         ours.remove(pipe_r)
         os.close(pipe_r)
-        held = None if problem else _hold_mount_namespace(pid)
-        proc = _adopt(plan, pid, out_r, err_r, on_exit=None if problem else functools.partial(
-            _collect, plan, held))
+        proc = _adopt(plan, pid, out_r, err_r, on_exit=None if problem else lambda: (
+            staging.collect(plan, remove=trash.discard)))
         ours.clear()  # the process owns them now
     finally:
         for fd in theirs + ours:
@@ -162,29 +160,6 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
     if kind.startswith("e"):
         raise _SetupError(f"{os.strerror(number)}: {rest}")
     raise _SetupError(rest.strip() or "unknown error")
-
-
-def _hold_mount_namespace(pid: int) -> int | None:
-    """A reference to the builder's mount namespace, so that it outlives the builder:
-    tearing down its mounts costs tens of µs each (more than making them), and without
-    a reference the kernel does it as PID 1 exits, before runner hears of the exit.
-    Released by `_collect` on the trash thread. None when the builder was too quick."""
-    try:
-        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-
-
-def _collect(plan: SandboxPlan, held: int | None, returncode: int) -> None:
-    """Once the C spawn's builder is reaped: copy its outputs out unless runner ended it
-    (SIGKILL: what it left is discarded with the staging dir), then let its mount
-    namespace go, off this thread."""
-    try:
-        if returncode != -signal.SIGKILL:
-            staging.collect(plan, remove=trash.discard)
-    finally:
-        if held is not None:
-            trash.later(functools.partial(os.close, held))
 
 
 def _take_spare_network() -> int:
@@ -380,7 +355,7 @@ def _above_stdio(fd: int, theirs: list[int]) -> int:
 
 
 def _adopt(plan: SandboxPlan, pid: int, out_r: int | None, err_r: int | None,
-           on_exit: Callable[[int], None] | None = None) -> ServedProcess:
+           on_exit: Callable[[], None] | None = None) -> ServedProcess:
     return ServedProcess(plan.argv, pid, os.fdopen(out_r, "rb") if out_r is not None else None,
                          os.fdopen(err_r, "rb") if err_r is not None else None, on_exit=on_exit)
 

@@ -27,8 +27,7 @@ from runner.sandbox import trace
 
 class ServedProcess:
     def __init__(self, args: tuple[str, ...], pid: int, stdout: IO[bytes] | None,
-                 stderr: IO[bytes] | None,
-                 on_exit: Callable[[int], None] | None = None) -> None:
+                 stderr: IO[bytes] | None, on_exit: Callable[[], None] | None = None) -> None:
         self.args = args
         self.pid = pid
         self.stdin: IO[bytes] | None = None
@@ -38,8 +37,8 @@ class ServedProcess:
         self._lock = threading.Lock()
         self._pidfd: int | None = os.pidfd_open(pid)  # the child is ours until reaped
         self._read: dict[int, list[bytes]] = {}
-        # Run once reaped, with the return code (Popen's convention). Its error makes a
-        # zero exit status 1 and is kept here.
+        # Run once reaped, unless it was killed by SIGKILL (ended by runner: what it
+        # left is discarded). Its error makes a zero exit status 1 and is kept here.
         self.on_exit = on_exit
         self.exit_problem: str | None = None
 
@@ -107,10 +106,10 @@ class ServedProcess:
             if pid == 0:
                 return None
             code = os.waitstatus_to_exitcode(status)
-            if self.on_exit is not None:
+            if self.on_exit is not None and code != -signal.SIGKILL:
                 trace.mark("builder-reaped")
                 try:
-                    self.on_exit(code)
+                    self.on_exit()
                     trace.mark("collected")
                 except Exception as e:
                     self.exit_problem = _describe(e)

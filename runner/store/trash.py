@@ -1,8 +1,5 @@
 """Trees deleted later, off the caller's path: renamed aside now, removed by one thread.
 
-(`later` hands the thread other slow clean-ups too: the C spawn's builds' mount
-namespaces, whose teardown costs tens of µs per mount.)
-
 Removing a tree on ext4 costs ~0.3 ms per entry (each `rmdir`/`unlink` is a
 journaled directory change); a sandboxed build's staging dir is 4 or 5 of them,
 on the critical path of every build in a chain (docs/sandbox.md, "Cost"). A
@@ -22,12 +19,11 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable
 
 from runner.store.canonicalise import remove_tree
 from runner.store.layout import TEMP_DIR_PREFIX
 
-_queue: queue.Queue[Callable[[], object]] = queue.Queue()
+_queue: queue.Queue[str] = queue.Queue()
 _names = itertools.count()
 _started = threading.Lock()
 _thread: list[threading.Thread] = []
@@ -45,14 +41,8 @@ def discard(path: str) -> None:
     except OSError:
         remove_tree(path)
         return
-    later(lambda: remove_tree(aside))
-
-
-def later(work: Callable[[], object]) -> None:
-    """Run `work` on the thread, after everything handed over before it. Its OSError is
-    ignored (what it leaves is gc's); it must not raise anything else."""
     _start()
-    _queue.put(work)
+    _queue.put(aside)
 
 
 def drain() -> None:
@@ -72,9 +62,9 @@ def _start() -> None:
 
 def _remove_forever() -> None:
     while True:
-        work = _queue.get()
+        path = _queue.get()
         try:
-            work()
+            remove_tree(path)
         except OSError:
             pass  # what stays is an abandoned temp dir once runner exits: gc removes it
         finally:
