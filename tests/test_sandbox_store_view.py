@@ -31,10 +31,15 @@ STORE_FS = """awk -v s="$NIX_STORE" \
 
 
 @pytest.fixture(params=[("invoking-user", "overlay"), ("invoking-user", "stubs"),
-                        ("uid-65534", "overlay"), ("uid-65534", "stubs")],
+                        ("uid-65534", "overlay"), ("uid-65534", "stubs"),
+                        ("invoking-user-python-spawn", "overlay"),
+                        ("invoking-user-python-spawn", "stubs")],
                 ids=lambda p: "-".join(p))
 def viewed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sandbox, str]]:
+    """Both views, as root and rootless with the C spawn, and as root the Python way
+    (which runs the same compiled steps in Python: runner/sandbox/interpret.py)."""
     who, view = request.param
+    way = {"spawn": "python"} if who.endswith("python-spawn") else {}
     if who == "uid-65534":
         for box in _unprivileged_sandbox(tmp_path):
             yield Sandbox(functools.partial(box.run, store_view=view), box.build_ids,
@@ -42,7 +47,8 @@ def viewed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[San
         return
 
     def run(**req: Any) -> dict[str, Any]:
-        return sandbox_harness.run({"work": str(tmp_path / "w"), "store_view": view, **req})
+        return sandbox_harness.run({"work": str(tmp_path / "w"), "store_view": view, **way,
+                                    **req})
 
     ids = (30001, 30000) if os.geteuid() == 0 else (1000, 100)
     yield Sandbox(run, ids, (os.geteuid(), os.getegid())), view

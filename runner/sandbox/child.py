@@ -4,10 +4,10 @@ Runs in a forked child (PID 1 of the new PID namespace), so it must not import,
 print or take locks another thread may hold: everything it needs is decided
 beforehand by the plan and the executor's `Step`s.
 
-The new root is a tmpfs. To reach host paths that the tmpfs would hide (e.g.
-a build dir under /tmp), a scratch tmpfs is pivoted in first with the host
-root moved under it at /old; the new root is assembled at /new from /old
-sources, then pivoted in and /old detached, so no host path stays reachable.
+The new root is the one `root.compile_root` describes (a scratch tmpfs pivoted
+in first with the host root moved under it, the new root assembled from there,
+pivoted in, the host detached, so no host path stays reachable), run here by
+`interpret.py`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ import signal
 import socket
 import struct
 
-from runner.sandbox import libc, seccomp, storeview, trace
-from runner.sandbox.mounts import remount, seal_submounts
+from runner.sandbox import interpret, libc, seccomp, trace
 from runner.sandbox.plan import SandboxPlan
+from runner.sandbox.root import compile_root
 from runner.sandbox.steps import Step as Step  # re-exported: tests import it from here
-
-SCRATCH = "/tmp"  # any host dir works; its tmpfs is gone once the new root is in
-NEW = "/new"
-OLD = "/old"
 
 SIOCSIFFLAGS = 0x8914
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
@@ -76,82 +72,9 @@ def loopback_up() -> None:
 
 
 def _make_root(steps: list[Step], user_namespace: bool) -> None:
-    # Mounts on shared subtrees would propagate to the host; make ours private.
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    libc.mount("tmpfs", SCRATCH, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=0700")
-    os.chdir(SCRATCH)
-    os.mkdir(NEW[1:])
-    os.mkdir(OLD[1:])
-    libc.pivot_root(".", OLD[1:])
-    os.chdir("/")
-    trace.mark("pivoted-to-scratch")
-    for step in steps:
-        _apply(step, user_namespace)
-    trace.mark("mounted")
-    sealed = [NEW + s.mount.target for s in steps
-              if s.mount.kind == "bind" and not s.mount.writable]
-    for step in steps:
-        if step.mount.kind == "store":
-            sealed += storeview.sealed_with(step)
-    seal_submounts(sealed, OLD + "/proc")
-    for step in steps:  # tmpfs mounts hold only what the plan put there
-        if step.mount.kind == "tmpfs" and not step.mount.writable:
-            remount(NEW + step.mount.target, readonly=True, nodev=True)
-    trace.mark("sealed")
-    # The inputs last: sealing reads the mount table, which they would make long
-    # (they need no sealing: they come from the sealed read-only store bind).
-    for step in steps:
-        if step.mount.kind == "store":
-            storeview.bind_inputs(step, NEW + step.mount.target)
-    trace.mark("inputs-bound")
-    os.chdir(NEW)
-    libc.pivot_root(".", ".")
-    libc.umount2(".", libc.MNT_DETACH)
-    os.chdir("/")
-
-
-def _apply(step: Step, user_namespace: bool) -> None:
-    m = step.mount
-    target = NEW + m.target if m.target != "/" else NEW
-    if m.kind == "tmpfs":
-        os.makedirs(target, exist_ok=True)
-        libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, m.data)
-    elif m.kind == "proc":
-        os.makedirs(target, exist_ok=True)
-        libc.mount("proc", target, "proc", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC)
-    elif m.kind == "devpts":
-        os.makedirs(target, exist_ok=True)
-        libc.mount("devpts", target, "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
-                   "newinstance,ptmxmode=0666,mode=0620")
-    elif m.kind == "file":
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, m.data.encode())
-        finally:
-            os.close(fd)
-    elif m.kind == "store":
-        storeview.make(step, target, OLD, user_namespace=user_namespace,
-                       force_stubs=step.stubs_on_disk)
-    elif m.kind == "symlink":
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.symlink(m.data, target)
-    else:  # bind, device
-        _mount_point(target, step.is_dir)
-        libc.mount(OLD + step.source, target, None, libc.MS_BIND | libc.MS_REC)
-        if step.ident is not None:
-            st = os.stat(target)
-            if (st.st_dev, st.st_ino) != step.ident:  # swapped since it was checked
-                raise OSError(0, f"sandbox path '{m.source}' changed while being bound")
-        remount(target, readonly=not m.writable, nodev=m.kind != "device")
-
-
-def _mount_point(target: str, is_dir: bool) -> None:
-    if is_dir:
-        os.makedirs(target, exist_ok=True)
-        return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    """The root `root.compile_root` describes, assembled here in Python (the C spawn
+    runs the same steps in C)."""
+    interpret.run(compile_root(steps, user_namespace, tracing=trace.active()).ops)
 
 
 def _drop_privileges(plan: SandboxPlan) -> None:

@@ -1,9 +1,10 @@
 """The store dir inside the sandbox: the outputs' staging dir plus the input closure.
 
-Runs in the builder's first process (`child.py`) while the scratch tmpfs is
-the root and the host root is at `old`. The store dir must be writable (the
-outputs land in the staging dir, on the store's own disk) and show each
-input read-only at its own path, and nothing else of the store.
+The rules of the view; `root.py` compiles them into the root's steps (made
+while the scratch tmpfs is the root and the host root is at `OLD`). The store
+dir must be writable (the outputs land in the staging dir, on the store's own
+disk) and show each input read-only at its own path, and nothing else of the
+store.
 
 Each input is one bind mount on a mount point named like it. Two things keep
 that cheap (docs/sandbox.md, "Cost"):
@@ -21,7 +22,7 @@ that cheap (docs/sandbox.md, "Cost"):
   bound instead and the stubs are made in it, on disk (the way before 2026-12).
 - No read-only remount per input. The host store is bound once, recursively,
   at `INPUTS` on the scratch tmpfs and made read-only, nosuid and nodev (its
-  submounts too, in the root's one sealing pass, `child._make_root`); a bind
+  submounts too, in the root's one sealing pass, `root.compile_root`); a bind
   mount takes the flags of the mount it comes from, so every input bound from
   there is read-only already. `INPUTS` and the
   stubs vanish with the scratch tmpfs when the new root is pivoted in.
@@ -33,8 +34,6 @@ from __future__ import annotations
 
 import os
 
-from runner.sandbox import libc, trace
-from runner.sandbox.mounts import remount
 from runner.sandbox.steps import Step
 
 INPUTS = "/inputs"
@@ -55,36 +54,6 @@ def wants_overlay(inputs: int) -> bool:
     return forced == OVERLAY or (forced != STUBS_ON_DISK and inputs >= OVERLAY_FROM)
 
 
-def make(step: Step, target: str, old: str, *, user_namespace: bool,
-         force_stubs: bool = False) -> str:
-    """Make the store dir at `target` with a mount point per input (`bind_inputs`
-    fills them); returns how (`OVERLAY` or `STUBS_ON_DISK`)."""
-    upper, work = old + step.source, old + step.mount.data
-    os.makedirs(target, exist_ok=True)
-    if step.inputs:
-        os.mkdir(INPUTS)
-        libc.mount(old + step.mount.target, INPUTS, None, libc.MS_BIND | libc.MS_REC)
-        remount(INPUTS, readonly=True, nodev=True)  # its submounts: `sealed_with`
-    trace.mark("store-inputs-view")
-    way = STUBS_ON_DISK
-    if not force_stubs and not unsafe_for_overlay(upper, work):
-        os.mkdir(STUBS)
-        _stubs(STUBS, step.inputs)
-        options = f"lowerdir={STUBS},upperdir={upper},workdir={work},volatile"
-        try:
-            libc.mount("overlay", target, "overlay", libc.MS_NOSUID | libc.MS_NODEV,
-                       options + (",userxattr" if user_namespace else ""))
-            way = OVERLAY
-        except OSError:
-            pass
-    if way == STUBS_ON_DISK:
-        libc.mount(upper, target, None, libc.MS_BIND | libc.MS_REC)
-        remount(target, readonly=False, nodev=True)
-        _stubs(target, step.inputs)
-    trace.mark("store-" + way)
-    return way
-
-
 def unsafe_for_overlay(*paths: str) -> bool:
     """Whether overlay's option syntax cannot carry one of these paths."""
     return any(c in p for p in paths for c in _UNSAFE)
@@ -95,23 +64,3 @@ def sealed_with(step: Step) -> list[str]:
     the store bound at `INPUTS` (its submounts come writable), when there are inputs.
     One pass reads the mount table once; a pass of its own cost a second read."""
     return [INPUTS] if step.inputs else []
-
-
-def bind_inputs(step: Step, target: str) -> None:
-    """Bind each input over its stub in the store dir `make` made at `target`."""
-    for entry in step.inputs:
-        if entry[0] != "l":
-            libc.mount(f"{INPUTS}/{entry[1:]}", f"{target}/{entry[1:]}", None,
-                       libc.MS_BIND | libc.MS_REC)
-
-
-def _stubs(where: str, inputs: tuple[str, ...]) -> None:
-    for entry in inputs:
-        kind, name = entry[0], entry[1:]
-        if kind == "d":
-            os.mkdir(f"{where}/{name}", 0o755)
-        elif kind == "f":
-            os.close(os.open(f"{where}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        else:
-            name, _, link = name.partition("\0")
-            os.symlink(link, f"{where}/{name}")

@@ -38,6 +38,11 @@ def mark(label: str) -> None:
             os.close(fd)
 
 
+def active() -> bool:
+    """Whether this process traces (RUNNER_SANDBOX_TRACE is set)."""
+    return bool(os.environ.get(ENV))
+
+
 def open_fd() -> int | None:
     """The trace file opened for appending (close-on-exec), or None when not tracing."""
     return _open()
