@@ -41,7 +41,6 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) 
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
         for sig in _RESET_SIGNALS:  # handled or ignored by runner: default for the builder
             signal.signal(sig, signal.SIG_DFL)
-        libc.default_all_signals()  # and those Python does not know of (glibc's 32, 33)
         signal.set_wakeup_fd(-1)
         flags = libc.CLONE_NEWPID
         if plan.user_namespace:
@@ -69,6 +68,9 @@ def exec_builder(plan: SandboxPlan, err_fd: int) -> NoReturn:
     exe = plan.argv[0]
     env = dict(plan.env)
     error: OSError | None = None
+    # Every signal to its default, glibc's own 32 and 33 too, only now: the ids are
+    # dropped (glibc's setuid family uses 33 among a process's threads).
+    libc.default_all_signals()
     for path in exec_candidates(plan):
         try:
             os.execve(path, plan.argv, env)
