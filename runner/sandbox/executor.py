@@ -1,11 +1,17 @@
 """Start a build inside the sandbox a plan describes.
 
-Process shape (Python < 3.12 has no os.unshare, so libc is called by ctypes):
+Where the C extension is built (the default), the calling thread clones the
+builder straight into its namespaces (`native.py`, `_spawn.c`):
+
+    runner thread ── clone(CLONE_VM|CLONE_VFORK|CLONE_NEW*) ──▶ builder (PID 1)
+
+and copies the outputs out when it reaps it. Otherwise, the Python way
+(Python < 3.12 has no os.unshare, so libc is called by ctypes):
 
     runner ─┬─ fork server ── clone(CLONE_PARENT) ─┐
             └─ (parent of) ◀───────────────────────┴─ supervisor ── fork ──▶ builder
 
-By default each runner thread that spawns sandboxed builds has its own fork
+Each runner thread that spawns sandboxed builds has its own fork
 server (`forkserver.py`): a small Python process that creates each
 supervisor as a child of that runner thread, so runner does not fork its own
 50-60 MB address space per build. Without it (`fork_server=False`, the
@@ -16,9 +22,9 @@ runner itself. Either way the supervisor (`supervisor.py`) unshares the PID
 which builds its root (`child.py`) and execs; the supervisor waits, moves
 the outputs out of the staging dir and exits with the builder's status.
 
-Killing the supervisor (or its process group) ends the build: the builder
-has a parent-death signal, and when PID 1 of a PID namespace dies the kernel
-kills every other process in it. All mounts live in the build's own mount
+SIGKILL to the returned process (or its process group) ends the build: the
+builder has a parent-death signal, and when PID 1 of a PID namespace dies the
+kernel kills every other process in it. All mounts live in the build's own mount
 namespace and vanish with it.
 """
 
@@ -66,16 +72,19 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
           fork_server: bool | None = None) -> ServedProcess | subprocess.Popen[bytes]:
     """Run `plan.argv` in the sandbox; stdin is /dev/null.
 
-    The returned process (the supervisor, a child of the calling thread: a
-    `ServedProcess` when a fork server cloned it, else a `Popen`)
-    leads a new session and process group. When it has exited, the outputs
+    The returned process, a child of the calling thread, is the builder itself
+    (the C spawn: a `ServedProcess` that copies the outputs out when reaped) or
+    its supervisor (a `ServedProcess` when a fork server cloned it, else a
+    `Popen`); it leads a new session and process group. When it has exited, the outputs
     the build created are at their real paths, owned by the invoking user
     (the C spawn's staging dir is then set aside, removed by
     `runner.store.trash`'s thread; `trash.drain()` waits for that).
     Sandbox set-up failures raise `RunnerError(reason="sandbox-setup")`; a
     builder that cannot be executed raises `OSError` as `Popen` does. Call
     from a thread that lives as long as the build: the build is killed when
-    that thread (its parent) exits. `fork_server` None: `use_fork_server()`.
+    that thread (its parent) exits. `fork_server` None: the C spawn where it is
+    built, else `use_fork_server()`; True or False: the Python way, with or without
+    the fork server.
     """
     trace.mark("spawn")
     staging.prepare(plan)

@@ -39,11 +39,10 @@ _TEXT = struct.Struct("<cI").pack
 
 
 class Program:
-    """A list of steps (`ops`), and the same in _spawn.c's wire format."""
+    """A list of steps (`ops`); `encode` gives them in _spawn.c's wire format."""
 
     def __init__(self) -> None:
         self.ops: list[tuple[int, tuple[Arg, ...]]] = []
-        self.parts: list[bytes] = []
 
     @property
     def count(self) -> int:
@@ -51,22 +50,22 @@ class Program:
 
     def extend(self, other: Program) -> None:
         self.ops += other.ops
-        self.parts += other.parts
 
     def add(self, op: int, *args: Arg) -> None:
         self.ops.append((op, args))
-        parts = self.parts
-        parts.append(_HEAD(op, len(args)))
-        for a in args:
-            if isinstance(a, int):
-                parts.append(_NUMBER(b"i", a))
-            else:
-                data = a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a
-                parts.append(_TEXT(b"s", len(data)))
-                parts.append(data)
 
     def encode(self) -> bytes:
-        return b"".join(self.parts)
+        parts = []
+        for op, args in self.ops:
+            parts.append(_HEAD(op, len(args)))
+            for a in args:
+                if isinstance(a, int):
+                    parts.append(_NUMBER(b"i", a))
+                else:
+                    data = a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a
+                    parts.append(_TEXT(b"s", len(data)))
+                    parts.append(data)
+        return b"".join(parts)
 
 
 def compile_root(steps: Sequence[Step], user_namespace: bool, tracing: bool) -> Program:

@@ -30,7 +30,7 @@ EXEC_ERROR = b"\0exec:"  # then "errno:filename": the builder could not be execu
 
 _FD_LIMIT = os.sysconf("SC_OPEN_MAX")
 _RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                  signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ)
+                  signal.SIGCHLD, signal.SIGPIPE)
 
 
 def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) -> None:
@@ -39,7 +39,9 @@ def launch(plan: SandboxPlan, steps: list[Step], err_fd: int, net_fd: int = -1) 
     try:
         trace.mark("supervisor")
         libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for sig in _RESET_SIGNALS:  # handled or ignored by runner: default for the builder
+        # Handled by runner: the supervisor dies by these as a plain process would (the
+        # builder has every signal reset at its exec: `exec_builder`).
+        for sig in _RESET_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         flags = libc.CLONE_NEWPID
