@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
-from runner.sandbox import make_plan, spawn
+from runner.sandbox import make_plan, slots, spawn
 from runner.sandbox.native import SPAWN_ENV
 from runner.sandbox.plan import default_ids
 from runner.sandbox.storeview import STORE_VIEW_ENV
@@ -98,6 +98,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         else:
             proc.kill()
     out, err = proc.communicate()
+    slots.release()  # as the worker does before a run ends
     trash.drain()  # as the worker does before a run ends: no staging dir set aside is left
     marker = request.get("marker")
     survivors = processes_with(marker) if marker else []

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from runner.errors import RunnerError
-from runner.sandbox import make_plan, spawn
+from runner.sandbox import make_plan, slots, spawn
 from runner.sandbox.plan import Mount, default_ids
 from runner.settings import DEFAULT_SANDBOX_PATHS, Settings
 from runner.store import trash
@@ -398,5 +398,6 @@ def test_no_mount_is_left_on_the_host(tmp_path: Path) -> None:
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait() == 0
     assert ours() == before
+    slots.release()  # as the worker does before a run ends
     trash.drain()  # the staging dir is set aside at once, removed by a thread
     assert os.listdir(tmp_path / "store") == [f"{sandbox_harness.FAKE_HASH}-out"]

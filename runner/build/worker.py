@@ -22,6 +22,7 @@ from runner.build.sandboxing import SandboxMode
 from runner.build.spawner import Spawner
 from runner.build.substitution_goal import SubstitutionGoal
 from runner.errors import RunnerError
+from runner.sandbox import slots
 from runner.settings import Settings
 from runner.store import trash
 from runner.store.derivation import Derivation
@@ -237,6 +238,7 @@ class Worker:
             return asyncio.run(self._main(drv_paths))
         finally:
             self.spawner.close()  # every build has ended: its threads may go
+            slots.release()  # the staging dirs kept for the next build go too
             trash.drain()  # the staging dirs set aside by sandboxed builds are gone
             self.build_dirs.close()
             self.background.close()

@@ -45,12 +45,20 @@ from dataclasses import replace
 from types import ModuleType
 
 from runner.errors import RunnerError
-from runner.sandbox import forkserver, native, netns, staging, storeview, supervisor, trace
+from runner.sandbox import (
+    forkserver,
+    native,
+    netns,
+    slots,
+    staging,
+    storeview,
+    supervisor,
+    trace,
+)
 from runner.sandbox.plan import Mount, SandboxPlan, not_allowed
 from runner.sandbox.served import ServedProcess
 from runner.sandbox.steps import Step
 from runner.store import trash
-from runner.store.canonicalise import remove_tree
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The fork server imports only the child-side modules (runner/sandbox/__init__.py
@@ -87,13 +95,17 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
     the fork server.
     """
     trace.mark("spawn")
-    staging.prepare(plan)
-    trace.mark("staged")
+    compiled = native.module() if fork_server is None else None
     try:
         steps = resolve(plan)
         trace.mark("resolved")
+        # The C spawn keeps staging dirs with their stubs between builds (slots.py); the
+        # Python way collects in a supervisor, another process: fresh dirs only.
+        store = next((s for s in steps if s.mount.kind == "store"), None)
+        if staging.prepare(plan, store.inputs if compiled and store else None):
+            steps = [replace(s, stubs_made=True) if s is store else s for s in steps]
+        trace.mark("staged")
         server = None
-        compiled = native.module() if fork_server is None else None
         if compiled is not None:
             return _direct(compiled, plan, steps, stdout=stdout, stderr=stderr)
         if fork_server if fork_server is not None else use_fork_server():
@@ -104,11 +116,11 @@ def spawn(plan: SandboxPlan, *, stdout: int, stderr: int,
         else:
             proc = _forked(plan, steps, stdout=stdout, stderr=stderr)
     except _SetupError as e:
-        remove_tree(plan.staging_dir)
+        staging.remove(plan)
         raise RunnerError(f"cannot set up the build sandbox: {e}",
                           reason="sandbox-setup") from None
     except BaseException:
-        remove_tree(plan.staging_dir)
+        staging.remove(plan)
         raise
     return proc
 
@@ -151,7 +163,7 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
         ours.remove(pipe_r)
         os.close(pipe_r)
         proc = _adopt(plan, pid, out_r, err_r, on_exit=None if problem else lambda: (
-            staging.collect(plan, remove=trash.discard)))
+            staging.collect(plan, remove=functools.partial(_set_aside, plan))))
         ours.clear()  # the process owns them now
     finally:
         for fd in theirs + ours:
@@ -169,6 +181,12 @@ def _direct(compiled: ModuleType, plan: SandboxPlan, steps: list[Step], *, stdou
     if kind.startswith("e"):
         raise _SetupError(f"{os.strerror(number)}: {rest}")
     raise _SetupError(rest.strip() or "unknown error")
+
+
+def _set_aside(plan: SandboxPlan, staging_dir: str) -> None:
+    """The collected staging dir: kept for the next build (slots.py), else trashed."""
+    if not slots.give_back(plan):
+        trash.discard(staging_dir)
 
 
 def _take_spare_network() -> int:

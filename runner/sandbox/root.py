@@ -140,7 +140,8 @@ def _step(p: Program, step: Step, user_namespace: bool) -> None:
 
 def _store(p: Program, step: Step, target: str, user_namespace: bool) -> None:
     """The store dir (storeview.py): an overlay of the staging store over stubs on the
-    scratch tmpfs, else (no overlay here) the staging store bound, with the stubs on disk."""
+    scratch tmpfs, else the staging store bound, with the stubs on disk (made here, or
+    by runner already: `slots.py`)."""
     upper, work = OLD + step.source, OLD + step.mount.data
     p.add(MKDIRS, target, 0o777)
     if step.inputs:
@@ -151,6 +152,9 @@ def _store(p: Program, step: Step, target: str, user_namespace: bool) -> None:
     fallback = Program()
     fallback.add(MOUNT, upper, target, "", libc.MS_BIND | libc.MS_REC, "")
     fallback.add(REMOUNT, target, 0, 1)
+    if step.stubs_made:
+        p.extend(fallback)
+        return
     _stubs(fallback, target, step.inputs)
     if step.stubs_on_disk or storeview.unsafe_for_overlay(upper, work):
         p.extend(fallback)

@@ -23,7 +23,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from runner.sandbox import storeview
+from runner.sandbox import slots, storeview
 from runner.sandbox.plan import SandboxPlan
 from runner.store import fdtree
 from runner.store.canonicalise import check_file_type, remove_tree
@@ -35,16 +35,30 @@ COPY_PREFIX = "copy-"
 WORK = "work"
 
 
-def prepare(plan: SandboxPlan) -> None:
-    """Fresh staging dir; as root, let the build user write it and the build dir."""
+def prepare(plan: SandboxPlan, inputs: tuple[str, ...] | None = None) -> bool:
+    """The staging dir; as root, let the build user write it and the build dir.
+
+    With `inputs` (`Step.inputs`: the C spawn) a kept staging dir may be taken, its
+    stubs made here (`slots.py`): then True. Else a fresh one, for the overlay or for
+    stubs the child makes."""
     remove_tree(plan.staging_dir)
-    _mkdir_exactly(plan.staging_dir, 0o700)
-    _mkdir_exactly(plan.staging_store, 0o755)
-    if storeview.wants_overlay(len(plan.inputs)):
-        os.mkdir(f"{plan.staging_dir}/{WORK}", 0o700)  # the overlay's work dir (storeview.py)
+    made = inputs is not None and slots.take(plan, inputs)
+    if not made:
+        _mkdir_exactly(plan.staging_dir, 0o700)
+        _mkdir_exactly(plan.staging_store, 0o755)
+        if storeview.wants_overlay(len(plan.inputs)):
+            os.mkdir(f"{plan.staging_dir}/{WORK}", 0o700)  # the overlay's work dir
+        if not plan.user_namespace:
+            os.chown(plan.staging_store, plan.build_uid, plan.build_gid)
     if not plan.user_namespace:
-        os.chown(plan.staging_store, plan.build_uid, plan.build_gid)
         chown_tree(plan.build_dir, plan.build_uid, plan.build_gid)
+    return made
+
+
+def remove(plan: SandboxPlan) -> None:
+    """The build did not start: its staging dir goes, kept or not."""
+    slots.forget(plan.staging_dir)
+    remove_tree(plan.staging_dir)
 
 
 def _mkdir_exactly(path: str, mode: int) -> None:
@@ -171,6 +185,7 @@ def discard(plan: SandboxPlan, patience: float = 5.0) -> None:
     directory that refills while being removed is retried for `patience`
     seconds. Best effort: what stays is cleared when the derivation is built again.
     """
+    slots.forget(plan.staging_dir)
     deadline = time.monotonic() + patience
     while True:
         try:

@@ -19,3 +19,4 @@ class Step:
     # "l<name>\0<target>" (a symlink, recreated, not bound).
     inputs: tuple[str, ...] = ()
     stubs_on_disk: bool = False  # the store: skip the overlay (tests of the fallback)
+    stubs_made: bool = False  # the store: its stubs are in the staging store already

@@ -43,9 +43,10 @@ _UNSAFE = (",", ":", "\\")  # overlay's option syntax cannot carry these
 # In runner's environment (tests, bench/): "overlay" or "stubs" for every build,
 # whatever its number of inputs (the overlay still falls back when it cannot mount).
 STORE_VIEW_ENV = "RUNNER_SANDBOX_STORE_VIEW"
-# Below this many inputs stubs on disk cost less than the overlay's own disk work
-# (its work dir, and the dir the kernel makes in it: two mkdirs and two rmdirs).
-OVERLAY_FROM = 4
+# Below this many inputs (or stubs to change in a kept staging dir: slots.py) stubs on
+# disk cost less than the overlay's own disk work: its work dir and the four entries
+# overlayfs makes in it (work, incompat, volatile, dirty), each made and later deleted.
+OVERLAY_FROM = 5
 
 
 def wants_overlay(inputs: int) -> bool:

@@ -19,11 +19,12 @@ import itertools
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from runner.store.canonicalise import remove_tree
 from runner.store.layout import TEMP_DIR_PREFIX
 
-_queue: queue.Queue[str] = queue.Queue()
+_queue: queue.Queue[Callable[[], object]] = queue.Queue()
 _names = itertools.count()
 _started = threading.Lock()
 _thread: list[threading.Thread] = []
@@ -41,12 +42,18 @@ def discard(path: str) -> None:
     except OSError:
         remove_tree(path)
         return
+    later(lambda: remove_tree(aside))
+
+
+def later(job: Callable[[], object]) -> None:
+    """Run `job` on the thread, after what is queued; an OSError it raises is dropped
+    (what it leaves is an abandoned temp dir once runner exits: gc removes it)."""
     _start()
-    _queue.put(aside)
+    _queue.put(job)
 
 
 def drain() -> None:
-    """Return once every tree discarded so far is removed."""
+    """Return once every tree discarded (and job queued) so far is done."""
     if _thread:
         _queue.join()
 
@@ -62,9 +69,9 @@ def _start() -> None:
 
 def _remove_forever() -> None:
     while True:
-        path = _queue.get()
+        job = _queue.get()
         try:
-            remove_tree(path)
+            job()
         except OSError:
             pass  # what stays is an abandoned temp dir once runner exits: gc removes it
         finally:
