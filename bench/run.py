@@ -64,9 +64,22 @@ def median(runs: int, fn: Callable[[], object], setup: Callable[[], None] | None
     return statistics.median(samples)
 
 
+# Where `remove` puts a finished run's dirs: inside the bench's temporary dir, deleted
+# with it when the bench ends (`main`).
+GRAVEYARD: list[Path] = []
+
+
 def remove(path: Path) -> None:
-    if path.exists():
+    """Set a finished run's dirs aside, deleted only when the bench ends. On ext4
+    without a journal (this project's CI VMs) each new inode skips every inode freed
+    in the group in the last minutes, so deleting one run's store made the next run
+    (runner's or Nix's, whichever came next) pay for it (docs/performance.md)."""
+    if not path.exists():
+        return
+    if not GRAVEYARD:
         shutil.rmtree(path, onerror=_force_remove)
+        return
+    os.rename(path, GRAVEYARD[0] / f"{len(os.listdir(GRAVEYARD[0]))}")
 
 
 def _force_remove(func: Callable[[str], object], path: str, _exc: object) -> None:
@@ -327,6 +340,8 @@ def main() -> None:
     with (tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp,
           BuildUsers(not args.no_nix) as users):
         work = Path(tmp)
+        GRAVEYARD.append(work / "removed")
+        GRAVEYARD[0].mkdir()
         env = runner_env(work)
         run([*RUNNER, "--help"], env)  # compile the byte code once
         print(f"runner benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "

@@ -130,6 +130,30 @@ def test_help_and_version_import_no_command_module(argv: list[str]) -> None:
     assert "runner.cli.main" in imported  # the probe does see our modules
 
 
+def test_a_build_without_an_http_cache_does_not_import_urllib3(tmp_path: Path) -> None:
+    """urllib3 costs ~75 ms to import: only an HTTP cache's client needs it."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("version: 1\nderivations:\n  a:\n    builder: /bin/sh\n"
+                    "    args: ['-c', 'echo a > $out']\n")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def imports(root: str, *extra: str) -> set[str]:
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "runner", "build", str(spec),
+             "--no-out-link", "--store-dir", str(tmp_path / root / "store"), "--state-dir",
+             str(tmp_path / root / "state"), "--sandbox=off", *extra],
+            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr
+        return {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+
+    assert "urllib3" not in imports("a", "--option", "substituters", f"file://{cache}")
+    # The control: an HTTP cache (nothing listens there; it only has to be opened).
+    assert "urllib3" in imports("b", "--option", "substituters",
+                                "http://127.0.0.1:9/?timeout=0.1&retries=0")
+
+
 def test_cli_reference_leaves_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
     cli_markdown()

@@ -17,6 +17,8 @@ import shutil
 import sys
 import urllib.parse
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from runner.errors import RunnerError
 from runner.reasons import Reason
@@ -26,10 +28,12 @@ from runner.substituters.binary_cache import BinaryCache
 from runner.substituters.cache_info import DEFAULT_PRIORITY
 from runner.substituters.command import CommandSubstituter
 from runner.substituters.health import Health
-from runner.substituters.http_client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, HttpClient
 from runner.substituters.negative_cache import NegativeCache
 from runner.substituters.signing import PublicKey
 from runner.substituters.transport import FileTransport, HttpTransport, Transport
+
+if TYPE_CHECKING:
+    from runner.substituters.http_client import HttpClient
 
 KNOWN_PARAMS = ("trusted", "timeout", "retries", "compression", "priority")
 
@@ -88,7 +92,7 @@ def open_transport(url: str, client: HttpClient | None = None) -> Transport:
             raise RunnerError(f"'{url}': file URLs need an absolute path", reason="bad-url")
         return FileTransport(url, root.rstrip("/") or "/")
     if parts.scheme in ("http", "https") and parts.hostname:
-        return HttpTransport(url, client or HttpClient())
+        return HttpTransport(url, client or _http_client_module().HttpClient())
     raise RunnerError(f"unsupported substituter URL '{url}' (expected file://, http:// or "
                       "https://)", reason="bad-url")
 
@@ -159,6 +163,14 @@ def open_substituters(settings: Settings, declared: Sequence[SubstituterDecl] = 
     return result
 
 
+def _http_client_module() -> ModuleType:
+    """`http_client`, imported when an HTTP cache is opened: urllib3 takes ~75 ms to
+    import here, which every `runner build` without one paid."""
+    from runner.substituters import http_client
+
+    return http_client
+
+
 class _Shared:
     """What substituters opened together share: HTTP connection pools, the negative cache."""
 
@@ -169,7 +181,11 @@ class _Shared:
         self.clients: dict[tuple[float, int], HttpClient] = {}
 
     def client(self, timeout: float, retries: int) -> HttpClient:
-        return self.clients.setdefault((timeout, retries), HttpClient(timeout, retries))
+        client = self.clients.get((timeout, retries))
+        if client is None:
+            client = self.clients[timeout, retries] = _http_client_module().HttpClient(
+                timeout, retries)
+        return client
 
 
 def open_substituter(decl: SubstituterDecl, settings: Settings, *, warn: Warn = print_warning,
@@ -200,12 +216,14 @@ def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _
         warn(f"{decl.origin}: substituter '{url}': a spec cannot mark a cache trusted; "
              "signatures are still required")
         trusted = False
-    timeout = _number(url, params, "timeout", DEFAULT_TIMEOUT)
-    retries = int(_number(url, params, "retries", DEFAULT_RETRIES))
+    http = urllib.parse.urlsplit(url).scheme in ("http", "https")
+    defaults = _http_client_module() if http else None
+    timeout = _number(url, params, "timeout", defaults.DEFAULT_TIMEOUT if defaults else 0.0)
+    retries = int(_number(url, params, "retries", defaults.DEFAULT_RETRIES if defaults else 0))
     priority = decl.priority
     if "priority" in params:
         priority = int(_number(url, params, "priority", DEFAULT_PRIORITY))
-    transport = open_transport(url, shared.client(timeout, retries))
+    transport = open_transport(url, shared.client(timeout, retries) if http else None)
     # A file cache is cheap to ask and often freshly written: no negative caching.
     # Likewise, health across runs is for HTTP caches (a missing directory costs nothing).
     http = isinstance(transport, HttpTransport)

@@ -12,10 +12,12 @@ import os
 import tempfile
 import urllib.parse
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runner.errors import RunnerError
-from runner.substituters.http_client import HttpClient
+
+if TYPE_CHECKING:
+    from runner.substituters.http_client import HttpClient
 
 _SPOOL_IN_MEMORY = 1024 * 1024  # larger uploads are staged on disk
 
