@@ -144,10 +144,19 @@ def test_a_run_leaves_no_kept_dir(tmp_path: Path) -> None:
     assert sorted(os.listdir(store)) == [os.path.basename(a)]
 
 
-def test_many_changed_stubs_take_the_overlay_and_a_fresh_dir(tmp_path: Path) -> None:
-    names = [f"n{i}" for i in range(slots.OVERLAY_FROM_CHANGES)]
-    closure = _inputs(tmp_path, *names)
-    out = _build(tmp_path, closure, 'awk -v s="$NIX_STORE" \'$5 == s {print "FS", $9}\' '
-                 "/proc/self/mountinfo")
-    assert "FS overlay" in out
-    assert _kept(tmp_path) == []  # its dir went to the trash, not kept
+FS = 'awk -v s="$NIX_STORE" \'$5 == s {print "FS", $9}\' /proc/self/mountinfo'
+
+
+def test_many_stale_stubs_take_a_new_dir_many_new_ones_the_overlay(tmp_path: Path) -> None:
+    old = _inputs(tmp_path, *(f"o{i}" for i in range(slots.STALE_MAX)))
+    assert "FS overlay" not in _build(tmp_path, old, FS)
+    assert [len(k) for k in _kept(tmp_path)] == [slots.STALE_MAX]
+    (few,) = _inputs(tmp_path, "few")
+    assert "FS overlay" not in _build(tmp_path, [old[0], few], FS)  # the control: 1 new
+    assert sorted(len(k) for k in _kept(tmp_path)) == [2]  # ... 9 stale stubs removed
+    assert "FS overlay" not in _build(tmp_path, old, FS)
+    assert "FS overlay" not in _build(tmp_path, [], FS)  # 10 stale: a new dir instead
+    assert sorted(len(k) for k in _kept(tmp_path)) == [0, slots.STALE_MAX]
+    many = _inputs(tmp_path, *(f"n{i}" for i in range(slots.NEW_MAX + 1)))
+    assert "FS overlay" in _build(tmp_path, many, FS)
+    assert sorted(len(k) for k in _kept(tmp_path)) == [0, slots.STALE_MAX]  # kept as they were

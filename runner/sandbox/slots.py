@@ -12,8 +12,11 @@ dir is kept for this process's next build in the same store: its store dir is
 emptied of everything but the stubs runner made (each checked by inode), and
 the next build removes the stubs it does not want and makes the missing ones
 before it starts (`take`). A node of a chain makes one stub, not one per
-input, and no overlay. Where `OVERLAY_FROM_CHANGES` or more stubs would be
-made or removed, the build takes a fresh staging dir and the overlay instead.
+input, and no overlay. A stub made is an investment (closures recur: a
+chain's or a layer's grow, a toolchain's is shared), a stale one removed is
+waste: a build that would remove `STALE_MAX` or more stubs starts from a new
+empty dir instead, and one that would make more than `NEW_MAX` takes a fresh
+staging dir and the overlay.
 
 A spare is `<store>/.tmp-<pid>-spare-<n>` (gc removes it once its runner has
 gone); `take` renames it to the build's `.sandbox-<key>`, `give_back` back.
@@ -39,9 +42,10 @@ from runner.store.layout import TEMP_DIR_PREFIX
 
 STORE = "store"
 KEEP = 4  # spares per store dir; more builds at once than that make fresh dirs
-# The overlay makes `storeview.OVERLAY_FROM` inodes and deletes as many after the build;
-# a stub made or removed here is one such operation (a kept stub is free).
-OVERLAY_FROM_CHANGES = 2 * storeview.OVERLAY_FROM
+# The overlay makes `storeview.OVERLAY_FROM` inodes and deletes as many after each build;
+# removing a stub is one such operation, done only to hide it again.
+STALE_MAX = 2 * storeview.OVERLAY_FROM
+NEW_MAX = 100  # stubs made at most for one build: their inodes may cost ~1 ms each
 
 
 @dataclass
@@ -68,12 +72,14 @@ def take(plan: SandboxPlan, entries: tuple[str, ...]) -> bool:
     forced = os.environ.get(storeview.STORE_VIEW_ENV)
     with _lock:
         spares = _spares.get(plan.store_dir, [])
-        slot = min(spares, key=lambda s: _changes(s, wanted), default=None)
+        slot = min(spares, key=lambda s: _cost(*_changes(s, wanted)), default=None)
         if slot is not None:
             spares.remove(slot)
-    changes = _changes(slot, wanted) if slot else len(wanted)
-    if forced == storeview.OVERLAY or (forced != storeview.STUBS_ON_DISK
-                                       and changes >= OVERLAY_FROM_CHANGES):
+    new, stale = _changes(slot, wanted)
+    if slot is not None and stale >= STALE_MAX and forced != storeview.STUBS_ON_DISK:
+        _keep(plan.store_dir, slot)  # for a later build like its last one
+        slot, new, stale = None, len(wanted), 0
+    if forced == storeview.OVERLAY or (forced != storeview.STUBS_ON_DISK and new > NEW_MAX):
         if slot is not None:
             _keep(plan.store_dir, slot)
         return False
@@ -137,11 +143,16 @@ def release() -> None:
         trash.discard(slot.path)
 
 
-def _changes(slot: _Slot | None, wanted: dict[str, str]) -> int:
+def _changes(slot: _Slot | None, wanted: dict[str, str]) -> tuple[int, int]:
+    """(stubs to make, stubs to remove) to turn `slot` into one for `wanted`."""
     if slot is None:
-        return len(wanted)
+        return len(wanted), 0
     same = sum(1 for n, (e, _) in slot.stubs.items() if wanted.get(n) == e)
-    return len(slot.stubs) - same + len(wanted) - same
+    return len(wanted) - same, len(slot.stubs) - same
+
+
+def _cost(new: int, stale: int) -> int:
+    return new + 2 * stale
 
 
 def _keep(store_dir: str, slot: _Slot) -> None:
