@@ -172,13 +172,14 @@ def _empty_then_keep(store_dir: str, slot: _Slot) -> None:
     inner = os.path.join(slot.path, STORE)
     fd = os.open(inner, fdtree.DIR_FLAGS)
     try:
-        present = set(os.listdir(fd))
-        for name in present:
-            stub = slot.stubs.get(name)
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stub is None or not _intact(fd, name, st, stub):
-                slot.stubs.pop(name, None)
-                _remove(fd, inner, name)
+        present = set()
+        with os.scandir(fd) as entries:  # names, inode numbers and types: no stat each
+            for e in entries:
+                present.add(e.name)
+                stub = slot.stubs.get(e.name)
+                if stub is None or not _intact(fd, e, stub):
+                    slot.stubs.pop(e.name, None)
+                    _remove(fd, inner, e.name)
         for name in slot.stubs.keys() - present:
             del slot.stubs[name]
     finally:
@@ -186,16 +187,16 @@ def _empty_then_keep(store_dir: str, slot: _Slot) -> None:
     _keep(store_dir, slot)
 
 
-def _intact(fd: int, name: str, st: os.stat_result, stub: tuple[str, int]) -> bool:
+def _intact(fd: int, e: os.DirEntry[str], stub: tuple[str, int]) -> bool:
     """The stub runner made. A bind mount covered a directory or file stub while the
     builder ran; a symlink it could replace (its inode number may even come back), so
     its target is read again."""
     entry, ino = stub
     if entry[0] == "l":
-        return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=fd) == entry.partition(
-            "\0")[2]
-    kind = stat.S_ISDIR if entry[0] == "d" else stat.S_ISREG
-    return st.st_ino == ino and kind(st.st_mode)
+        return e.is_symlink() and os.readlink(e.name, dir_fd=fd) == entry.partition("\0")[2]
+    if e.is_symlink():
+        return False
+    return e.inode() == ino and (e.is_dir() if entry[0] == "d" else e.is_file())
 
 
 def _make(fd: int, name: str, entry: str) -> int:
