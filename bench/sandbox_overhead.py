@@ -138,29 +138,41 @@ def closure_cost(sizes: list[int], runs: int) -> None:
     """Sandboxed minus plain spawn of a trivial builder, per closure size and store view."""
     from runner.sandbox.storeview import STORE_VIEW_ENV
 
-    ways = {"overlay": "overlay", "stubs on disk": "stubs"}
+    # "kept dir": stubs on disk in a staging dir kept between builds (runner/sandbox/slots.py;
+    # the C spawn); each way and size has a store of its own, so kept dirs never flip
+    # between closures (round 0, untimed, makes them).
+    ways = {"overlay": "overlay", "kept dir": "stubs"}
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_STORE_PARENT")) as tmp:
-        store, build = os.path.join(tmp, "store"), os.path.join(tmp, "build")
-        os.mkdir(store)
+        build = os.path.join(tmp, "build")
         os.mkdir(build)
-        closure = []
-        for i in range(max(sizes)):
-            path = f"{store}/{i:032d}-in{i}"
-            if i % 2:
-                with open(path, "w") as f:
-                    f.write("x")
-            else:
-                os.mkdir(path)
-            closure.append(path)
-        out = f"{store}/0123456789abcdfghijklmnpqrsvwxyz-out"
-        env = {"PATH": "/usr/bin:/bin", "out": out}
+        out_name = "0123456789abcdfghijklmnpqrsvwxyz-out"
+        env = {"PATH": "/usr/bin:/bin", "out": ""}
         argv = ["/bin/sh", "-c", "echo i > $out"]
-        plans = {n: make_plan(argv=argv, env=env, build_dir=build, store_dir=store,
-                              closure=closure[:n], outputs=[out], fixed_output=False,
-                              settings=Settings.load(environ={}), ids=default_ids()) for n in sizes}
+        plans = {}
+        for way in ways:
+            for n in sizes:
+                store = os.path.join(tmp, f"store-{ways[way]}-{n}")
+                os.mkdir(store)
+                closure = []
+                for i in range(n):
+                    path = f"{store}/{i:032d}-in{i}"
+                    if i % 2:
+                        with open(path, "w") as f:
+                            f.write("x")
+                    else:
+                        os.mkdir(path)
+                    closure.append(path)
+                out = f"{store}/{out_name}"
+                plans[way, n] = make_plan(
+                    argv=argv, env={**env, "out": out}, build_dir=build, store_dir=store,
+                    closure=closure, outputs=[out], fixed_output=False,
+                    settings=Settings.load(environ={}), ids=default_ids())
         dev = subprocess.DEVNULL
+        plain_out = os.path.join(tmp, out_name)
+        env["out"] = plain_out
 
-        def once(start: Callable[[], subprocess.Popen[bytes] | ServedProcess]) -> float:
+        def once(start: Callable[[], subprocess.Popen[bytes] | ServedProcess],
+                 out: str) -> float:
             began = time.perf_counter()
             if start().wait() != 0:
                 raise SystemExit("the trivial builder failed")
@@ -178,10 +190,12 @@ def closure_cost(sizes: list[int], runs: int) -> None:
             for n in sizes:
                 for way, flag in ways.items():
                     os.environ[STORE_VIEW_ENV] = flag
-                    t = once(functools.partial(spawn, plans[n], stdout=dev, stderr=dev))
+                    plan = plans[way, n]
+                    t = once(functools.partial(spawn, plan, stdout=dev, stderr=dev),
+                             plan.outputs[0])
                     if rnd:
                         times.setdefault(f"{way}, closure {n}", []).append(t)
-                t = once(plain)
+                t = once(plain, plain_out)
                 if rnd:
                     times.setdefault("plain", []).append(t)
         os.environ.pop(STORE_VIEW_ENV, None)
