@@ -134,6 +134,14 @@ def test_an_output_named_like_a_kept_stub_does_not_exist_yet(tmp_path: Path) -> 
     assert "EXISTS" not in out and "ok" in out
 
 
+def test_a_kept_dir_gone_behind_runners_back_is_made_afresh(tmp_path: Path) -> None:
+    (a,) = _inputs(tmp_path, "a")
+    _build(tmp_path, [a], "true")
+    (spare,) = [n for n in os.listdir(tmp_path / "store") if n.startswith(".tmp-")]
+    os.system(f"rm -rf '{tmp_path}/store/{spare}'")
+    assert "LS a" in _build(tmp_path, [a], LIST).splitlines()
+
+
 def test_a_run_leaves_no_kept_dir(tmp_path: Path) -> None:
     (a,) = _inputs(tmp_path, "a")
     _build(tmp_path, [a], "true")

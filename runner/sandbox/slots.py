@@ -83,13 +83,17 @@ def take(plan: SandboxPlan, entries: tuple[str, ...]) -> bool:
         if slot is not None:
             _keep(plan.store_dir, slot)
         return False
+    if slot is not None:
+        try:
+            os.rename(slot.path, plan.staging_dir)
+            slot.path = plan.staging_dir
+        except OSError:  # gone or unusable: start afresh, drop what is left of it
+            trash.discard(slot.path)
+            slot = None
     if slot is None:
         os.mkdir(plan.staging_dir, 0o700)
         os.mkdir(f"{plan.staging_dir}/{STORE}", 0o755)
         slot = _Slot(plan.staging_dir)
-    else:
-        os.rename(slot.path, plan.staging_dir)
-        slot.path = plan.staging_dir
     with _lock:
         _taken[plan.staging_dir] = slot
     fd = os.open(f"{plan.staging_dir}/{STORE}", fdtree.DIR_FLAGS)
