@@ -12,11 +12,17 @@ import binascii
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import nacl.exceptions
-import nacl.signing
+from types import ModuleType
 
 from runner.errors import RunnerError
+
+
+def _nacl() -> ModuleType:
+    """`nacl.signing`, imported at the first key used: ~16 ms that every build command
+    paid, keys or not (the store's modules import this one)."""
+    import nacl.signing
+
+    return nacl.signing
 
 
 def _split(text: str, what: str) -> tuple[str, bytes]:
@@ -52,9 +58,11 @@ class PublicKey:
         return f"{self.name}:{base64.b64encode(self.key).decode('ascii')}"
 
     def verify(self, fingerprint: str, signature: bytes) -> bool:
+        from nacl.exceptions import BadSignatureError
+
         try:
-            nacl.signing.VerifyKey(self.key).verify(fingerprint.encode("utf-8"), signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            _nacl().VerifyKey(self.key).verify(fingerprint.encode("utf-8"), signature)
+        except (BadSignatureError, ValueError, TypeError):
             return False
         return True
 
@@ -70,7 +78,7 @@ class SecretKey:
         if len(raw) != 64:
             raise RunnerError(f"secret key '{name}' must be 64 bytes, got {len(raw)}",
                               reason="bad-key")
-        derived = bytes(nacl.signing.SigningKey(raw[:32]).verify_key)
+        derived = bytes(_nacl().SigningKey(raw[:32]).verify_key)
         if derived != raw[32:]:
             raise RunnerError(f"secret key '{name}' is corrupt (its halves do not match)",
                               reason="bad-key")
@@ -81,7 +89,7 @@ class SecretKey:
         if not name or ":" in name or name != name.strip():
             raise RunnerError(f"invalid key name '{name}' (non-empty, no ':' or spaces at ends)",
                               reason="bad-key")
-        signing = nacl.signing.SigningKey.generate()
+        signing = _nacl().SigningKey.generate()
         return cls(name, bytes(signing) + bytes(signing.verify_key))
 
     @classmethod
@@ -105,7 +113,7 @@ class SecretKey:
 
     def sign(self, fingerprint: str) -> str:
         """A signature as it appears on a `Sig:` line."""
-        signed = nacl.signing.SigningKey(self.key[:32]).sign(fingerprint.encode("utf-8"))
+        signed = _nacl().SigningKey(self.key[:32]).sign(fingerprint.encode("utf-8"))
         return f"{self.name}:{base64.b64encode(signed.signature).decode('ascii')}"
 
 
