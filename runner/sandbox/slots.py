@@ -126,7 +126,7 @@ def give_back(plan: SandboxPlan) -> bool:
         trash.discard(plan.staging_dir)
         return True
     slot.path = aside
-    trash.later(lambda: _empty_then_keep(plan.store_dir, slot))
+    trash.later(lambda: _keep_emptied(plan.store_dir, slot))
     return True
 
 
@@ -168,7 +168,16 @@ def _keep(store_dir: str, slot: _Slot) -> None:
     trash.discard(slot.path)
 
 
-def _empty_then_keep(store_dir: str, slot: _Slot) -> None:
+def _keep_emptied(store_dir: str, slot: _Slot) -> None:
+    try:
+        _empty(slot)
+    except Exception:
+        trash.discard(slot.path)  # not kept; nothing of it stays behind either
+        raise
+    _keep(store_dir, slot)
+
+
+def _empty(slot: _Slot) -> None:
     """Everything in the spare but its intact stubs goes: outputs, what the builder left."""
     for name in os.listdir(slot.path):
         if name != STORE:
@@ -188,7 +197,6 @@ def _empty_then_keep(store_dir: str, slot: _Slot) -> None:
             del slot.stubs[name]
     finally:
         os.close(fd)
-    _keep(store_dir, slot)
 
 
 def _intact(fd: int, e: os.DirEntry[str], stub: tuple[str, int]) -> bool:

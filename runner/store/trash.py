@@ -46,7 +46,7 @@ def discard(path: str) -> None:
 
 
 def later(job: Callable[[], object]) -> None:
-    """Run `job` on the thread, after what is queued; an OSError it raises is dropped
+    """Run `job` on the thread, after what is queued; an error it raises is dropped
     (what it leaves is an abandoned temp dir once runner exits: gc removes it)."""
     _start()
     _queue.put(job)
@@ -72,7 +72,7 @@ def _remove_forever() -> None:
         job = _queue.get()
         try:
             job()
-        except OSError:
+        except Exception:  # the thread must outlive any one job
             pass  # what stays is an abandoned temp dir once runner exits: gc removes it
         finally:
             _queue.task_done()
