@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from runner.store.local_store import LocalStore
-from tests.daemon_harness import ROOT, Daemon, as_user, reachable_dir, readable_site_packages
+from tests.daemon_harness import (
+    ROOT,
+    Daemon,
+    as_user,
+    interpreter_runnable_by,
+    reachable_dir,
+    readable_site_packages,
+)
 from tests.security_env import throwaway_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
@@ -35,6 +42,9 @@ derivations:
 @pytest.fixture
 def user() -> Iterator[str]:
     for account in throwaway_user():
+        why = interpreter_runnable_by(account.name)
+        if why is not None:
+            pytest.skip(why)
         yield account.name
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from runner.sandbox import probe
+from tests.daemon_harness import interpreter_runnable_by, readable_site_packages
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -89,34 +90,16 @@ def test_builder_runs_tools_reads_inputs_and_dependencies(tmp_path: Path, store_
     _check_tools(Path(store_dir), os.getuid())
 
 
-def _copy_third_party(to: Path) -> None:
-    """The packages runner imports, where uid 65534 can read them (ours may be under /root)."""
-    import jsonschema  # noqa: F401  (imported lazily by runner; needed by the copy)
-    import yaml  # noqa: F401
-
-    import runner.build.worker
-    import runner.spec.load  # noqa: F401
-    from runner.cli.main import build_parser
-
-    build_parser()  # imports every command's module
-    to.mkdir()
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None) or ""
-        site, sep, rest = file.partition("/site-packages/")
-        if not sep or rest.startswith("__editable__"):
-            continue
-        top = Path(site + sep, rest.split("/")[0])
-        if not (to / top.name).exists():
-            (shutil.copytree if top.is_dir() else shutil.copy)(top, to / top.name)
-
-
 @pytest.fixture
 def nobody_dir() -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("running as uid 65534 needs root and setpriv")
+    why = interpreter_runnable_by(NOBODY)
+    if why is not None:
+        pytest.skip(why)
     work = Path(tempfile.mkdtemp(prefix="runner-sandbox-e2e-"))  # tmp_path is root-only
     os.chmod(work, 0o755)
-    _copy_third_party(work / "site")
+    readable_site_packages(work / "site")  # the packages runner needs (ours: under /root)
     os.chown(work, NOBODY, NOBODY)
     yield work
     shutil.rmtree(work, ignore_errors=True)
