@@ -168,3 +168,14 @@ def test_many_stale_stubs_take_a_new_dir_many_new_ones_the_overlay(tmp_path: Pat
     many = _inputs(tmp_path, *(f"n{i}" for i in range(slots.NEW_MAX + 1)))
     assert "FS overlay" in _build(tmp_path, many, FS)
     assert sorted(len(k) for k in _kept(tmp_path)) == [0, slots.STALE_MAX]  # kept as they were
+
+
+def test_the_probe_leaves_nothing_for_the_trash_thread_in_its_deleted_dir() -> None:
+    """The availability probe builds in a temporary store it deletes at once: its kept
+    dir must be gone before, or the trash thread renames into a dir being deleted
+    (seen in CI: `Directory not empty: 'store'`)."""
+    from runner.sandbox import availability
+
+    assert availability.probe.__wrapped__() is None
+    assert trash._queue.unfinished_tasks == 0
+    assert not [s for s in slots._spares if "runner-sandbox-probe-" in s]

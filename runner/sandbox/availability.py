@@ -9,10 +9,11 @@ import sys
 import tempfile
 
 from runner.errors import RunnerError
-from runner.sandbox import native, uidpool
+from runner.sandbox import native, slots, uidpool
 from runner.sandbox.executor import spawn
 from runner.sandbox.plan import default_ids, make_plan
 from runner.settings import DEFAULT_SANDBOX_PATHS
+from runner.store import trash
 
 
 class _Defaults:
@@ -63,6 +64,8 @@ def _try_build(build_uid: int | None) -> str | None:
         except OSError as e:
             return f"cannot run /bin/true in the sandbox: {e}"
         _, err = proc.communicate()
+        slots.release(store)  # its kept staging dir, before the probe's dir goes
+        trash.drain()
         if proc.returncode != 0:
             detail = (err or b"").decode(errors="replace").strip()
             return f"a test build in the sandbox exited with {proc.returncode}: {detail}"

@@ -136,13 +136,17 @@ def forget(staging_dir: str) -> None:
         _taken.pop(staging_dir, None)
 
 
-def release() -> None:
-    """Hand every spare to the trash thread (end of a run, exit); one still being
-    emptied there is waited for."""
+def release(store_dir: str | None = None) -> None:
+    """Hand every spare (of `store_dir`, or of every store) to the trash thread (end of a
+    run, exit); one still being emptied there is waited for. A caller about to delete
+    the store dir itself must `trash.drain()` after this."""
     trash.drain()
     with _lock:
-        spares = [s for ss in _spares.values() for s in ss]
-        _spares.clear()
+        if store_dir is None:
+            spares = [s for ss in _spares.values() for s in ss]
+            _spares.clear()
+        else:
+            spares = _spares.pop(store_dir, [])
     for slot in spares:
         trash.discard(slot.path)
 
