@@ -85,7 +85,7 @@ class Health:
             self._conn = conn
         return self._conn
 
-    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+    def _write(self, sql: str, args: tuple[object, ...] | dict[str, object]) -> None:
         try:
             with self._lock:
                 self._db().execute(sql, args)
@@ -114,10 +114,12 @@ class Health:
         now = time.time()
         self._write(
             "INSERT INTO health (url, down_since, last_error, failures, next_probe) "
-            "VALUES (?1, ?2, ?3, 1, ?2 + ?4) ON CONFLICT (url) DO UPDATE SET "
-            "down_since = COALESCE(down_since, ?2), last_error = ?3, failures = failures + 1, "
-            "next_probe = ?2 + MIN(?4 * (1 << MIN(failures, 30)), ?5)",
-            (url, now, error, self.down_time, self.down_max))
+            "VALUES (:url, :now, :error, 1, :now + :wait) ON CONFLICT (url) DO UPDATE SET "
+            "down_since = COALESCE(down_since, :now), last_error = :error, "
+            "failures = failures + 1, "
+            "next_probe = :now + MIN(:wait * (1 << MIN(failures, 30)), :most)",
+            {"url": url, "now": now, "error": error, "wait": self.down_time,
+             "most": self.down_max})
 
     def mark_up(self, url: str) -> None:
         self._write("UPDATE health SET down_since = NULL, failures = 0, next_probe = NULL "
@@ -126,11 +128,11 @@ class Health:
     def count(self, url: str, hit: bool) -> None:
         """One lookup (a hit if the cache had the path) of this run."""
         self._write(
-            "INSERT INTO health (url, run, lookups, hits) VALUES (?1, ?2, 1, ?3) "
+            "INSERT INTO health (url, run, lookups, hits) VALUES (:url, :run, 1, :hit) "
             "ON CONFLICT (url) DO UPDATE SET "
-            "lookups = CASE WHEN run = ?2 THEN lookups + 1 ELSE 1 END, "
-            "hits = CASE WHEN run = ?2 THEN hits + ?3 ELSE ?3 END, run = ?2",
-            (url, self._run, int(hit)))
+            "lookups = CASE WHEN run = :run THEN lookups + 1 ELSE 1 END, "
+            "hits = CASE WHEN run = :run THEN hits + :hit ELSE :hit END, run = :run",
+            {"url": url, "run": self._run, "hit": int(hit)})
 
     def reset(self, url: str | None = None) -> int:
         """Forget the records (of one URL, or all); returns how many were forgotten."""
