@@ -55,7 +55,12 @@ class Daemon:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Seen once in CI (test_daemon_trust, py311): say what it was waiting for.
+            raise AssertionError(f"the daemon did not stop within 60 s; its log:\n"
+                                 f"{''.join(self.log)}{_process_tree(self.proc.pid)}") from None
 
     def __enter__(self) -> Daemon:
         return self
@@ -146,6 +151,20 @@ class NixDaemon:
                 os.kill(child, signal.SIGKILL)
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def _process_tree(pid: int) -> str:
+    """Each process under `pid` with its state and what it waits in (wchan)."""
+    lines = []
+    for p in [pid, *_children(pid)]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = Path(f"/proc/{p}/wchan").read_text()
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        lines.append(f"  pid {p} {stat} in {wchan}: {cmd[:120]}")
+    return "processes:\n" + "\n".join(lines)
 
 
 def _children(pid: int) -> list[int]:
