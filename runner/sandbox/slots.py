@@ -30,17 +30,16 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import stat
 import threading
 from dataclasses import dataclass, field
 
 from runner.sandbox import storeview
 from runner.sandbox.plan import SandboxPlan
 from runner.store import fdtree, trash
-from runner.store.canonicalise import remove_tree
+from runner.store.canonicalise import remove_at, remove_tree
 from runner.store.layout import TEMP_DIR_PREFIX
 
-STORE = "store"
+STORE = "store"  # a spare's store dir: `plan.staging_store` once taken
 KEEP = 4  # spares per store dir; more builds at once than that make fresh dirs
 # The overlay makes `storeview.OVERLAY_FROM` inodes and deletes as many after each build;
 # removing a stub is one such operation, done only to hide it again.
@@ -92,14 +91,14 @@ def take(plan: SandboxPlan, entries: tuple[str, ...]) -> bool:
             slot = None
     if slot is None:
         os.mkdir(plan.staging_dir, 0o700)
-        os.mkdir(f"{plan.staging_dir}/{STORE}", 0o755)
+        os.mkdir(plan.staging_store, 0o755)
         slot = _Slot(plan.staging_dir)
     with _lock:
         _taken[plan.staging_dir] = slot
-    fd = os.open(f"{plan.staging_dir}/{STORE}", fdtree.DIR_FLAGS)
+    fd = os.open(plan.staging_store, fdtree.DIR_FLAGS)
     try:
         for name in [n for n, (e, _) in slot.stubs.items() if wanted.get(n) != e]:
-            _remove(fd, f"{plan.staging_dir}/{STORE}", name)
+            remove_at(fd, name)
             del slot.stubs[name]
         for name, entry in wanted.items():
             if name not in slot.stubs:
@@ -186,8 +185,7 @@ def _empty(slot: _Slot) -> None:
     for name in os.listdir(slot.path):
         if name != STORE:
             remove_tree(os.path.join(slot.path, name))
-    inner = os.path.join(slot.path, STORE)
-    fd = os.open(inner, fdtree.DIR_FLAGS)
+    fd = os.open(os.path.join(slot.path, STORE), fdtree.DIR_FLAGS)
     try:
         present = set()
         with os.scandir(fd) as entries:  # names, inode numbers and types: no stat each
@@ -196,7 +194,7 @@ def _empty(slot: _Slot) -> None:
                 stub = slot.stubs.get(e.name)
                 if stub is None or not _intact(fd, e, stub):
                     slot.stubs.pop(e.name, None)
-                    _remove(fd, inner, e.name)
+                    remove_at(fd, e.name)  # a stub, or whatever took its place
         for name in slot.stubs.keys() - present:
             del slot.stubs[name]
     finally:
@@ -224,17 +222,6 @@ def _make(fd: int, name: str, entry: str) -> int:
     else:
         os.symlink(entry.partition("\0")[2], name, dir_fd=fd)
     return os.stat(name, dir_fd=fd, follow_symlinks=False).st_ino
-
-
-def _remove(fd: int, path: str, name: str) -> None:
-    """Remove `name` from the dir `fd` (at `path`): a stub, or whatever took its place."""
-    if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-        os.unlink(name, dir_fd=fd)
-        return
-    try:
-        os.rmdir(name, dir_fd=fd)
-    except OSError:  # not empty
-        remove_tree(os.path.join(path, name))
 
 
 atexit.register(release)
