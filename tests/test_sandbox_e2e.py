@@ -10,6 +10,7 @@ import functools
 import hashlib
 import http.server
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -94,7 +95,7 @@ def test_builder_runs_tools_reads_inputs_and_dependencies(tmp_path: Path, store_
 def nobody_dir() -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("running as uid 65534 needs root and setpriv")
-    why = interpreter_runnable_by(NOBODY)
+    why = interpreter_runnable_by(pwd.getpwuid(NOBODY).pw_name)
     if why is not None:
         pytest.skip(why)
     work = Path(tempfile.mkdtemp(prefix="runner-sandbox-e2e-"))  # tmp_path is root-only

@@ -216,6 +216,7 @@ def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _
         warn(f"{decl.origin}: substituter '{url}': a spec cannot mark a cache trusted; "
              "signatures are still required")
         trusted = False
+    # open_transport makes an HttpTransport exactly for these (or fails on the URL).
     http = urllib.parse.urlsplit(url).scheme in ("http", "https")
     defaults = _http_client_module() if http else None
     timeout = _number(url, params, "timeout", defaults.DEFAULT_TIMEOUT if defaults else 0.0)
@@ -226,7 +227,6 @@ def _open_cache(decl: SubstituterDecl, settings: Settings, warn: Warn, shared: _
     transport = open_transport(url, shared.client(timeout, retries) if http else None)
     # A file cache is cheap to ask and often freshly written: no negative caching.
     # Likewise, health across runs is for HTTP caches (a missing directory costs nothing).
-    http = isinstance(transport, HttpTransport)
     return BinaryCache(transport, settings.store_dir, trusted=trusted, trusted_keys=keys,
                        negative=shared.negative if http else None, priority=priority,
                        health=shared.health if http else None)
